@@ -1,0 +1,1 @@
+"""The command-line adapter: parse, call one service method, render."""

@@ -1,0 +1,43 @@
+"""``kmscli alias ...``: friendly names for keys."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import common, output
+
+app = common.new_app("Create, repoint, delete and list aliases (names start with alias/).")
+
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Alias name, alias/...")]
+KeyArg = Annotated[str, typer.Argument(metavar="KEY", help="Key id, alias/NAME, key ARN or alias ARN.")]
+
+
+@app.command("create", cls=common.KmsCommand, help="Create alias NAME for KEY.")
+def create(name: NameArg, key: KeyArg) -> None:
+    common.service().CreateAlias(AliasName=name, TargetKeyId=key)
+
+
+@app.command("update", cls=common.KmsCommand, help="Point alias NAME at another KEY.")
+def update(name: NameArg, key: KeyArg) -> None:
+    common.service().UpdateAlias(AliasName=name, TargetKeyId=key)
+
+
+@app.command("delete", cls=common.KmsCommand, help="Delete alias NAME (the key is untouched).")
+def delete(name: NameArg) -> None:
+    common.service().DeleteAlias(AliasName=name)
+
+
+@app.command("list", cls=common.KmsCommand, help="List aliases, or only those of --key KEY.")
+def list_(
+    key: Annotated[str | None, typer.Option("--key", "-k", metavar="KEY", help="Only aliases of this key.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the AWS KMS JSON response shape.")] = False,
+) -> None:
+    result = common.service().ListAliases(KeyId=key)
+    if json_:
+        output.emit_json({"Aliases": [{k: a[k] for k in ("AliasName", "AliasArn", "TargetKeyId")}
+                                      for a in result["Aliases"]]})
+        return
+    output.table("Aliases", ["AliasName", "TargetKeyId", "Created"],
+                 [(a["AliasName"], a["TargetKeyId"], a["CreationDate"]) for a in result["Aliases"]])

@@ -1,0 +1,109 @@
+"""The root command and the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+from typer._click.exceptions import UsageError
+from typer.exceptions import Abort, Exit
+
+from .. import __version__, errors
+from . import common
+from .output import error_line
+
+app = common.new_app(
+    "kmscli: AWS KMS on your own machine. Master keys live in a passphrase-locked vault "
+    "and never leave it; every call is checked against key policies and audited."
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"kmscli {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    vault: Annotated[str | None, typer.Option("--vault", metavar="PATH",
+                     help="Vault file [env: KMSCLI_VAULT; default: the user data folder's kmscli/vault.kms].")] = None,
+    audit_log: Annotated[str | None, typer.Option("--audit-log", metavar="PATH",
+                         help="Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].")] = None,
+    passphrase_file: Annotated[str | None, typer.Option("--passphrase-file", metavar="PATH",
+                               help="Read the vault passphrase from the first line of PATH "
+                                    "[env: KMSCLI_PASSPHRASE_FILE].")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show a traceback for unexpected errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    for name, value in (("vault", vault), ("audit_log", audit_log), ("passphrase_file", passphrase_file)):
+        if value is not None and getattr(common.STATE, name) is None:
+            setattr(common.STATE, name, value)
+    common.STATE.debug = common.STATE.debug or debug
+
+
+def _register() -> None:
+    from . import alias_cmds, audit_cmds, crypto_cmds, key_cmds, policy_cmds, vault_cmds
+
+    vault_cmds.register(app)
+    app.add_typer(key_cmds.app, name="keys")
+    app.add_typer(alias_cmds.app, name="alias")
+    app.add_typer(policy_cmds.app, name="policy")
+    crypto_cmds.register(app)
+    app.add_typer(audit_cmds.app, name="audit")
+
+
+_register()
+
+
+def run(args: list[str]) -> int:
+    """Run the CLI on ``args``; return the exit code. Never lets a traceback out unasked."""
+    common.STATE = common.Globals()
+    try:
+        command = typer.main.get_command(app)
+        rv = command.main(args=args, prog_name="kmscli", standalone_mode=False)
+    except errors.KmsError as e:
+        sys.stderr.write(error_line(e.name, e.message) + "\n")
+        return e.exit_code
+    except UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        sys.stderr.write(error_line("ValidationException", e.format_message() + hint) + "\n")
+        return errors.EXIT_USAGE
+    except Exit as e:
+        return int(e.exit_code or 0)
+    except Abort:
+        sys.stderr.write("kmscli: interrupted\n")
+        return 130
+    except KeyboardInterrupt:
+        sys.stderr.write("kmscli: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except Exception as e:  # the last line of defence: one line, exit 1
+        if common.STATE.debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(error_line("KMSInternalException",
+                                    f"unexpected {type(e).__name__}: {e}; rerun with --debug for a traceback "
+                                    "and report it") + "\n")
+        return errors.EXIT_INTERNAL
+    return rv if isinstance(rv, int) else 0
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def typer_main(*_: Any) -> None:  # pragma: no cover - convenience for `python -m kmscli.cli.app`
+    raise SystemExit(run(sys.argv[1:]))

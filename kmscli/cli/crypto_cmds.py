@@ -1,0 +1,151 @@
+"""``encrypt``, ``decrypt``, ``reencrypt``, ``datakey`` and ``random``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from .. import errors
+from . import common, fileio, output
+
+KeyOpt = Annotated[str, typer.Option("--key", "-k", metavar="KEY", help="Key id, alias/NAME, key ARN or alias ARN.")]
+ContextOpt = Annotated[list[str] | None, typer.Option("--context", "-c", metavar="K=V",
+                       help="Encryption context pair; repeatable; must match exactly at decrypt.")]
+InOpt = Annotated[str | None, typer.Option("--in", "-i", metavar="IN", help="Read from IN ('-' = stdin, default).")]
+OutOpt = Annotated[str | None, typer.Option("--out", "-o", metavar="OUT",
+                   help="Write to OUT ('-' = stdout, default); replaced only on success, mode 0600.")]
+ArmorOpt = Annotated[bool, typer.Option("--armor", "-a", help="Write ASCII armor instead of binary.")]
+
+
+def register(app: typer.Typer) -> None:
+    common.command(app, "encrypt", "Envelope-encrypt any amount of data under a master key.")(encrypt)
+    common.command(app, "decrypt", "Decrypt a kmscli ciphertext (binary or armored).")(decrypt)
+    common.command(app, "reencrypt",
+                   "Move a ciphertext to another key or context without revealing the plaintext.")(reencrypt)
+    common.command(app, "datakey", "Make a data key: plaintext and a copy encrypted under KEY.")(datakey)
+    common.command(app, "random", "Print N random bytes (1..1024); needs no vault.")(random)
+
+
+def encrypt(key: KeyOpt, context: ContextOpt = None, in_: InOpt = None, out: OutOpt = None,
+            armor: ArmorOpt = False) -> None:
+    ctx = common.pairs(context, "context")
+    svc = common.service()
+    reader, size = fileio.open_input(in_)
+    progress = fileio.Progress(size, "encrypting")
+    try:
+        with fileio.output(out, binary=not armor) as dest:
+            writer, finish = _maybe_armor(dest.stream, armor)
+            svc.Encrypt(KeyId=key, reader=reader, writer=writer, EncryptionContext=ctx, progress=progress)
+            finish()
+    finally:
+        progress.close()
+
+
+def decrypt(
+    key: Annotated[str | None, typer.Option("--key", "-k", metavar="KEY",
+                   help="Assert the ciphertext was made under KEY (exit 6 otherwise).")] = None,
+    context: ContextOpt = None, in_: InOpt = None, out: OutOpt = None,
+) -> None:
+    ctx = common.pairs(context, "context")
+    svc = common.service()
+    reader, size = fileio.open_input(in_)
+    progress = fileio.Progress(size, "decrypting")
+    try:
+        with fileio.output(out, binary=False) as dest:
+            svc.Decrypt(reader=_maybe_dearmor(reader), writer=dest.stream, EncryptionContext=ctx, KeyId=key,
+                        progress=progress)
+    finally:
+        progress.close()
+
+
+def reencrypt(
+    key: Annotated[str, typer.Option("--key", "-k", metavar="KEY", help="Destination key.")],
+    context: Annotated[list[str] | None, typer.Option("--context", "-c", metavar="K=V",
+                       help="Destination encryption context pair; repeatable.")] = None,
+    source_context: Annotated[list[str] | None, typer.Option("--source-context", metavar="K=V",
+                              help="The ciphertext's current encryption context pair; repeatable.")] = None,
+    source_key: Annotated[str | None, typer.Option("--source-key", metavar="KEY",
+                          help="Assert the ciphertext's current key.")] = None,
+    in_: InOpt = None, out: OutOpt = None, armor: ArmorOpt = False,
+) -> None:
+    dst_ctx = common.pairs(context, "context")
+    src_ctx = common.pairs(source_context, "source context")
+    svc = common.service()
+    reader, _size = fileio.open_input(in_)
+    with fileio.output(out, binary=not armor) as dest:
+        writer, finish = _maybe_armor(dest.stream, armor)
+        svc.ReEncrypt(reader=_maybe_dearmor(reader), writer=writer, DestinationKeyId=key,
+                      SourceEncryptionContext=src_ctx, DestinationEncryptionContext=dst_ctx, SourceKeyId=source_key)
+        finish()
+
+
+def datakey(
+    key: Annotated[str, typer.Argument(metavar="KEY", help="Key id, alias/NAME, key ARN or alias ARN.")],
+    spec: Annotated[str | None, typer.Option("--spec", metavar="AES_256|AES_128",
+                    help="Data key spec (default AES_256 unless --bytes is given).")] = None,
+    nbytes: Annotated[int | None, typer.Option("--bytes", metavar="N", help="Data key length in bytes (1..1024).")
+                      ] = None,
+    context: ContextOpt = None,
+    no_plaintext: Annotated[bool, typer.Option("--no-plaintext", help="Return only the encrypted copy.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the AWS KMS JSON response shape.")] = False,
+) -> None:
+    if spec is None and nbytes is None:
+        spec = "AES_256"
+    ctx = common.pairs(context, "context")
+    svc = common.service()
+    if no_plaintext:
+        result = svc.GenerateDataKeyWithoutPlaintext(KeyId=key, KeySpec=spec, NumberOfBytes=nbytes,
+                                                     EncryptionContext=ctx)
+    else:
+        result = svc.GenerateDataKey(KeyId=key, KeySpec=spec, NumberOfBytes=nbytes, EncryptionContext=ctx)
+    shape = {k: result[k] for k in ("KeyId", "Plaintext", "CiphertextBlob") if k in result}
+    if json_:
+        output.emit_json(shape)
+    elif output.is_tty(sys.stdout):
+        output.fields(list(shape.items()))
+    else:
+        output.emit_line("\t".join(shape[k] for k in ("Plaintext", "CiphertextBlob") if k in shape))
+
+
+def random(
+    n: Annotated[int, typer.Argument(metavar="N", help="How many bytes (1..1024).")],
+    format_: Annotated[str, typer.Option("--format", "-f", metavar="base64|hex|raw",
+                       help="Output encoding (default base64).")] = "base64",
+) -> None:
+    from ..service import Kms
+
+    if format_ not in ("base64", "hex", "raw"):
+        raise errors.ValidationException(f"--format must be base64, hex or raw (got '{format_}')")
+    data = Kms.GenerateRandom(NumberOfBytes=n)
+    if format_ == "raw":
+        with fileio.output(None, binary=True) as dest:
+            _write_all(dest.stream, data)
+        return
+    import base64
+
+    output.emit_line(base64.b64encode(data).decode() if format_ == "base64" else data.hex())
+
+
+def _write_all(stream: Any, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = stream.write(view)
+        view = view[n or 0 :]
+
+
+def _maybe_armor(stream: Any, armor: bool) -> tuple[Any, Any]:
+    if not armor:
+        return stream, lambda: None
+    from ..crypto import armor as A
+
+    writer = A.ArmorWriter(stream)
+    return writer, writer.close
+
+
+def _maybe_dearmor(reader: Any) -> Any:
+    from ..crypto import armor as A
+
+    armored, reader = A.sniff(reader)
+    return A.ArmorReader(reader) if armored else reader

@@ -1,0 +1,1 @@
+"""Cryptography for kmscli: the only package that imports ``cryptography`` or ``argon2``."""

@@ -1,0 +1,207 @@
+"""Every error kmscli can report, each tied to its exit code: the only such table.
+
+Code below the CLI raises these; ``cli/app.py`` turns them into one stderr line
+``kmscli: <ExceptionName>: <message>`` and the exit code. Errors are matched by
+type, never by message text. AWS exception names are kept where AWS has one, so
+an HTTP adapter can put ``error.name`` on the wire unchanged.
+"""
+
+from __future__ import annotations
+
+# Exit codes (SPEC "Exit codes").
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_STATE = 4
+EXIT_UNLOCK = 5
+EXIT_CIPHERTEXT = 6
+EXIT_DENIED = 7
+EXIT_FILE = 8
+EXIT_EXISTS = 9
+
+
+class KmsError(Exception):
+    """Base of every error kmscli reports on purpose."""
+
+    exit_code = EXIT_INTERNAL
+    #: Name printed and logged; AWS's exception name where there is one.
+    name = "KMSInternalException"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class KMSInternalException(KmsError):
+    exit_code = EXIT_INTERNAL
+    name = "KMSInternalException"
+
+
+# -- 2: usage and validation ------------------------------------------------
+class ValidationException(KmsError):
+    exit_code = EXIT_USAGE
+    name = "ValidationException"
+
+
+class MalformedPolicyDocumentException(KmsError):
+    exit_code = EXIT_USAGE
+    name = "MalformedPolicyDocumentException"
+
+
+class LimitExceededException(KmsError):
+    exit_code = EXIT_USAGE
+    name = "LimitExceededException"
+
+
+class TagException(KmsError):
+    exit_code = EXIT_USAGE
+    name = "TagException"
+
+
+class InvalidAliasNameException(KmsError):
+    exit_code = EXIT_USAGE
+    name = "InvalidAliasNameException"
+
+
+class NotAuthorizedException(KmsError):
+    """AWS's answer to names under the reserved ``alias/aws/`` prefix."""
+
+    exit_code = EXIT_USAGE
+    name = "NotAuthorizedException"
+
+
+class InvalidArnException(KmsError):
+    exit_code = EXIT_USAGE
+    name = "InvalidArnException"
+
+
+class UsageError(KmsError):
+    """Local I/O and option errors: unreadable ``-i``, unwritable ``-o``."""
+
+    exit_code = EXIT_USAGE
+    name = "ValidationException"
+
+
+# -- 3: not found -----------------------------------------------------------
+class NotFoundException(KmsError):
+    exit_code = EXIT_NOT_FOUND
+    name = "NotFoundException"
+
+
+# -- 4: wrong state ---------------------------------------------------------
+class DisabledException(KmsError):
+    exit_code = EXIT_STATE
+    name = "DisabledException"
+
+
+class KMSInvalidStateException(KmsError):
+    exit_code = EXIT_STATE
+    name = "KMSInvalidStateException"
+
+
+# -- 5: cannot unlock -------------------------------------------------------
+class UnlockError(KmsError):
+    exit_code = EXIT_UNLOCK
+    name = "UnlockException"
+
+
+class IncorrectPassphraseException(UnlockError):
+    name = "IncorrectPassphraseException"
+
+
+class PassphraseRequiredException(UnlockError):
+    name = "PassphraseRequiredException"
+
+
+class InvalidSessionException(UnlockError):
+    name = "InvalidSessionException"
+
+
+# -- 6: ciphertext ----------------------------------------------------------
+#: The one message for every ciphertext that does not decrypt. It never says
+#: which check failed: telling a tampered tag from a wrong context would hand
+#: an attacker an oracle.
+INVALID_CIPHERTEXT_MESSAGE = (
+    "the ciphertext cannot be decrypted: it was modified or truncated, the "
+    "encryption context differs from the one used to encrypt, it was made "
+    "under another key than --key names, or its key is not in this vault "
+    "(destroyed, or from another vault)"
+)
+
+
+class InvalidCiphertextException(KmsError):
+    exit_code = EXIT_CIPHERTEXT
+    name = "InvalidCiphertextException"
+
+    def __init__(self, message: str = INVALID_CIPHERTEXT_MESSAGE) -> None:
+        super().__init__(message)
+
+
+class IncorrectKeyException(InvalidCiphertextException):
+    name = "IncorrectKeyException"
+
+
+# -- 7: denied --------------------------------------------------------------
+class AccessDeniedException(KmsError):
+    exit_code = EXIT_DENIED
+    name = "AccessDeniedException"
+
+
+# -- 8: vault or audit file -------------------------------------------------
+class VaultFileError(KmsError):
+    exit_code = EXIT_FILE
+    name = "VaultFileException"
+
+
+class VaultNotFoundException(VaultFileError):
+    name = "VaultNotFoundException"
+
+
+class VaultCorruptException(VaultFileError):
+    name = "VaultCorruptException"
+
+
+class VaultVersionException(VaultFileError):
+    name = "UnsupportedVaultVersionException"
+
+
+class AuditLogException(VaultFileError):
+    name = "AuditLogException"
+
+
+class AuditVerificationException(VaultFileError):
+    name = "AuditVerificationException"
+
+
+# -- 9: already exists ------------------------------------------------------
+class AlreadyExistsException(KmsError):
+    exit_code = EXIT_EXISTS
+    name = "AlreadyExistsException"
+
+
+#: AWS exception name -> exit code, as the SPEC's table lists it. Derived from
+#: the classes above so that there is one source of truth.
+EXIT_CODES: dict[str, int] = {
+    cls.name: cls.exit_code
+    for cls in (
+        KMSInternalException,
+        ValidationException,
+        MalformedPolicyDocumentException,
+        LimitExceededException,
+        TagException,
+        InvalidAliasNameException,
+        NotAuthorizedException,
+        InvalidArnException,
+        NotFoundException,
+        DisabledException,
+        KMSInvalidStateException,
+        InvalidCiphertextException,
+        IncorrectKeyException,
+        AccessDeniedException,
+        AlreadyExistsException,
+    )
+}

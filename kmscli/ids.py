@@ -1,0 +1,133 @@
+"""Key ids, alias names and ARNs: parsing and AWS KMS's naming rules.
+
+Every rule raises the AWS exception AWS raises, with a message naming the rule
+and the offending value, before anything has been changed.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from . import errors
+
+PARTITION = "aws"
+REGION = "local"
+ALIAS_PREFIX = "alias/"
+RESERVED_ALIAS_PREFIX = "alias/aws/"
+ALIAS_MAX = 256
+_ALIAS_RE = re.compile(r"^alias/[A-Za-z0-9/_-]+$")
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_ARN_RE = re.compile(r"^arn:aws:kms:local:(?P<account>\d{12}):(?P<kind>key|alias)/(?P<rest>.+)$")
+TAG_KEY_MAX = 128
+TAG_VALUE_MAX = 256
+DESCRIPTION_MAX = 8192
+#: A key identifier argument (KeyIdType) is at most 2048 characters in AWS.
+KEY_ID_ARG_MAX = 2048
+
+
+def new_key_id() -> str:
+    """Return a fresh key id: a lowercase UUID v4, as AWS KMS makes them."""
+    return str(uuid.uuid4())
+
+
+def is_key_id(text: str) -> bool:
+    return bool(_UUID_RE.match(text))
+
+
+def key_arn(account: str, key_id: str) -> str:
+    return f"arn:{PARTITION}:kms:{REGION}:{account}:key/{key_id}"
+
+
+def alias_arn(account: str, alias_name: str) -> str:
+    return f"arn:{PARTITION}:kms:{REGION}:{account}:{alias_name}"
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    """A parsed KEY argument: either a key id or an alias name (and how it was given)."""
+
+    given: str
+    key_id: str | None = None
+    alias: str | None = None
+    #: The account an ARN named, to be checked against the vault's.
+    account: str | None = None
+
+
+def parse_key_ref(text: str) -> KeyRef:
+    """Parse a KEY argument: key id, ``alias/NAME``, key ARN or alias ARN.
+
+    Malformed input is ``NotFoundException`` as AWS answers it ("Invalid keyId").
+    """
+    if not text or len(text) > KEY_ID_ARG_MAX:
+        raise errors.NotFoundException(f"Invalid keyId '{_clip(text)}': give a key id, alias/NAME, or an ARN")
+    if text.startswith(ALIAS_PREFIX):
+        return KeyRef(given=text, alias=text)
+    m = _ARN_RE.match(text)
+    if m:
+        rest = m.group("rest")
+        if m.group("kind") == "key":
+            if not is_key_id(rest):
+                raise errors.NotFoundException(f"Invalid keyId '{_clip(text)}': the ARN does not end in a key id")
+            return KeyRef(given=text, key_id=rest, account=m.group("account"))
+        return KeyRef(given=text, alias=ALIAS_PREFIX + rest, account=m.group("account"))
+    if is_key_id(text.lower()) and text == text.lower():
+        return KeyRef(given=text, key_id=text)
+    if text.startswith("arn:"):
+        raise errors.NotFoundException(
+            f"Invalid keyId '{_clip(text)}': ARNs look like arn:aws:kms:local:<account>:key/<key id>"
+        )
+    raise errors.NotFoundException(
+        f"Invalid keyId '{_clip(text)}': give a key id (a UUID), alias/NAME, or an ARN; see 'kmscli keys list'"
+    )
+
+
+def validate_alias_name(name: str) -> str:
+    """Check an alias name against AWS's rules; return it unchanged."""
+    if not name.startswith(ALIAS_PREFIX):
+        raise errors.ValidationException(f"alias name must start with the prefix \"alias/\" (got '{_clip(name)}')")
+    if len(name) > ALIAS_MAX:
+        raise errors.ValidationException(f"alias name must be at most {ALIAS_MAX} characters (got {len(name)})")
+    if name == ALIAS_PREFIX or not _ALIAS_RE.match(name):
+        raise errors.ValidationException(
+            f"alias name '{_clip(name)}' may contain only letters, digits, '/', '_' and '-' after \"alias/\""
+        )
+    if name.startswith(RESERVED_ALIAS_PREFIX):
+        raise errors.NotAuthorizedException(
+            f"alias names beginning with \"alias/aws/\" are reserved for AWS managed keys (got '{_clip(name)}')"
+        )
+    return name
+
+
+def validate_description(text: str) -> str:
+    if len(text) > DESCRIPTION_MAX:
+        raise errors.ValidationException(
+            f"description must be at most {DESCRIPTION_MAX} characters (got {len(text)})"
+        )
+    return text
+
+
+def validate_tag(key: str, value: str) -> None:
+    if not 1 <= len(key) <= TAG_KEY_MAX:
+        raise errors.TagException(f"tag keys must be 1 to {TAG_KEY_MAX} characters (got {len(key)})")
+    if len(value) > TAG_VALUE_MAX:
+        raise errors.TagException(f"tag values must be at most {TAG_VALUE_MAX} characters (got {len(value)})")
+    if key.lower().startswith("aws:"):
+        raise errors.TagException(f"tag keys beginning with 'aws:' are reserved (got '{_clip(key)}')")
+
+
+def parse_pair(text: str, what: str = "tag") -> tuple[str, str]:
+    """Split ``K=V`` at the first ``=``; the key must not be empty."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise errors.ValidationException(f"{what} must be written KEY=VALUE (got '{_clip(text)}')")
+    if not key:
+        raise errors.ValidationException(f"{what} key must not be empty (got '{_clip(text)}')")
+    return key, value
+
+
+def _clip(text: str, n: int = 80) -> str:
+    """Shorten user input quoted in a message so one error stays one line."""
+    text = text.replace("\n", "\\n").replace("\r", "\\r")
+    return text if len(text) <= n else text[: n - 1] + "…"

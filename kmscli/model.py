@@ -1,0 +1,89 @@
+"""Key states, times, and the AWS JSON shapes of what the vault stores.
+
+The vault body keeps plain dicts (see docs/vault.md); this module is the one
+place that knows how they look to a user or an AWS client.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from . import ids
+
+
+class KeyState(StrEnum):
+    ENABLED = "Enabled"
+    DISABLED = "Disabled"
+    PENDING_DELETION = "PendingDeletion"
+
+
+KEY_SPEC = "SYMMETRIC_DEFAULT"
+KEY_USAGE = "ENCRYPT_DECRYPT"
+ORIGIN = "AWS_KMS"
+ENCRYPTION_ALGORITHMS = ["SYMMETRIC_DEFAULT"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(t: datetime) -> str:
+    """ISO 8601 UTC with a ``Z``, to the second: how kmscli writes every time."""
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> datetime:
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t
+
+
+def key_metadata(account: str, key: dict[str, Any]) -> dict[str, Any]:
+    """The ``KeyMetadata`` object of DescribeKey/CreateKey for one vault key."""
+    state = key["KeyState"]
+    material = key["Materials"][-1]
+    meta: dict[str, Any] = {
+        "AWSAccountId": account,
+        "KeyId": key["KeyId"],
+        "Arn": ids.key_arn(account, key["KeyId"]),
+        "CreationDate": key["CreationDate"],
+        "Enabled": state == KeyState.ENABLED,
+        "Description": key["Description"],
+        "KeyUsage": KEY_USAGE,
+        "KeyState": state,
+        "Origin": ORIGIN,
+        "KeyManager": "CUSTOMER",
+        "CustomerMasterKeySpec": KEY_SPEC,
+        "KeySpec": KEY_SPEC,
+        "EncryptionAlgorithms": list(ENCRYPTION_ALGORITHMS),
+        "MultiRegion": False,
+        "CurrentKeyMaterialId": material["KeyMaterialId"],
+    }
+    if state == KeyState.PENDING_DELETION:
+        meta["DeletionDate"] = key["DeletionDate"]
+        meta["PendingDeletionWindowInDays"] = key["PendingDeletionWindowInDays"]
+    meta["Tags"] = tags_list(key["Tags"])
+    rotation = key["Rotation"]
+    meta["KeyRotationEnabled"] = rotation["Enabled"]
+    if rotation["Enabled"]:
+        meta["RotationPeriodInDays"] = rotation["PeriodInDays"]
+        meta["NextRotationDate"] = rotation["NextRotationDate"]
+    return meta
+
+
+def tags_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    """AWS's tag shape: a list of ``{"TagKey", "TagValue"}`` sorted by key."""
+    return [{"TagKey": k, "TagValue": v} for k, v in sorted(tags.items())]
+
+
+def alias_entry(account: str, name: str, alias: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "AliasName": name,
+        "AliasArn": ids.alias_arn(account, name),
+        "TargetKeyId": alias["TargetKeyId"],
+        "CreationDate": alias["CreationDate"],
+        "LastUpdatedDate": alias["LastUpdatedDate"],
+    }

@@ -1,0 +1,995 @@
+"""The KMS service: one method per AWS KMS operation, named as AWS names it.
+
+Every rule lives here or below: key state, key policy, limits, the audit
+record. The CLI (and a later HTTP adapter) only parse input, call one method
+and render its answer. Methods take AWS request field names as keyword
+arguments and return AWS response shapes as plain dicts; streaming operations
+take a reader and a writer instead of blobs, since kmscli has no 4 KiB limit.
+
+Each call opens the vault, applies the time-based events that have fallen due
+(keys destroyed at the end of their deletion window, automatic rotations),
+checks the key's policy, does the work, appends the audit record and, for a
+change, writes the vault, in that order, so that nothing happens without its
+record on disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import os
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from . import errors, ids
+from .model import KeyState, iso, parse_iso, utcnow
+from .vault import format as F
+from .vault.store import KeySource, OpenVault, PassphraseKeySource, VaultStore
+
+# AWS KMS's limits, from botocore's service model and the KMS quotas page.
+DELETION_WINDOW_MIN, DELETION_WINDOW_MAX, DELETION_WINDOW_DEFAULT = 7, 30, 30
+ROTATION_PERIOD_MIN, ROTATION_PERIOD_MAX, ROTATION_PERIOD_DEFAULT = 90, 2560, 365
+ON_DEMAND_ROTATIONS_MAX = 25
+ALIASES_PER_KEY_MAX = 50
+TAGS_PER_KEY_MAX = 50
+RANDOM_BYTES_MIN, RANDOM_BYTES_MAX = 1, 1024
+DATA_KEY_SPECS = {"AES_256": 32, "AES_128": 16}
+MATERIAL_SIZE = 32
+
+AUDIT_FILE = "audit.jsonl"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the local OS user, as the process (or a socket peer) says."""
+
+    user: str
+    uid: int
+    pid: int
+    host: str
+
+    @classmethod
+    def current(cls) -> Caller:
+        try:
+            user = getpass.getuser()
+        except Exception:  # no passwd entry (containers): fall back to the uid
+            user = str(os.getuid())
+        return cls(user=user, uid=os.getuid(), pid=os.getpid(), host=socket.gethostname())
+
+    def arn(self, account: str) -> str:
+        return f"arn:aws:iam::{account}:user/{self.user}"
+
+
+@dataclass
+class _Call:
+    """One operation in flight: what the audit record will say about it."""
+
+    event: str
+    request: dict[str, Any]
+    response: dict[str, Any] = field(default_factory=dict)
+    resources: list[str] = field(default_factory=list)
+    #: The alias the caller named the key by, for the kms:RequestAlias condition.
+    alias: str | None = None
+
+
+class Kms:
+    """The local KMS, bound to one vault, one caller and one clock."""
+
+    def __init__(
+        self,
+        vault_path: Path,
+        keys: KeySource,
+        *,
+        caller: Caller | None = None,
+        audit_path: Path | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = VaultStore(vault_path)
+        self.keys = keys
+        self.caller = caller or Caller.current()
+        self.audit_path = audit_path or vault_path.with_name(AUDIT_FILE)
+        self.clock = clock
+        self._audit: Any = None
+
+    # =================================================================
+    # Vault lifecycle (local operations)
+    # =================================================================
+    def CreateVault(self, kdf: F.KdfParams | None = None) -> dict[str, Any]:
+        """Make a new vault with a random vault key and account; never overwrite one."""
+        kdf = kdf or F.KdfParams()
+        if not kdf.in_bounds():
+            raise errors.ValidationException("KDF parameters out of bounds")
+        if self.store.path.exists():
+            raise errors.AlreadyExistsException(
+                f"a vault already exists at {self.store.path}; kmscli never overwrites one"
+            )
+        if not isinstance(self.keys, PassphraseKeySource):
+            raise errors.ValidationException("a new vault needs a passphrase, not a session")
+        from .crypto import primitives as P
+
+        passphrase = self.keys.passphrase()
+        salt, vault_key = P.random_bytes(F.SALT_SIZE), P.random_bytes(F.VAULT_KEY_SIZE)
+        header = F.build_header(
+            kdf, salt, P.argon2id(passphrase, salt, kdf.memory_kib, kdf.time_cost, kdf.parallelism),
+            vault_key, P.random_bytes(P.NONCE_SIZE),
+        )
+        now = iso(self.clock())
+        body: dict[str, Any] = {
+            "format": F.FORMAT_VERSION,
+            "vault_id": P.random_bytes(16).hex(),
+            "account": "".join(str(b % 10) for b in P.random_bytes(12)),
+            "created": now,
+            "generation": 0,
+            "audit_head": None,
+            "keys": {},
+            "aliases": {},
+        }
+        ov = OpenVault(header=header, vault_key=vault_key, body=body)
+        call = _Call("CreateVault", {"kdfMemoryKiB": kdf.memory_kib, "kdfTime": kdf.time_cost,
+                                     "kdfParallelism": kdf.parallelism})
+        with self.store.locked():
+            call.response = {"vaultId": body["vault_id"], "account": body["account"]}
+            self._record(ov, call)
+            self._write(ov, create=True)
+        return {"VaultPath": str(self.store.path), "Account": body["account"], "VaultId": body["vault_id"]}
+
+    def ChangePassphrase(self, new_passphrase: bytes, kdf: F.KdfParams | None = None) -> dict[str, Any]:
+        """Re-wrap the vault key under a new passphrase; keys and data stay as they are."""
+        from .crypto import primitives as P
+
+        if not new_passphrase:
+            raise errors.ValidationException("the new passphrase must not be empty")
+
+        def change(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            params = kdf or ov.header.kdf
+            salt = P.random_bytes(F.SALT_SIZE)
+            kek = P.argon2id(new_passphrase, salt, params.memory_kib, params.time_cost, params.parallelism)
+            ov.header = F.build_header(params, salt, kek, ov.vault_key, P.random_bytes(P.NONCE_SIZE))
+            return {}
+
+        return self._mutate("ChangePassphrase", {}, change)
+
+    # =================================================================
+    # Keys
+    # =================================================================
+    def CreateKey(
+        self,
+        Description: str = "",
+        Tags: list[dict[str, str]] | None = None,
+        Policy: str | None = None,
+        BypassPolicyLockoutSafetyCheck: bool = False,
+        KeySpec: str = "SYMMETRIC_DEFAULT",
+        KeyUsage: str = "ENCRYPT_DECRYPT",
+        AliasName: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a symmetric key (and, beyond AWS, its first alias in the same write)."""
+        ids.validate_description(Description)
+        if KeySpec != "SYMMETRIC_DEFAULT" or KeyUsage != "ENCRYPT_DECRYPT":
+            raise errors.ValidationException("kmscli makes SYMMETRIC_DEFAULT keys for ENCRYPT_DECRYPT only")
+        tags = _tag_dict(Tags or [])
+        if AliasName is not None:
+            ids.validate_alias_name(AliasName)
+        request = {"description": Description, "keySpec": KeySpec, "keyUsage": KeyUsage,
+                   "tags": Tags or [], "bypassPolicyLockoutSafetyCheck": BypassPolicyLockoutSafetyCheck}
+        if Policy is not None:
+            request["policy"] = Policy
+        if AliasName is not None:
+            request["aliasName"] = AliasName
+
+        def create(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            from .crypto import primitives as P
+
+            account = ov.body["account"]
+            policy = self._checked_policy(Policy, account, BypassPolicyLockoutSafetyCheck)
+            if AliasName is not None and AliasName in ov.body["aliases"]:
+                raise errors.AlreadyExistsException(
+                    f"An alias with the name {ids.alias_arn(account, AliasName)} already exists"
+                )
+            key_id = ids.new_key_id()
+            now = iso(self.clock())
+            key = {
+                "KeyId": key_id,
+                "CreationDate": now,
+                "Description": Description,
+                "KeyState": KeyState.ENABLED.value,
+                "DeletionDate": None,
+                "PendingDeletionWindowInDays": None,
+                "Tags": tags,
+                "Policy": policy,
+                "Rotation": {"Enabled": False, "PeriodInDays": ROTATION_PERIOD_DEFAULT, "NextRotationDate": None,
+                             "MinDecryptVersion": 1, "OnDemandCount": 0},
+                "Materials": [_new_material(1, now, None, P.random_bytes(MATERIAL_SIZE))],
+            }
+            ov.body["keys"][key_id] = key
+            if AliasName is not None:
+                ov.body["aliases"][AliasName] = {"TargetKeyId": key_id, "CreationDate": now, "LastUpdatedDate": now}
+            call.response = {"keyId": key_id, "keyState": key["KeyState"]}
+            call.resources.append(ids.key_arn(account, key_id))
+            return {"KeyMetadata": self._metadata(ov, key)}
+
+        return self._mutate("CreateKey", request, create)
+
+    def DescribeKey(self, KeyId: str) -> dict[str, Any]:
+        def describe(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:DescribeKey")
+            return {"KeyMetadata": self._metadata(ov, key)}
+
+        return self._read("DescribeKey", {"keyId": KeyId}, describe)
+
+    def ListKeys(self, IncludePendingDeletion: bool = True) -> dict[str, Any]:
+        """Every key's metadata, oldest first (AWS lists ids only; the SPEC asks for metadata)."""
+
+        def list_(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            keys = sorted(ov.body["keys"].values(), key=lambda k: (k["CreationDate"], k["KeyId"]))
+            if not IncludePendingDeletion:
+                keys = [k for k in keys if k["KeyState"] != KeyState.PENDING_DELETION]
+            return {"Keys": [self._metadata(ov, k) for k in keys], "Truncated": False}
+
+        return self._read("ListKeys", {"includePendingDeletion": IncludePendingDeletion}, list_)
+
+    def EnableKey(self, KeyId: str) -> dict[str, Any]:
+        return self._set_state("EnableKey", KeyId, KeyState.ENABLED)
+
+    def DisableKey(self, KeyId: str) -> dict[str, Any]:
+        return self._set_state("DisableKey", KeyId, KeyState.DISABLED)
+
+    def _set_state(self, event: str, key_ref: str, state: KeyState) -> dict[str, Any]:
+        def change(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, key_ref, "kms:" + event)
+            self._require_not_pending(ov, key)
+            key["KeyState"] = state.value
+            if state is KeyState.ENABLED:
+                # AWS rotates overdue material as soon as a key is enabled again.
+                self._rotate_if_due(ov, key)
+            call.response["keyState"] = state.value
+            return {}
+
+        return self._mutate(event, {"keyId": key_ref}, change)
+
+    def ScheduleKeyDeletion(self, KeyId: str, PendingWindowInDays: int = DELETION_WINDOW_DEFAULT) -> dict[str, Any]:
+        _check_range("PendingWindowInDays (--days)", PendingWindowInDays, DELETION_WINDOW_MIN, DELETION_WINDOW_MAX)
+
+        def schedule(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:ScheduleKeyDeletion",
+                            {"kms:ScheduleKeyDeletionPendingWindowInDays": PendingWindowInDays})
+            if key["KeyState"] == KeyState.PENDING_DELETION:
+                raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
+            when = iso(self.clock() + timedelta(days=PendingWindowInDays))
+            key.update(KeyState=KeyState.PENDING_DELETION.value, DeletionDate=when,
+                       PendingDeletionWindowInDays=PendingWindowInDays)
+            call.response.update(keyState=key["KeyState"], deletionDate=when)
+            return {"KeyId": self._arn(ov, key), "DeletionDate": when, "KeyState": key["KeyState"],
+                    "PendingWindowInDays": PendingWindowInDays}
+
+        return self._mutate("ScheduleKeyDeletion", {"keyId": KeyId, "pendingWindowInDays": PendingWindowInDays},
+                            schedule)
+
+    def CancelKeyDeletion(self, KeyId: str) -> dict[str, Any]:
+        def cancel(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:CancelKeyDeletion")
+            if key["KeyState"] != KeyState.PENDING_DELETION:
+                raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is not pending deletion.")
+            # As in AWS KMS, a cancelled key comes back Disabled, not Enabled.
+            key.update(KeyState=KeyState.DISABLED.value, DeletionDate=None, PendingDeletionWindowInDays=None)
+            call.response["keyState"] = key["KeyState"]
+            return {"KeyId": self._arn(ov, key)}
+
+        return self._mutate("CancelKeyDeletion", {"keyId": KeyId}, cancel)
+
+    def UpdateKeyDescription(self, KeyId: str, Description: str) -> dict[str, Any]:
+        ids.validate_description(Description)
+
+        def update(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:UpdateKeyDescription")
+            self._require_not_pending(ov, key)
+            key["Description"] = Description
+            return {}
+
+        return self._mutate("UpdateKeyDescription", {"keyId": KeyId, "description": Description}, update)
+
+    def TagResource(self, KeyId: str, Tags: list[dict[str, str]]) -> dict[str, Any]:
+        new = _tag_dict(Tags)
+        if not new:
+            raise errors.ValidationException("give at least one tag as KEY=VALUE")
+
+        def tag(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:TagResource")
+            self._require_not_pending(ov, key)
+            merged = {**key["Tags"], **new}
+            if len(merged) > TAGS_PER_KEY_MAX:
+                raise errors.TagException(f"a key can have at most {TAGS_PER_KEY_MAX} tags (would have {len(merged)})")
+            key["Tags"] = merged
+            return {}
+
+        return self._mutate("TagResource", {"keyId": KeyId, "tags": Tags}, tag)
+
+    def UntagResource(self, KeyId: str, TagKeys: list[str]) -> dict[str, Any]:
+        if not TagKeys:
+            raise errors.ValidationException("give at least one tag key to remove")
+        for k in TagKeys:
+            ids.validate_tag(k, "")
+
+        def untag(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:UntagResource")
+            self._require_not_pending(ov, key)
+            for k in TagKeys:  # removing a tag that is not there is a no-op, as in AWS
+                key["Tags"].pop(k, None)
+            return {}
+
+        return self._mutate("UntagResource", {"keyId": KeyId, "tagKeys": TagKeys}, untag)
+
+    # =================================================================
+    # Aliases
+    # =================================================================
+    def CreateAlias(self, AliasName: str, TargetKeyId: str) -> dict[str, Any]:
+        ids.validate_alias_name(AliasName)
+
+        def create(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            account = ov.body["account"]
+            if AliasName in ov.body["aliases"]:
+                raise errors.AlreadyExistsException(
+                    f"An alias with the name {ids.alias_arn(account, AliasName)} already exists"
+                )
+            key = self._key(ov, call, TargetKeyId, "kms:CreateAlias")
+            if key["KeyState"] == KeyState.PENDING_DELETION:
+                raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
+            self._check_alias_quota(ov, key["KeyId"])
+            now = iso(self.clock())
+            ov.body["aliases"][AliasName] = {"TargetKeyId": key["KeyId"], "CreationDate": now, "LastUpdatedDate": now}
+            return {}
+
+        return self._mutate("CreateAlias", {"aliasName": AliasName, "targetKeyId": TargetKeyId}, create)
+
+    def UpdateAlias(self, AliasName: str, TargetKeyId: str) -> dict[str, Any]:
+        ids.validate_alias_name(AliasName)
+
+        def update(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            alias = ov.body["aliases"].get(AliasName)
+            if alias is None:
+                raise errors.NotFoundException(f"Alias {ids.alias_arn(ov.body['account'], AliasName)} is not found.")
+            old = ov.body["keys"].get(alias["TargetKeyId"])
+            if old is not None:
+                self._authorize(ov, call, old, "kms:UpdateAlias")
+            key = self._key(ov, call, TargetKeyId, "kms:UpdateAlias")
+            if key["KeyState"] == KeyState.PENDING_DELETION:
+                raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
+            if key["KeyId"] != alias["TargetKeyId"]:
+                self._check_alias_quota(ov, key["KeyId"])
+            alias.update(TargetKeyId=key["KeyId"], LastUpdatedDate=iso(self.clock()))
+            return {}
+
+        return self._mutate("UpdateAlias", {"aliasName": AliasName, "targetKeyId": TargetKeyId}, update)
+
+    def DeleteAlias(self, AliasName: str) -> dict[str, Any]:
+        ids.validate_alias_name(AliasName)
+
+        def delete(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            alias = ov.body["aliases"].get(AliasName)
+            if alias is None:
+                raise errors.NotFoundException(f"Alias {ids.alias_arn(ov.body['account'], AliasName)} is not found.")
+            key = ov.body["keys"].get(alias["TargetKeyId"])
+            if key is not None:
+                self._authorize(ov, call, key, "kms:DeleteAlias")
+            del ov.body["aliases"][AliasName]
+            call.response["keyId"] = alias["TargetKeyId"]
+            return {}
+
+        return self._mutate("DeleteAlias", {"aliasName": AliasName}, delete)
+
+    def ListAliases(self, KeyId: str | None = None) -> dict[str, Any]:
+        from .model import alias_entry
+
+        def list_(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            target = None
+            if KeyId is not None:
+                target = self._key(ov, call, KeyId, "kms:ListAliases")["KeyId"]
+            account = ov.body["account"]
+            out = [alias_entry(account, name, a) for name, a in sorted(ov.body["aliases"].items())
+                   if target is None or a["TargetKeyId"] == target]
+            return {"Aliases": out, "Truncated": False}
+
+        return self._read("ListAliases", {"keyId": KeyId} if KeyId else {}, list_)
+
+    # =================================================================
+    # Key policies
+    # =================================================================
+    def GetKeyPolicy(self, KeyId: str, PolicyName: str = "default") -> dict[str, Any]:
+        _check_policy_name(PolicyName)
+
+        def get(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:GetKeyPolicy")
+            return {"Policy": key["Policy"], "PolicyName": "default"}
+
+        return self._read("GetKeyPolicy", {"keyId": KeyId, "policyName": PolicyName}, get)
+
+    def PutKeyPolicy(self, KeyId: str, Policy: str, PolicyName: str = "default",
+                     BypassPolicyLockoutSafetyCheck: bool = False) -> dict[str, Any]:
+        _check_policy_name(PolicyName)
+
+        def put(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:PutKeyPolicy")
+            key["Policy"] = self._checked_policy(Policy, ov.body["account"], BypassPolicyLockoutSafetyCheck)
+            return {}
+
+        return self._mutate("PutKeyPolicy", {"keyId": KeyId, "policyName": PolicyName, "policy": Policy,
+                                             "bypassPolicyLockoutSafetyCheck": BypassPolicyLockoutSafetyCheck}, put)
+
+    # =================================================================
+    # Rotation
+    # =================================================================
+    def EnableKeyRotation(self, KeyId: str, RotationPeriodInDays: int = ROTATION_PERIOD_DEFAULT) -> dict[str, Any]:
+        _check_range("RotationPeriodInDays (--days)", RotationPeriodInDays, ROTATION_PERIOD_MIN, ROTATION_PERIOD_MAX)
+
+        def enable(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:EnableKeyRotation",
+                            {"kms:RotationPeriodInDays": RotationPeriodInDays})
+            self._require_enabled(ov, key)
+            rot = key["Rotation"]
+            rot.update(Enabled=True, PeriodInDays=RotationPeriodInDays,
+                       NextRotationDate=iso(self.clock() + timedelta(days=RotationPeriodInDays)))
+            return {}
+
+        return self._mutate("EnableKeyRotation", {"keyId": KeyId, "rotationPeriodInDays": RotationPeriodInDays},
+                            enable)
+
+    def DisableKeyRotation(self, KeyId: str) -> dict[str, Any]:
+        def disable(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:DisableKeyRotation")
+            self._require_enabled(ov, key)
+            key["Rotation"].update(Enabled=False, NextRotationDate=None)
+            return {}
+
+        return self._mutate("DisableKeyRotation", {"keyId": KeyId}, disable)
+
+    def SetMinDecryptVersion(self, KeyId: str, MinDecryptVersion: int) -> dict[str, Any]:
+        """Beyond AWS (Vault's min_decryption_version): refuse ciphertexts under older material."""
+
+        def set_min(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:UpdateKeyRotationPolicy")
+            self._require_not_pending(ov, key)
+            latest = key["Materials"][-1]["Version"]
+            _check_range("--min-decrypt-version", MinDecryptVersion, 1, latest)
+            key["Rotation"]["MinDecryptVersion"] = MinDecryptVersion
+            return {}
+
+        return self._mutate("UpdateKeyRotationPolicy", {"keyId": KeyId, "minDecryptVersion": MinDecryptVersion},
+                            set_min)
+
+    def GetKeyRotationStatus(self, KeyId: str) -> dict[str, Any]:
+        def status(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:GetKeyRotationStatus")
+            rot = key["Rotation"]
+            enabled = rot["Enabled"] and key["KeyState"] != KeyState.PENDING_DELETION
+            out: dict[str, Any] = {"KeyId": self._arn(ov, key), "KeyRotationEnabled": enabled,
+                                   "MinDecryptVersion": rot["MinDecryptVersion"]}
+            if enabled:
+                out.update(RotationPeriodInDays=rot["PeriodInDays"], NextRotationDate=rot["NextRotationDate"])
+            return out
+
+        return self._read("GetKeyRotationStatus", {"keyId": KeyId}, status)
+
+    def RotateKeyOnDemand(self, KeyId: str) -> dict[str, Any]:
+        def rotate(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:RotateKeyOnDemand")
+            self._require_enabled(ov, key)
+            if key["Rotation"]["OnDemandCount"] >= ON_DEMAND_ROTATIONS_MAX:
+                raise errors.LimitExceededException(
+                    f"{self._arn(ov, key)} has been rotated on demand {ON_DEMAND_ROTATIONS_MAX} times, "
+                    "the most AWS KMS allows"
+                )
+            key["Rotation"]["OnDemandCount"] += 1
+            material = self._add_material(key, "ON_DEMAND")
+            call.response["keyMaterialId"] = material["KeyMaterialId"]
+            return {"KeyId": key["KeyId"]}
+
+        return self._mutate("RotateKeyOnDemand", {"keyId": KeyId}, rotate)
+
+    def ListKeyRotations(self, KeyId: str) -> dict[str, Any]:
+        def list_(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:ListKeyRotations")
+            current = key["Materials"][-1]["Version"]
+            out = []
+            for m in key["Materials"]:
+                entry: dict[str, Any] = {
+                    "KeyId": key["KeyId"],
+                    "KeyMaterialId": m["KeyMaterialId"],
+                    "KeyMaterialState": "CURRENT" if m["Version"] == current else "NON_CURRENT",
+                }
+                if m["RotationType"] is not None:  # the original material was not a rotation
+                    entry.update(RotationDate=m["CreationDate"], RotationType=m["RotationType"])
+                out.append(entry)
+            return {"Rotations": out, "Truncated": False}
+
+        return self._read("ListKeyRotations", {"keyId": KeyId}, list_)
+
+    # =================================================================
+    # Cryptographic operations
+    # =================================================================
+    def Encrypt(self, KeyId: str, reader: BinaryIO, writer: BinaryIO,
+                EncryptionContext: dict[str, str] | None = None, progress: Any = None) -> dict[str, Any]:
+        """Envelope-encrypt everything ``reader`` yields onto ``writer``."""
+        from .crypto import stream
+
+        context = _context(EncryptionContext)
+
+        def encrypt(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:Encrypt", _context_conditions(context))
+            self._require_enabled(ov, key)
+            material = key["Materials"][-1]
+            n = stream.encrypt_stream(reader, writer, master_key=_material(material), key_id=key["KeyId"],
+                                      material_version=material["Version"], context=context, progress=progress)
+            call.request["plaintextSize"] = n
+            call.response["keyMaterialId"] = material["KeyMaterialId"]
+            return {"KeyId": self._arn(ov, key), "KeyMaterialId": material["KeyMaterialId"],
+                    "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
+
+        return self._read("Encrypt", {"keyId": KeyId, "encryptionContext": context}, encrypt)
+
+    def Decrypt(self, reader: BinaryIO, writer: BinaryIO, EncryptionContext: dict[str, str] | None = None,
+                KeyId: str | None = None, progress: Any = None) -> dict[str, Any]:
+        """Decrypt a kmscli ciphertext; the key comes from the ciphertext, ``KeyId`` only asserts it."""
+        from .crypto import stream
+
+        context = _context(EncryptionContext)
+        request: dict[str, Any] = {"encryptionContext": context}
+        if KeyId is not None:
+            request["keyId"] = KeyId
+
+        def decrypt(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            header = stream.read_header(reader)
+            key, material = self._ciphertext_key(ov, call, header, KeyId, "kms:Decrypt", context)
+            n = stream.decrypt_stream(header, reader, writer, master_key=_material(material), context=context,
+                                      progress=progress)
+            call.response["plaintextSize"] = n
+            return {"KeyId": self._arn(ov, key), "KeyMaterialId": material["KeyMaterialId"],
+                    "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
+
+        return self._read("Decrypt", request, decrypt)
+
+    def ReEncrypt(self, reader: BinaryIO, writer: BinaryIO, DestinationKeyId: str,
+                  SourceEncryptionContext: dict[str, str] | None = None,
+                  DestinationEncryptionContext: dict[str, str] | None = None,
+                  SourceKeyId: str | None = None) -> dict[str, Any]:
+        """Move a ciphertext to another key, material or context without releasing its plaintext."""
+        from .crypto import stream
+
+        src_ctx, dst_ctx = _context(SourceEncryptionContext), _context(DestinationEncryptionContext)
+        request: dict[str, Any] = {"destinationKeyId": DestinationKeyId, "sourceEncryptionContext": src_ctx,
+                                   "destinationEncryptionContext": dst_ctx}
+        if SourceKeyId is not None:
+            request["sourceKeyId"] = SourceKeyId
+
+        def reencrypt(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            header = stream.read_header(reader)
+            dst = self._resolve(ov, call, DestinationKeyId)
+            same = dst["KeyId"] == header.key_id
+            src, src_material = self._ciphertext_key(ov, call, header, SourceKeyId, "kms:ReEncryptFrom", src_ctx,
+                                                     {"kms:ReEncryptOnSameKey": same})
+            self._authorize(ov, call, dst, "kms:ReEncryptTo",
+                            {**_context_conditions(dst_ctx), "kms:ReEncryptOnSameKey": same})
+            self._require_enabled(ov, dst)
+            dst_material = dst["Materials"][-1]
+            stream.rewrap_stream(header, reader, writer, old_master_key=_material(src_material), context=src_ctx,
+                                 new_master_key=_material(dst_material), new_key_id=dst["KeyId"],
+                                 new_material_version=dst_material["Version"], new_context=dst_ctx)
+            call.response.update(keyId=dst["KeyId"], sourceKeyId=src["KeyId"])
+            return {"KeyId": self._arn(ov, dst), "SourceKeyId": self._arn(ov, src),
+                    "SourceKeyMaterialId": src_material["KeyMaterialId"],
+                    "DestinationKeyMaterialId": dst_material["KeyMaterialId"],
+                    "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                    "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
+
+        return self._read("ReEncrypt", request, reencrypt)
+
+    def GenerateDataKey(self, KeyId: str, KeySpec: str | None = None, NumberOfBytes: int | None = None,
+                        EncryptionContext: dict[str, str] | None = None) -> dict[str, Any]:
+        return self._data_key("GenerateDataKey", KeyId, KeySpec, NumberOfBytes, EncryptionContext, True)
+
+    def GenerateDataKeyWithoutPlaintext(self, KeyId: str, KeySpec: str | None = None,
+                                        NumberOfBytes: int | None = None,
+                                        EncryptionContext: dict[str, str] | None = None) -> dict[str, Any]:
+        return self._data_key("GenerateDataKeyWithoutPlaintext", KeyId, KeySpec, NumberOfBytes,
+                              EncryptionContext, False)
+
+    def _data_key(self, event: str, key_ref: str, spec: str | None, nbytes: int | None,
+                  ec: dict[str, str] | None, with_plaintext: bool) -> dict[str, Any]:
+        from .crypto import primitives as P
+        from .crypto import stream
+
+        if (spec is None) == (nbytes is None):
+            raise errors.ValidationException("give exactly one of --spec (KeySpec) or --bytes (NumberOfBytes)")
+        if spec is not None and spec not in DATA_KEY_SPECS:
+            raise errors.ValidationException(f"KeySpec must be AES_256 or AES_128 (got '{spec}')")
+        if nbytes is not None:
+            _check_range("NumberOfBytes (--bytes)", nbytes, RANDOM_BYTES_MIN, RANDOM_BYTES_MAX)
+        size = DATA_KEY_SPECS[spec] if spec is not None else nbytes
+        assert size is not None
+        context = _context(ec)
+        request: dict[str, Any] = {"keyId": key_ref, "encryptionContext": context}
+        request.update({"keySpec": spec} if spec else {"numberOfBytes": nbytes})
+
+        def generate(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            key = self._key(ov, call, key_ref, "kms:" + event, _context_conditions(context))
+            self._require_enabled(ov, key)
+            material = key["Materials"][-1]
+            plaintext = P.random_bytes(size)
+            blob = stream.encrypt_bytes(plaintext, master_key=_material(material), key_id=key["KeyId"],
+                                        material_version=material["Version"], context=context)
+            out = {"KeyId": self._arn(ov, key), "KeyMaterialId": material["KeyMaterialId"],
+                   "CiphertextBlob": base64.b64encode(blob).decode()}
+            if with_plaintext:
+                out["Plaintext"] = base64.b64encode(plaintext).decode()
+            return out
+
+        return self._read(event, request, generate)
+
+    @staticmethod
+    def GenerateRandom(NumberOfBytes: int) -> bytes:
+        """Random bytes from the OS CSPRNG; needs no vault and is not audited (SPEC)."""
+        _check_range("NumberOfBytes", NumberOfBytes, RANDOM_BYTES_MIN, RANDOM_BYTES_MAX)
+        return os.urandom(NumberOfBytes)
+
+    # =================================================================
+    # Audit log
+    # =================================================================
+    def VerifyAuditLog(self) -> dict[str, Any]:
+        from . import audit
+
+        ov = self._open_recording(_Call("VerifyAuditLog", {}))
+        report = self._audit_log(ov).verify(audit.chain_key(ov.vault_key), _head(ov.body.get("audit_head")))
+        return {"Records": report.records, "Files": report.files, "Keyed": report.keyed,
+                "Unkeyed": report.unkeyed}
+
+    def ReadAuditLog(self, KeyId: str | None = None, Operation: str | None = None,
+                     Since: datetime | None = None) -> Iterator[dict[str, Any]]:
+        """The audit records, oldest first, filtered; reading needs no passphrase."""
+        from . import audit
+
+        log = audit.AuditLog(self.audit_path, vault_id="")
+        return log.read(key_id=KeyId, operation=Operation, since=Since)
+
+    # =================================================================
+    # Machinery
+    # =================================================================
+    def _read(self, event: str, request: dict[str, Any],
+              fn: Callable[[OpenVault, _Call], dict[str, Any]]) -> dict[str, Any]:
+        """Run an operation that changes nothing in the vault: no lock taken."""
+        call = _Call(event, request)
+        ov = self._open_recording(call)
+        if self._due_events(ov):
+            # Something fell due: apply it under the lock and write it, then
+            # answer without the lock, so a long stream never blocks writers.
+            with self.store.locked():
+                ov = self._open_recording(call)
+                if self._apply_due_events(ov):
+                    self._write(ov)
+        try:
+            result = fn(ov, call)
+        except errors.KmsError as e:
+            self._record(ov, call, e)
+            raise
+        self._record(ov, call)
+        return result
+
+    def _mutate(self, event: str, request: dict[str, Any],
+                fn: Callable[[OpenVault, _Call], dict[str, Any]]) -> dict[str, Any]:
+        return self._mutate_call(_Call(event, request), fn, write=True)
+
+    def _mutate_call(self, call: _Call, fn: Callable[[OpenVault, _Call], dict[str, Any]],
+                     write: bool = True) -> dict[str, Any]:
+        """Read-modify-write under the vault's exclusive lock."""
+        # Derive the key before queueing for the lock, so writers wait for
+        # milliseconds of AEAD work rather than for each other's Argon2 runs.
+        self._open_recording(call)
+        with self.store.locked():
+            self.store.remove_stale_temps()
+            ov = self._open_recording(call)
+            events_changed = self._apply_due_events(ov)
+            try:
+                result = fn(ov, call)
+            except errors.KmsError as e:
+                self._record(ov, call, e)
+                if events_changed:
+                    self._write(ov)
+                raise
+            self._record(ov, call)
+            if write or events_changed:
+                self._write(ov)
+        return result
+
+    def _open_recording(self, call: _Call) -> OpenVault:
+        """Open the vault; a failed unlock is recorded without the key, then raised."""
+        try:
+            return self.store.open(self.keys)
+        except errors.UnlockError as e:
+            self._record(None, call, e)
+            raise
+
+    def _write(self, ov: OpenVault, create: bool = False) -> None:
+        ov.body["generation"] = ov.body.get("generation", 0) + 1
+        self.store.write(F.seal_body(ov.header, ov.vault_key, ov.body), create=create)
+
+    def _audit_log(self, ov: OpenVault | None) -> Any:
+        from . import audit
+
+        vault_id = ov.body["vault_id"] if ov is not None else ""
+        if self._audit is None or self._audit_vault != vault_id:
+            self._audit = audit.AuditLog(self.audit_path, vault_id=vault_id)
+            self._audit_vault = vault_id
+        return self._audit
+
+    def _record(self, ov: OpenVault | None, call: _Call, error: errors.KmsError | None = None,
+                event_type: str = "AwsApiCall") -> None:
+        """Append the call's audit record; fail closed if it cannot be written."""
+        from . import audit
+
+        account = ov.body["account"] if ov is not None else None
+        identity: dict[str, Any] = {"type": "LocalUser", "userName": self.caller.user, "uid": self.caller.uid,
+                                    "pid": self.caller.pid, "host": self.caller.host}
+        if account is not None:
+            identity.update(accountId=account, arn=self.caller.arn(account))
+        record: dict[str, Any] = {
+            "eventName": call.event,
+            "eventType": event_type,
+            "eventTime": iso(self.clock()),
+            "userIdentity": identity,
+            "requestParameters": call.request,
+            "responseElements": call.response if error is None else None,
+            "readOnly": call.event.startswith(("Describe", "List", "Get")),
+        }
+        if call.resources:
+            record["resources"] = [{"type": "AWS::KMS::Key", "ARN": arn} for arn in call.resources]
+        if error is not None:
+            record.update(errorCode=error.name, errorMessage=error.message)
+        if ov is None and not self.store.path.exists():
+            return  # no vault, so no log beside it to write to
+        key = audit.chain_key(ov.vault_key) if ov is not None else None
+        head = self._audit_log(ov).append(record, key)
+        if ov is not None:
+            ov.body["audit_head"] = {"file_index": head.file_index, "seq": head.seq, "mac": head.mac}
+
+    # -- keys, state and policy -------------------------------------------
+    def _resolve(self, ov: OpenVault, call: _Call, key_ref: str) -> dict[str, Any]:
+        ref = ids.parse_key_ref(key_ref)
+        account = ov.body["account"]
+        if ref.account is not None and ref.account != account:
+            raise errors.NotFoundException(f"'{key_ref}' names another account than this vault's ({account})")
+        key_id = ref.key_id
+        if ref.alias is not None:
+            alias = ov.body["aliases"].get(ref.alias)
+            if alias is None:
+                raise errors.NotFoundException(
+                    f"Alias {ids.alias_arn(account, ref.alias)} is not found; see 'kmscli alias list'"
+                )
+            key_id = alias["TargetKeyId"]
+        key = ov.body["keys"].get(key_id)
+        if key is None:
+            raise errors.NotFoundException(
+                f"Key '{ids.key_arn(account, key_id or '')}' does not exist; see 'kmscli keys list --all'"
+            )
+        call.response.setdefault("keyId", key["KeyId"])
+        arn = ids.key_arn(account, key["KeyId"])
+        if arn not in call.resources:
+            call.resources.append(arn)
+        if ref.alias is not None and call.alias is None:
+            call.alias = ref.alias
+        return key
+
+    def _key(self, ov: OpenVault, call: _Call, key_ref: str, action: str,
+             conditions: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resolve a KEY argument and check the caller may do ``action`` with it."""
+        key = self._resolve(ov, call, key_ref)
+        self._authorize(ov, call, key, action, conditions)
+        return key
+
+    def _authorize(self, ov: OpenVault, call: _Call, key: dict[str, Any], action: str,
+                   conditions: dict[str, Any] | None = None) -> None:
+        from . import policy as policy_mod
+
+        account = ov.body["account"]
+        principal = self.caller.arn(account)
+        context: dict[str, Any] = {
+            "aws:CurrentTime": iso(self.clock()),
+            "aws:PrincipalArn": principal,
+            "aws:username": self.caller.user,
+            "kms:CallerAccount": account,
+            "kms:KeySpec": "SYMMETRIC_DEFAULT",
+            "kms:KeyUsage": "ENCRYPT_DECRYPT",
+            "kms:KeyOrigin": "AWS_KMS",
+        }
+        if call.alias is not None:
+            context["kms:RequestAlias"] = call.alias
+        context.update(conditions or {})
+        request = policy_mod.Request(principal=principal, account=account, action=action,
+                                     resource=ids.key_arn(account, key["KeyId"]), context=context)
+        decision = policy_mod.evaluate(policy_mod.parse(key["Policy"]), request)
+        if not decision.allowed:
+            raise errors.AccessDeniedException(
+                f"User: {principal} is not authorized to perform: {action} on resource: "
+                f"{ids.key_arn(account, key['KeyId'])} because of the key policy"
+            )
+
+    def _checked_policy(self, document: str | None, account: str, bypass: bool) -> str:
+        from . import policy as policy_mod
+
+        if document is None:
+            return policy_mod.default_policy(account)
+        parsed = policy_mod.parse(document)
+        if not bypass and policy_mod.would_lock_out(parsed, self.caller.arn(account), account):
+            raise errors.MalformedPolicyDocumentException(
+                "the new key policy will not allow you to update the key policy in the future; "
+                "add a statement allowing kms:PutKeyPolicy, or pass --bypass-policy-lockout-safety-check"
+            )
+        return document
+
+    def _ciphertext_key(self, ov: OpenVault, call: _Call, header: Any, asserted: str | None, action: str,
+                        context: dict[str, str], extra: dict[str, Any] | None = None
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The key and material a ciphertext names, after every check that applies."""
+        key = ov.body["keys"].get(header.key_id)
+        if key is None:  # destroyed, or another vault's: indistinguishable from garbage
+            raise errors.InvalidCiphertextException()
+        if asserted is not None:
+            wanted = self._resolve(ov, call, asserted)
+            if wanted["KeyId"] != key["KeyId"]:
+                raise errors.IncorrectKeyException()
+        arn = ids.key_arn(ov.body["account"], key["KeyId"])
+        if arn not in call.resources:
+            call.resources.append(arn)
+        call.response["keyId"] = key["KeyId"]
+        self._authorize(ov, call, key, action, {**_context_conditions(context), **(extra or {})})
+        self._require_enabled(ov, key)
+        material = next((m for m in key["Materials"] if m["Version"] == header.material_version), None)
+        if material is None:
+            raise errors.InvalidCiphertextException()
+        if material["Version"] < key["Rotation"]["MinDecryptVersion"]:
+            raise errors.KMSInvalidStateException(
+                f"{arn} no longer decrypts ciphertexts sealed with key material version {material['Version']} "
+                f"(minimum {key['Rotation']['MinDecryptVersion']}); reencrypt them with a lower minimum first"
+            )
+        return key, material
+
+    def _require_enabled(self, ov: OpenVault, key: dict[str, Any]) -> None:
+        state = key["KeyState"]
+        if state == KeyState.DISABLED:
+            raise errors.DisabledException(f"{self._arn(ov, key)} is disabled.")
+        if state == KeyState.PENDING_DELETION:
+            raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
+
+    def _require_not_pending(self, ov: OpenVault, key: dict[str, Any]) -> None:
+        if key["KeyState"] == KeyState.PENDING_DELETION:
+            raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
+
+    def _check_alias_quota(self, ov: OpenVault, key_id: str) -> None:
+        count = sum(1 for a in ov.body["aliases"].values() if a["TargetKeyId"] == key_id)
+        if count >= ALIASES_PER_KEY_MAX:
+            raise errors.LimitExceededException(f"a key can have at most {ALIASES_PER_KEY_MAX} aliases")
+
+    def _arn(self, ov: OpenVault, key: dict[str, Any]) -> str:
+        return ids.key_arn(ov.body["account"], key["KeyId"])
+
+    def _metadata(self, ov: OpenVault, key: dict[str, Any]) -> dict[str, Any]:
+        from .model import key_metadata
+
+        return key_metadata(ov.body["account"], key)
+
+    # -- time-based events ------------------------------------------------
+    def _due_events(self, ov: OpenVault) -> bool:
+        now = self.clock()
+        for key in ov.body["keys"].values():
+            if key["KeyState"] == KeyState.PENDING_DELETION and parse_iso(key["DeletionDate"]) <= now:
+                return True
+            if self._rotation_due(key, now):
+                return True
+        return False
+
+    def _rotation_due(self, key: dict[str, Any], now: datetime) -> bool:
+        rot = key["Rotation"]
+        return (key["KeyState"] == KeyState.ENABLED and rot["Enabled"] and rot["NextRotationDate"] is not None
+                and parse_iso(rot["NextRotationDate"]) <= now)
+
+    def _apply_due_events(self, ov: OpenVault) -> bool:
+        """Destroy keys past their window, rotate keys past their period; record each."""
+        changed = False
+        now = self.clock()
+        for key in list(ov.body["keys"].values()):
+            if key["KeyState"] == KeyState.PENDING_DELETION and parse_iso(key["DeletionDate"]) <= now:
+                key_id = key["KeyId"]
+                del ov.body["keys"][key_id]
+                gone = sorted(n for n, a in ov.body["aliases"].items() if a["TargetKeyId"] == key_id)
+                for name in gone:
+                    del ov.body["aliases"][name]
+                call = _Call("DeleteKey", {"keyId": key_id},
+                             {"keyId": key_id, "deletionDate": key["DeletionDate"], "aliasesDeleted": gone},
+                             [ids.key_arn(ov.body["account"], key_id)])
+                self._record(ov, call, event_type="AwsServiceEvent")
+                changed = True
+            elif self._rotate_if_due(ov, key):
+                changed = True
+        return changed
+
+    def _rotate_if_due(self, ov: OpenVault, key: dict[str, Any]) -> bool:
+        now = self.clock()
+        if not self._rotation_due(key, now):
+            return False
+        # However many periods were missed, a key rotates once (SPEC).
+        material = self._add_material(key, "AUTOMATIC")
+        key["Rotation"]["NextRotationDate"] = iso(now + timedelta(days=key["Rotation"]["PeriodInDays"]))
+        call = _Call("RotateKey", {"keyId": key["KeyId"]},
+                     {"keyId": key["KeyId"], "keyMaterialId": material["KeyMaterialId"]},
+                     [ids.key_arn(ov.body["account"], key["KeyId"])])
+        self._record(ov, call, event_type="AwsServiceEvent")
+        return True
+
+    def _add_material(self, key: dict[str, Any], rotation_type: str) -> dict[str, Any]:
+        from .crypto import primitives as P
+
+        material = _new_material(key["Materials"][-1]["Version"] + 1, iso(self.clock()), rotation_type,
+                                 P.random_bytes(MATERIAL_SIZE))
+        key["Materials"].append(material)
+        return material
+
+
+# -- helpers --------------------------------------------------------------
+def _new_material(version: int, created: str, rotation_type: str | None, secret: bytes) -> dict[str, Any]:
+    import hashlib
+
+    return {
+        "Version": version,
+        # An identifier, not a secret: a hash of the material under a label.
+        "KeyMaterialId": hashlib.sha256(b"kmscli key material id\x00" + secret).hexdigest(),
+        "Material": base64.b64encode(secret).decode(),
+        "CreationDate": created,
+        "RotationType": rotation_type,
+    }
+
+
+def _material(material: dict[str, Any]) -> bytes:
+    return base64.b64decode(material["Material"])
+
+
+def _tag_dict(tags: list[dict[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for t in tags:
+        ids.validate_tag(t["TagKey"], t["TagValue"])
+        out[t["TagKey"]] = t["TagValue"]
+    if len(out) > TAGS_PER_KEY_MAX:
+        raise errors.TagException(f"a key can have at most {TAGS_PER_KEY_MAX} tags (got {len(out)})")
+    return out
+
+
+def _context(ec: dict[str, str] | None) -> dict[str, str]:
+    from .crypto import stream
+
+    context = dict(ec or {})
+    stream.check_context(context)
+    return context
+
+
+def _context_conditions(context: dict[str, str]) -> dict[str, Any]:
+    cond: dict[str, Any] = {f"kms:EncryptionContext:{k}": v for k, v in context.items()}
+    cond["kms:EncryptionContextKeys"] = sorted(context)
+    return cond
+
+
+def _check_range(name: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise errors.ValidationException(f"{name} must be between {lo} and {hi} (got {value})")
+
+
+def _check_policy_name(name: str) -> None:
+    if name != "default":
+        raise errors.ValidationException(f"the only key policy name is 'default' (got '{name}')")
+
+
+def _head(value: dict[str, Any] | None) -> Any:
+    if value is None:
+        return None
+    from . import audit
+
+    return audit.ChainHead(file_index=value["file_index"], seq=value["seq"], mac=value["mac"])

@@ -1,0 +1,157 @@
+"""The vault file format, version 1, exactly as docs/vault.md lays it out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from .. import errors
+from ..crypto import primitives as P
+
+MAGIC = b"KMSVAULT"
+FORMAT_VERSION = 1
+KDF_ARGON2ID = 1
+SALT_SIZE = 16
+VAULT_KEY_SIZE = 32
+_FIXED = struct.Struct(">8sHBIII16s")  # magic, version, kdf id, m, t, p, salt
+KDF_AAD_SIZE = _FIXED.size  # bytes 0..39: what the wrapped vault key's AAD covers
+WRAPPED_KEY_SIZE = VAULT_KEY_SIZE + P.TAG_SIZE
+HEADER_CHECKSUM_SIZE = 32
+HEADER_SIZE = KDF_AAD_SIZE + P.NONCE_SIZE + WRAPPED_KEY_SIZE + HEADER_CHECKSUM_SIZE
+MIN_FILE_SIZE = HEADER_SIZE + P.NONCE_SIZE + P.TAG_SIZE
+MAX_BODY_SIZE = 64 * 1024 * 1024
+BODY_KEY_INFO = b"kmscli vault body v1"
+
+# Bounds on KDF parameters a header may ask for: checked before Argon2 runs,
+# so a crafted file cannot make kmscli allocate gigabytes or spin for minutes.
+MIN_MEMORY_KIB = 8 * 1024
+MAX_MEMORY_KIB = 4 * 1024 * 1024
+MIN_TIME, MAX_TIME = 1, 16
+MIN_PARALLELISM, MAX_PARALLELISM = 1, 16
+# Below OWASP's Argon2id floor (19 MiB, t=2): allowed for tests, warned about.
+WEAK_MEMORY_KIB = 19 * 1024
+WEAK_TIME = 2
+
+DEFAULT_MEMORY_KIB = 512 * 1024
+DEFAULT_TIME = 2
+DEFAULT_PARALLELISM = 4
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    memory_kib: int = DEFAULT_MEMORY_KIB
+    time_cost: int = DEFAULT_TIME
+    parallelism: int = DEFAULT_PARALLELISM
+
+    def in_bounds(self) -> bool:
+        return (
+            MIN_MEMORY_KIB <= self.memory_kib <= MAX_MEMORY_KIB
+            and MIN_TIME <= self.time_cost <= MAX_TIME
+            and MIN_PARALLELISM <= self.parallelism <= MAX_PARALLELISM
+        )
+
+    def is_weak(self) -> bool:
+        return self.memory_kib < WEAK_MEMORY_KIB or self.time_cost < WEAK_TIME
+
+
+@dataclass(frozen=True)
+class Header:
+    kdf: KdfParams
+    salt: bytes
+    wrap_nonce: bytes
+    wrapped_vault_key: bytes
+    raw: bytes  # the HEADER_SIZE bytes as stored, checksum included
+
+    @property
+    def kdf_aad(self) -> bytes:
+        return self.raw[:KDF_AAD_SIZE]
+
+
+def derive_kek(passphrase: bytes, header: Header) -> bytes:
+    kdf = header.kdf
+    return P.argon2id(passphrase, header.salt, kdf.memory_kib, kdf.time_cost, kdf.parallelism)
+
+
+def build_header(kdf: KdfParams, salt: bytes, kek: bytes, vault_key: bytes, wrap_nonce: bytes) -> Header:
+    fixed = _FIXED.pack(MAGIC, FORMAT_VERSION, KDF_ARGON2ID, kdf.memory_kib, kdf.time_cost, kdf.parallelism, salt)
+    wrapped = P.seal(kek, wrap_nonce, vault_key, fixed)
+    unsummed = fixed + wrap_nonce + wrapped
+    raw = unsummed + hashlib.sha256(unsummed).digest()
+    return Header(kdf=kdf, salt=salt, wrap_nonce=wrap_nonce, wrapped_vault_key=wrapped, raw=raw)
+
+
+def parse_header(data: bytes) -> Header:
+    """Parse and bound-check the header; no secret needed, nothing derived."""
+    if len(data) < len(MAGIC) + 2 or data[: len(MAGIC)] != MAGIC:
+        raise errors.VaultCorruptException("the vault file is not a kmscli vault (bad magic bytes)")
+    (version,) = struct.unpack_from(">H", data, len(MAGIC))
+    if version > FORMAT_VERSION:
+        raise errors.VaultVersionException(
+            f"vault format version {version} is newer than this kmscli understands ({FORMAT_VERSION}); upgrade kmscli"
+        )
+    if version != FORMAT_VERSION:
+        raise errors.VaultCorruptException(f"the vault file has an unknown format version {version}")
+    if len(data) < MIN_FILE_SIZE:
+        raise errors.VaultCorruptException(
+            f"the vault file is truncated ({len(data)} bytes, a vault has at least {MIN_FILE_SIZE})"
+        )
+    raw = data[:HEADER_SIZE]
+    if not P.constant_time_equal(hashlib.sha256(raw[:-HEADER_CHECKSUM_SIZE]).digest(), raw[-HEADER_CHECKSUM_SIZE:]):
+        raise errors.VaultCorruptException("the vault header is damaged (checksum mismatch); restore it from a backup")
+    _magic, _v, kdf_id, m, t, p, salt = _FIXED.unpack_from(raw)
+    if kdf_id != KDF_ARGON2ID:
+        raise errors.VaultCorruptException(f"the vault names an unknown KDF (id {kdf_id})")
+    kdf = KdfParams(m, t, p)
+    if not kdf.in_bounds():
+        raise errors.VaultCorruptException(
+            f"the vault's KDF parameters are out of bounds (m={m} KiB, t={t}, p={p}); refusing to derive"
+        )
+    if len(data) - HEADER_SIZE - P.NONCE_SIZE > MAX_BODY_SIZE + P.TAG_SIZE:
+        raise errors.VaultCorruptException("the vault body is larger than kmscli allows (64 MiB)")
+    off = KDF_AAD_SIZE
+    wrap_nonce = raw[off : off + P.NONCE_SIZE]
+    wrapped = raw[off + P.NONCE_SIZE : off + P.NONCE_SIZE + WRAPPED_KEY_SIZE]
+    return Header(kdf=kdf, salt=salt, wrap_nonce=wrap_nonce, wrapped_vault_key=wrapped, raw=raw)
+
+
+def unwrap_vault_key(header: Header, kek: bytes) -> bytes:
+    """Open the wrapped vault key; a tag failure here means the wrong passphrase."""
+    try:
+        return P.open_(kek, header.wrap_nonce, header.wrapped_vault_key, header.kdf_aad)
+    except P.AuthenticationFailed:
+        raise errors.IncorrectPassphraseException(
+            "the passphrase does not unlock this vault; check it and try again"
+        ) from None
+
+
+def body_key(vault_key: bytes) -> bytes:
+    return P.hkdf(vault_key, BODY_KEY_INFO)
+
+
+def seal_body(header: Header, vault_key: bytes, body: dict[str, Any], nonce: bytes | None = None) -> bytes:
+    """Return the whole file: header, then the body sealed under the vault key."""
+    nonce = nonce or P.random_bytes(P.NONCE_SIZE)
+    plain = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    if len(plain) > MAX_BODY_SIZE:
+        raise errors.LimitExceededException("the vault would grow past 64 MiB; delete unused keys first")
+    return header.raw + nonce + P.seal(body_key(vault_key), nonce, plain, header.raw)
+
+
+def open_body(data: bytes, header: Header, vault_key: bytes) -> dict[str, Any]:
+    nonce = data[HEADER_SIZE : HEADER_SIZE + P.NONCE_SIZE]
+    try:
+        plain = P.open_(body_key(vault_key), nonce, data[HEADER_SIZE + P.NONCE_SIZE :], header.raw)
+    except P.AuthenticationFailed:
+        raise errors.VaultCorruptException(
+            "the vault body failed its integrity check (modified or truncated); restore it from a backup"
+        ) from None
+    try:
+        body = json.loads(plain)
+    except ValueError:
+        raise errors.VaultCorruptException("the vault body is not valid JSON") from None
+    if not isinstance(body, dict) or body.get("format") != FORMAT_VERSION:
+        raise errors.VaultCorruptException("the vault body has an unknown layout")
+    return body

@@ -1,0 +1,239 @@
+"""Where the vault lives on disk and how it is read, locked and replaced.
+
+A vault or log is always either the old version or the new one: writes go to a
+temporary file in the same folder that is fsynced and renamed over the vault,
+then the folder is fsynced, all under an exclusive lock held only for the
+read-modify-write itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import errors
+from . import format as F
+
+VAULT_FILE = "vault.kms"
+LOCK_SUFFIX = ".lock"
+TMP_PREFIX = "."
+TMP_SUFFIX = ".tmp"
+#: How long a writer waits for another writer before giving up.
+LOCK_TIMEOUT_S = 120.0
+
+
+def default_vault_path() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("kmscli")) / VAULT_FILE
+
+
+def resolve_vault_path(option: str | None) -> Path:
+    """``--vault``, else ``KMSCLI_VAULT``, else the platform's user data folder."""
+    value = option or os.environ.get("KMSCLI_VAULT")
+    return Path(value).expanduser() if value else default_vault_path()
+
+
+def ensure_private_dir(folder: Path) -> None:
+    """Create ``folder`` (and parents) as 0700 if missing; leave existing ones be."""
+    if folder.is_dir():
+        return
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            raise errors.VaultFileError(f"cannot create the folder {folder}: {parent} is a file, not a folder")
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
+    except OSError as e:
+        raise errors.VaultFileError(f"cannot create the folder {folder}: {e.strerror}") from None
+
+
+def check_private_file(st: os.stat_result, path: Path, what: str) -> None:
+    """Refuse a file someone else could have written: not ours, or group/world-writable."""
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise errors.VaultFileError(f"refusing to use {what} {path}: it belongs to another user (uid {st.st_uid})")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise errors.VaultFileError(
+            f"refusing to use {what} {path}: it is writable by group or others; run 'chmod 600 {path}'"
+        )
+
+
+@dataclass
+class OpenVault:
+    """An unlocked vault: its header, its key and its decrypted body (mutable)."""
+
+    header: F.Header
+    vault_key: bytes
+    body: dict[str, Any]
+
+
+class KeySource:
+    """Turns a vault header into the vault key: by passphrase or from a session."""
+
+    def vault_key(self, header: F.Header) -> bytes:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class PassphraseKeySource(KeySource):
+    """Derives the KEK from a passphrase, at most once per salt and parameters.
+
+    The passphrase is asked for lazily, so commands that fail before unlocking
+    never prompt. Under the write lock the header is read again; when it is
+    unchanged the cached vault key is reused instead of a second Argon2 run.
+    """
+
+    def __init__(self, get_passphrase: Callable[[], bytes]) -> None:
+        self._get = get_passphrase
+        self._passphrase: bytes | None = None
+        self._keys: dict[bytes, bytes] = {}
+
+    def passphrase(self) -> bytes:
+        if self._passphrase is None:
+            self._passphrase = self._get()
+        return self._passphrase
+
+    def vault_key(self, header: F.Header) -> bytes:
+        cached = self._keys.get(header.raw)
+        if cached is None:
+            kek = F.derive_kek(self.passphrase(), header)
+            cached = F.unwrap_vault_key(header, kek)
+            self._keys[header.raw] = cached
+        return cached
+
+
+class FixedKeySource(KeySource):
+    """A vault key already known (a session); it must still open the header's vault."""
+
+    def __init__(self, vault_key: bytes) -> None:
+        self._key = vault_key
+
+    def vault_key(self, header: F.Header) -> bytes:
+        return self._key
+
+
+class VaultStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock_path = path.with_name(path.name + LOCK_SUFFIX)
+
+    # -- reading ---------------------------------------------------------
+    def read_bytes(self) -> bytes:
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            raise errors.VaultNotFoundException(
+                f"no vault at {self.path}; create one with 'kmscli init' (or point --vault / KMSCLI_VAULT at yours)"
+            ) from None
+        except OSError as e:
+            raise errors.VaultFileError(f"cannot open the vault {self.path}: {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise errors.VaultFileError(f"the vault {self.path} is not a regular file")
+            check_private_file(st, self.path, "the vault")
+            if st.st_size > F.HEADER_SIZE + F.MAX_BODY_SIZE + 64:
+                raise errors.VaultCorruptException("the vault file is larger than kmscli allows (64 MiB)")
+            chunks = []
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except OSError as e:
+            raise errors.VaultFileError(f"cannot read the vault {self.path}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+
+    def open(self, keys: KeySource) -> OpenVault:
+        data = self.read_bytes()
+        header = F.parse_header(data)
+        vault_key = keys.vault_key(header)
+        return OpenVault(header=header, vault_key=vault_key, body=F.open_body(data, header, vault_key))
+
+    # -- writing ---------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the vault's exclusive write lock (a ``flock`` on ``vault.kms.lock``)."""
+        from filelock import FileLock, Timeout
+
+        ensure_private_dir(self.path.parent)
+        lock = FileLock(str(self.lock_path), mode=0o600, timeout=LOCK_TIMEOUT_S)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise errors.VaultFileError(
+                f"another kmscli process has held the vault lock {self.lock_path} for over {LOCK_TIMEOUT_S:.0f} s"
+            ) from None
+        except OSError as e:
+            raise errors.VaultFileError(f"cannot lock the vault {self.lock_path}: {e.strerror}") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def write(self, data: bytes, *, create: bool = False) -> None:
+        """Replace the vault with ``data`` atomically (call with the lock held).
+
+        With ``create`` the vault must not exist yet: it is linked into place
+        with ``link`` semantics so two concurrent ``init`` calls cannot both win.
+        """
+        folder = self.path.parent
+        ensure_private_dir(folder)
+        tmp = folder / f"{TMP_PREFIX}{self.path.name}.{os.urandom(6).hex()}{TMP_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except OSError as e:
+            raise errors.VaultFileError(f"cannot write in {folder}: {e.strerror}") from None
+        try:
+            try:
+                os.fchmod(fd, 0o600)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if create:
+                try:
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    raise errors.AlreadyExistsException(
+                        f"a vault already exists at {self.path}; kmscli never overwrites one"
+                    ) from None
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, self.path)
+            _fsync_dir(folder)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
+            raise errors.VaultFileError(f"cannot write the vault {self.path}: {reason}; it is unchanged") from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def remove_stale_temps(self) -> None:
+        """Delete temporary files a killed writer left behind (call with the lock held)."""
+        pattern = f"{TMP_PREFIX}{self.path.name}.*{TMP_SUFFIX}"
+        for p in self.path.parent.glob(pattern):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

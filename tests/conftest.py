@@ -1,0 +1,97 @@
+"""Shared fixtures: cheap vaults and a runner for the real ``kmscli`` entry point.
+
+Vaults in tests use ``--kdf-memory 8 --kdf-time 1``: the defaults are never
+weakened, the cheap parameters are simply written into each test vault's header.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+PASSPHRASE = "correct horse battery staple"
+CHEAP_KDF = ["--kdf-memory", "8", "--kdf-time", "1", "--kdf-parallelism", "1"]
+
+
+def kmscli_command() -> list[str]:
+    """The installed console script beside this interpreter, else ``python -m kmscli``."""
+    script = Path(sys.executable).with_name("kmscli")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("kmscli")
+    return [found] if found else [sys.executable, "-m", "kmscli"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMSCLI_")}
+    env.pop("NO_COLOR", None)
+    env.update(extra)
+    return env
+
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture
+def vault_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "kms"
+    return d
+
+
+@pytest.fixture
+def env(vault_dir: Path) -> dict[str, str]:
+    return clean_env(KMSCLI_VAULT=str(vault_dir / "vault.kms"), KMSCLI_PASSPHRASE=PASSPHRASE)
+
+
+@pytest.fixture
+def kms(env: dict[str, str]) -> Runner:
+    """Run kmscli with the test's environment; stdin is closed unless ``input`` is given."""
+
+    def run(*args: str, input: bytes | None = None, env_update: dict[str, str] | None = None,
+            env_remove: tuple[str, ...] = (), timeout: float = 60) -> subprocess.CompletedProcess:
+        e = dict(env)
+        e.update(env_update or {})
+        for k in env_remove:
+            e.pop(k, None)
+        return subprocess.run(
+            [*kmscli_command(), *args],
+            input=input if input is not None else b"",
+            capture_output=True,
+            env=e,
+            timeout=timeout,
+            start_new_session=True,  # no controlling terminal: never prompt
+        )
+
+    return run
+
+
+@pytest.fixture
+def vault(kms: Runner, vault_dir: Path) -> Path:
+    """An initialised cheap vault; returns its path."""
+    r = kms("init", *CHEAP_KDF)
+    assert r.returncode == 0, r.stderr
+    return vault_dir / "vault.kms"
+
+
+def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert r.returncode == 0, (r.returncode, r.stderr.decode(errors="replace"))
+    return r
+
+
+def fails(r: subprocess.CompletedProcess, code: int, name: str | None = None) -> str:
+    """Assert exit ``code`` and a one-line ``kmscli: Name: ...`` error; return the line."""
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == code, (r.returncode, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("kmscli: ")
+    if name is not None:
+        assert lines[0].startswith(f"kmscli: {name}: "), lines[0]
+    return lines[0]
