@@ -32,15 +32,16 @@ def _store(ctx: Any, param: Any, value: Any) -> Any:
 
 def global_params() -> list[Any]:
     """Options every command accepts, before or after its name."""
+    common: dict[str, Any] = {"expose_value": False, "callback": _store, "is_eager": True}
     return [
-        TyperOption(param_decls=["--vault"], metavar="PATH", expose_value=False, callback=_store, is_eager=True,
-                     help="Vault file [env: KMSCLI_VAULT; default: the user data folder's kmscli/vault.kms]."),
-        TyperOption(param_decls=["--audit-log"], metavar="PATH", expose_value=False, callback=_store, is_eager=True,
-                     help="Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault]."),
-        TyperOption(param_decls=["--passphrase-file"], metavar="PATH", expose_value=False, callback=_store, is_eager=True,
-                     help="Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE]."),
-        TyperOption(param_decls=["--debug"], is_flag=True, default=False, expose_value=False, callback=_store, is_eager=True,
-                     help="Show a traceback for unexpected errors."),
+        TyperOption(param_decls=["--vault"], metavar="PATH", **common,
+                    help="Vault file [env: KMSCLI_VAULT; default: the user data folder's kmscli/vault.kms]."),
+        TyperOption(param_decls=["--audit-log"], metavar="PATH", **common,
+                    help="Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault]."),
+        TyperOption(param_decls=["--passphrase-file"], metavar="PATH", **common,
+                    help="Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE]."),
+        TyperOption(param_decls=["--debug"], is_flag=True, default=False, **common,
+                    help="Show a traceback for unexpected errors."),
     ]
 
 

@@ -109,7 +109,8 @@ class Progress:
         if total is None or total < self.THRESHOLD or not is_tty(sys.stderr) or os.environ.get("NO_COLOR") == "dumb":
             return
         from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, TransferSpeedColumn
+        from rich.progress import BarColumn, DownloadColumn, TransferSpeedColumn
+        from rich.progress import Progress as RichProgress
 
         self._bar = RichProgress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                                  TransferSpeedColumn(), console=Console(stderr=True), transient=True)

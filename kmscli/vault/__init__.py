@@ -1,0 +1,1 @@
+"""The vault file: its format and its store."""
