@@ -449,14 +449,16 @@ class Kms:
         """Beyond AWS (Vault's min_decryption_version): refuse ciphertexts under older material."""
 
         def set_min(ov: OpenVault, call: _Call) -> dict[str, Any]:
-            key = self._key(ov, call, KeyId, "kms:UpdateKeyRotationPolicy")
+            # No AWS action covers this extension; it is rotation configuration,
+            # so it needs the permission that turns rotation on.
+            key = self._key(ov, call, KeyId, "kms:EnableKeyRotation")
             self._require_not_pending(ov, key)
             latest = key["Materials"][-1]["Version"]
             _check_range("--min-decrypt-version", MinDecryptVersion, 1, latest)
             key["Rotation"]["MinDecryptVersion"] = MinDecryptVersion
             return {}
 
-        return self._mutate("UpdateKeyRotationPolicy", {"keyId": KeyId, "minDecryptVersion": MinDecryptVersion},
+        return self._mutate("SetMinDecryptVersion", {"keyId": KeyId, "minDecryptVersion": MinDecryptVersion},
                             set_min)
 
     def GetKeyRotationStatus(self, KeyId: str) -> dict[str, Any]:
@@ -522,7 +524,7 @@ class Kms:
             material = key["Materials"][-1]
             n = stream.encrypt_stream(reader, writer, master_key=_material(material), key_id=key["KeyId"],
                                       material_version=material["Version"], context=context, progress=progress)
-            call.request["plaintextSize"] = n
+            call.request["inputBytes"] = n
             call.response["keyMaterialId"] = material["KeyMaterialId"]
             return {"KeyId": self._arn(ov, key), "KeyMaterialId": material["KeyMaterialId"],
                     "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
@@ -544,7 +546,7 @@ class Kms:
             key, material = self._ciphertext_key(ov, call, header, KeyId, "kms:Decrypt", context)
             n = stream.decrypt_stream(header, reader, writer, master_key=_material(material), context=context,
                                       progress=progress)
-            call.response["plaintextSize"] = n
+            call.response["outputBytes"] = n
             return {"KeyId": self._arn(ov, key), "KeyMaterialId": material["KeyMaterialId"],
                     "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
 
@@ -966,7 +968,7 @@ def _context(ec: dict[str, str] | None) -> dict[str, str]:
     from .crypto import stream
 
     context = dict(ec or {})
-    stream.check_context(context)
+    stream.encode_context(context)  # validates: local limits named in docs/format.md
     return context
 
 

@@ -51,16 +51,20 @@ def env(vault_dir: Path) -> dict[str, str]:
 
 @pytest.fixture
 def kms(env: dict[str, str]) -> Runner:
-    """Run kmscli with the test's environment; stdin is closed unless ``input`` is given."""
+    """Run kmscli with the test's environment; stdin is empty unless ``input`` is given.
+
+    ``prefix`` runs it under another command, e.g. ``("faketime", "-f", "+8d")``.
+    """
 
     def run(*args: str, input: bytes | None = None, env_update: dict[str, str] | None = None,
-            env_remove: tuple[str, ...] = (), timeout: float = 60) -> subprocess.CompletedProcess:
+            env_remove: tuple[str, ...] = (), timeout: float = 60,
+            prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
         e = dict(env)
         e.update(env_update or {})
         for k in env_remove:
             e.pop(k, None)
         return subprocess.run(
-            [*kmscli_command(), *args],
+            [*prefix, *kmscli_command(), *args],
             input=input if input is not None else b"",
             capture_output=True,
             env=e,

@@ -1,0 +1,223 @@
+"""encrypt, decrypt, reencrypt, datakey and random through the real entry point."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Runner, fails, ok
+
+CHUNK = 256 * 1024
+
+
+def new_key(kms: Runner, *args: str) -> str:
+    return ok(kms("keys", "create", *args)).stdout.decode().strip()
+
+
+@pytest.fixture
+def key(kms: Runner, vault: Path) -> str:
+    return new_key(kms, "--alias", "alias/app")
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 17])
+def test_round_trip_sizes(kms: Runner, key: str, size: int) -> None:
+    data = os.urandom(size)
+    ct = ok(kms("encrypt", "--key", "alias/app", input=data)).stdout
+    assert size < 16 or data not in ct
+    assert ok(kms("decrypt", input=ct)).stdout == data
+
+
+def test_context_must_match_exactly(kms: Runner, key: str) -> None:
+    ct = ok(kms("encrypt", "--key", key, "-c", "app=web", "-c", "env=prod", input=b"s3cret")).stdout
+    assert ok(kms("decrypt", "-c", "env=prod", "-c", "app=web", input=ct)).stdout == b"s3cret"  # order free
+    for ctx in ([], ["-c", "app=web"], ["-c", "app=web", "-c", "env=dev"],
+                ["-c", "app=web", "-c", "env=prod", "-c", "x=y"], ["-c", "APP=web", "-c", "env=prod"]):
+        line = fails(kms("decrypt", *ctx, input=ct), 6, "InvalidCiphertextException")
+        assert "context" in line
+
+
+@pytest.mark.parametrize("pair", ["novalue", "=v"])
+def test_bad_context_pairs(kms: Runner, key: str, pair: str) -> None:
+    fails(kms("encrypt", "--key", key, "--context", pair, input=b"x"), 2, "ValidationException")
+
+
+def test_context_size_limit(kms: Runner, key: str) -> None:
+    fails(kms("encrypt", "--key", key, "-c", "k=" + "v" * 9000, input=b"x"), 2, "ValidationException")
+
+
+def test_decrypt_key_assertion(kms: Runner, key: str) -> None:
+    other = new_key(kms)
+    ct = ok(kms("encrypt", "--key", key, input=b"data")).stdout
+    assert ok(kms("decrypt", "--key", "alias/app", input=ct)).stdout == b"data"
+    fails(kms("decrypt", "--key", other, input=ct), 6, "IncorrectKeyException")
+    fails(kms("decrypt", "--key", "alias/missing", input=ct), 3)
+
+
+def test_disabled_and_pending_keys_exit_4(kms: Runner, key: str) -> None:
+    ct = ok(kms("encrypt", "--key", key, input=b"data")).stdout
+    ok(kms("keys", "disable", key))
+    fails(kms("encrypt", "--key", key, input=b"x"), 4, "DisabledException")
+    fails(kms("decrypt", input=ct), 4, "DisabledException")
+    fails(kms("datakey", key), 4)
+    fails(kms("reencrypt", "--key", key, input=ct), 4)
+    ok(kms("keys", "schedule-delete", key))
+    line = fails(kms("encrypt", "--key", key, input=b"x"), 4, "KMSInvalidStateException")
+    assert "pending deletion" in line
+    fails(kms("decrypt", input=ct), 4, "KMSInvalidStateException")
+
+
+def test_ciphertext_of_another_vault(kms: Runner, key: str, tmp_path: Path) -> None:
+    ct = ok(kms("encrypt", "--key", key, input=b"data")).stdout
+    other = tmp_path / "other.kms"
+    ok(kms("init", "--kdf-memory", "8", "--kdf-time", "1", "--vault", str(other)))
+    fails(kms("decrypt", "--vault", str(other), input=ct), 6, "InvalidCiphertextException")
+
+
+@pytest.mark.parametrize("garbage", [b"", b"x", b"\x89KMS\r\n\x1a\n", os.urandom(4096)])
+def test_garbage_is_invalid_ciphertext(kms: Runner, key: str, garbage: bytes) -> None:
+    fails(kms("decrypt", input=garbage), 6, "InvalidCiphertextException")
+
+
+def test_every_byte_flip_of_a_small_ciphertext(kms: Runner, key: str) -> None:
+    """Through the CLI for a sample of positions; the unit tests flip every byte."""
+    ct = ok(kms("encrypt", "--key", key, "-c", "a=b", input=b"hello")).stdout
+    for i in list(range(0, len(ct), max(1, len(ct) // 12))) + [len(ct) - 1]:
+        bad = bytearray(ct)
+        bad[i] ^= 0x40
+        fails(kms("decrypt", "-c", "a=b", input=bytes(bad)), 6, "InvalidCiphertextException")
+
+
+def test_truncated_and_concatenated(kms: Runner, key: str) -> None:
+    data = os.urandom(2 * CHUNK + 5)
+    ct = ok(kms("encrypt", "--key", key, input=data)).stdout
+    for cut in (len(ct) - 1, len(ct) - 17, len(ct) // 2, 200):
+        fails(kms("decrypt", input=ct[:cut]), 6)
+    fails(kms("decrypt", input=ct + ct), 6)
+
+
+# -- files ------------------------------------------------------------------
+def test_in_out_files(kms: Runner, key: str, tmp_path: Path) -> None:
+    src = tmp_path / "plain.txt"
+    src.write_bytes(b"file contents\n" * 1000)
+    enc, dec = tmp_path / "c.kms", tmp_path / "p.txt"
+    ok(kms("encrypt", "--key", key, "-i", str(src), "-o", str(enc)))
+    ok(kms("decrypt", "-i", str(enc), "-o", str(dec)))
+    assert dec.read_bytes() == src.read_bytes()
+    assert stat.S_IMODE(enc.stat().st_mode) == 0o600
+    assert stat.S_IMODE(dec.stat().st_mode) == 0o600
+    assert ok(kms("decrypt", "-i", "-", "-o", "-", input=enc.read_bytes())).stdout == src.read_bytes()
+
+
+def test_failed_decrypt_leaves_nothing(kms: Runner, key: str, tmp_path: Path) -> None:
+    data = os.urandom(3 * CHUNK)
+    ct = bytearray(ok(kms("encrypt", "--key", key, input=data)).stdout)
+    ct[-3] ^= 1  # the last chunk fails after earlier chunks authenticated
+    out = tmp_path / "out.bin"
+    fails(kms("decrypt", "-o", str(out), input=bytes(ct)), 6)
+    assert list(tmp_path.iterdir()) == [tmp_path / "kms"]
+    out.write_bytes(b"previous contents")
+    fails(kms("decrypt", "-o", str(out), input=bytes(ct)), 6)
+    assert out.read_bytes() == b"previous contents"
+
+
+def test_unreadable_input_unwritable_output(kms: Runner, key: str, tmp_path: Path) -> None:
+    fails(kms("encrypt", "--key", key, "-i", str(tmp_path / "missing")), 2)
+    fails(kms("encrypt", "--key", key, "-o", str(tmp_path / "no" / "such" / "dir" / "x"), input=b"x"), 2)
+
+
+# -- armor ------------------------------------------------------------------
+def test_armor_round_trip_and_shape(kms: Runner, key: str) -> None:
+    data = os.urandom(5000)
+    text = ok(kms("encrypt", "--key", key, "--armor", input=data)).stdout
+    lines = text.decode("ascii").splitlines()
+    assert lines[0].startswith("-----BEGIN ") and lines[-1].startswith("-----END ")
+    assert all(len(line) <= 64 for line in lines[1:-1])
+    assert all(len(line) == 64 for line in lines[1:-2])
+    assert ok(kms("decrypt", input=text)).stdout == data
+
+
+@pytest.mark.parametrize("defect", ["broken line", "missing end", "trailing garbage", "bad char"])
+def test_armor_defects(kms: Runner, key: str, defect: str) -> None:
+    text = ok(kms("encrypt", "--key", key, "--armor", input=os.urandom(300))).stdout.decode()
+    lines = text.splitlines()
+    if defect == "broken line":
+        lines[1] = lines[1][:40]
+    elif defect == "missing end":
+        lines = lines[:-1]
+    elif defect == "trailing garbage":
+        lines.append("garbage")
+    elif defect == "bad char":
+        lines[1] = "!" + lines[1][1:]
+    fails(kms("decrypt", input=("\n".join(lines) + "\n").encode()), 6, "InvalidCiphertextException")
+
+
+def test_armor_trailing_whitespace_is_fine(kms: Runner, key: str) -> None:
+    text = ok(kms("encrypt", "--key", key, "--armor", input=b"ws")).stdout
+    assert ok(kms("decrypt", input=text + b"\n  \n")).stdout == b"ws"
+
+
+# -- reencrypt --------------------------------------------------------------
+def test_reencrypt_to_other_key_and_context(kms: Runner, key: str) -> None:
+    other = new_key(kms)
+    ct = ok(kms("encrypt", "--key", key, "-c", "a=1", input=b"moving")).stdout
+    moved = ok(kms("reencrypt", "--key", other, "--source-context", "a=1", "-c", "b=2", input=ct)).stdout
+    assert ok(kms("decrypt", "--key", other, "-c", "b=2", input=moved)).stdout == b"moving"
+    fails(kms("decrypt", "-c", "a=1", input=moved), 6)
+    fails(kms("reencrypt", "--key", other, input=ct), 6)  # wrong source context
+    armored = ok(kms("reencrypt", "--key", key, "--source-context", "a=1", "--armor", input=ct)).stdout
+    assert armored.startswith(b"-----BEGIN")
+    assert ok(kms("decrypt", input=armored)).stdout == b"moving"
+
+
+def test_reencrypt_moves_to_current_material(kms: Runner, key: str) -> None:
+    ct = ok(kms("encrypt", "--key", key, input=b"old material")).stdout
+    ok(kms("keys", "rotate", key))
+    moved = ok(kms("reencrypt", "--key", key, input=ct)).stdout
+    ok(kms("keys", "rotation", key, "--min-decrypt-version", "2"))
+    line = fails(kms("decrypt", input=ct), 4)
+    assert "reencrypt" in line
+    assert ok(kms("decrypt", input=moved)).stdout == b"old material"
+    ok(kms("keys", "rotation", key, "--min-decrypt-version", "1"))
+    assert ok(kms("decrypt", input=ct)).stdout == b"old material"
+
+
+# -- datakey and random -----------------------------------------------------
+@pytest.mark.parametrize(("args", "size"), [([], 32), (["--spec", "AES_128"], 16), (["--bytes", "7"], 7),
+                                            (["--bytes", "1024"], 1024)])
+def test_datakey(kms: Runner, key: str, args: list[str], size: int) -> None:
+    resp = json.loads(ok(kms("datakey", key, *args, "-c", "purpose=test", "--json")).stdout)
+    assert set(resp) == {"KeyId", "Plaintext", "CiphertextBlob"}
+    assert resp["KeyId"].endswith(key)
+    plain = base64.b64decode(resp["Plaintext"])
+    assert len(plain) == size
+    blob = base64.b64decode(resp["CiphertextBlob"])
+    assert ok(kms("decrypt", "-c", "purpose=test", input=blob)).stdout == plain
+
+
+def test_datakey_without_plaintext(kms: Runner, key: str) -> None:
+    resp = json.loads(ok(kms("datakey", key, "--no-plaintext", "--json")).stdout)
+    assert set(resp) == {"KeyId", "CiphertextBlob"}
+    assert len(ok(kms("decrypt", input=base64.b64decode(resp["CiphertextBlob"]))).stdout) == 32
+
+
+@pytest.mark.parametrize("args", [["--bytes", "0"], ["--bytes", "1025"], ["--spec", "AES_512"],
+                                  ["--spec", "AES_256", "--bytes", "16"]])
+def test_datakey_bad_sizes(kms: Runner, key: str, args: list[str]) -> None:
+    fails(kms("datakey", key, *args), 2, "ValidationException")
+
+
+@pytest.mark.parametrize(("fmt", "decode"), [("base64", base64.b64decode), ("hex", bytes.fromhex), ("raw", None)])
+def test_random(kms: Runner, fmt: str, decode) -> None:  # noqa: ANN001
+    out = ok(kms("random", "32", "--format", fmt, env_remove=("KMSCLI_VAULT", "KMSCLI_PASSPHRASE"))).stdout
+    data = out if decode is None else decode(out.decode().strip())
+    assert len(data) == 32
+
+
+@pytest.mark.parametrize("n", ["0", "1025", "x"])
+def test_random_bounds(kms: Runner, n: str) -> None:
+    fails(kms("random", n), 2)
