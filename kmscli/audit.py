@@ -1,0 +1,891 @@
+"""The audit log: append-only JSON Lines with a MAC chain; reader; verifier.
+
+``docs/audit.md`` is the format; the constants below are named after it. The
+service builds the CloudTrail-shaped part of each record and calls
+:meth:`AuditLog.append`; this module adds the CloudTrail bookkeeping fields and
+the chain, writes the line durably under a lock, rotates files, and checks a
+log with :meth:`AuditLog.verify`. It imports the standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import hashlib
+import json
+import math
+import os
+import re
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .crypto.primitives import constant_time_equal, hkdf, hmac_sha256
+from .errors import AuditLogException, AuditVerificationException
+
+EVENT_VERSION = "1.08"
+EVENT_SOURCE = "kms.local"
+DEFAULT_EVENT_TYPE = "AwsApiCall"
+EVENT_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+CHAIN_KEY_INFO = b"kmscli audit chain v1"
+GENESIS_LABEL = b"kmscli-audit-genesis"
+UNKEYED_LINK_LABEL = b"kmscli-audit-unkeyed-link v1"
+LINK_SIZE = 32
+CHAIN_KEY_SIZE = 32
+
+SEQ_FIELD = "chainSeq"
+PREV_FIELD = "chainPrev"
+MAC_FIELD = "chainMac"
+KEYED_FIELD = "keyed"
+#: Fields the log sets; a record handed to append must not carry them.
+LOG_FIELDS = frozenset({"eventVersion", "eventSource", "eventID", SEQ_FIELD, PREV_FIELD, MAC_FIELD, KEYED_FIELD})
+
+#: Bound on one line, so that neither append nor verify can be made to hold an
+#: arbitrary amount in memory (AWS caps a key policy at 32 KiB).
+MAX_LINE_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+SEGMENT_DIGITS = 6
+LOCK_SUFFIX = ".lock"
+READ_BLOCK = 1 << 16
+LOCK_TIMEOUT_S = 120.0
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+#: Field names (lower-cased, letters and digits only) that would hold a secret.
+SECRET_NAME_PARTS = ("plaintext", "ciphertextblob", "passphrase", "password", "privatekey", "secretkey")
+SECRET_NAMES = frozenset({"keymaterial", "datakey", "vaultkey", "rootkey", "chainkey"})
+#: Fields of requestParameters / responseElements that name a key, for read().
+KEY_FIELDS = ("keyId", "sourceKeyId", "destinationKeyId", "targetKeyId", "aliasName")
+
+#: fdatasync flushes the data and the size, not timestamps; macOS has only fsync.
+_sync = getattr(os, "fdatasync", os.fsync)
+#: Seams for tests that make the disk fill up or fail.
+_write = os.write
+_HEX_LINK = re.compile(r"[0-9a-f]{64}")
+_NON_ALNUM = re.compile(r"[^a-z0-9]")
+_SECRET_PART = re.compile("|".join(SECRET_NAME_PARTS))
+
+
+def chain_key(vault_key: bytes) -> bytes:
+    """Derive the audit chain key from the vault key (used for nothing else)."""
+    return hkdf(vault_key, info=CHAIN_KEY_INFO)
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """Where the log ends: the vault stores this at each write to detect a cut tail."""
+
+    file_index: int
+    seq: int
+    mac: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :meth:`AuditLog.verify` found in an intact log."""
+
+    records: int
+    files: int
+    keyed: int
+    unkeyed: int
+    last_head: ChainHead | None
+    #: Unkeyed records after the last keyed one and after the head: linked, but
+    #: anyone could have written them.
+    unproven: int = 0
+
+
+# -- the chain ---------------------------------------------------------------
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    """The one serialization of a record: sorted keys, no spaces, ASCII, no NaN."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
+def genesis_link(key: bytes | None, vault_id: str) -> bytes:
+    """``mac_0``: binds the chain to the vault (and, when keyed, to its key)."""
+    data = GENESIS_LABEL + vault_id.encode("utf-8")
+    return hmac_sha256(key, data) if key is not None else hashlib.sha256(data).digest()
+
+
+def link(key: bytes | None, prev: bytes, body: bytes) -> bytes:
+    """``mac_n`` from ``mac_{n-1}`` and the canonical record without its MAC."""
+    if key is not None:
+        return hmac_sha256(key, prev + body)
+    # Anyone can compute this: it only matters once a keyed record covers it.
+    return hashlib.sha256(UNKEYED_LINK_LABEL + prev + body).digest()
+
+
+def _check_key(key: bytes) -> None:
+    if not isinstance(key, bytes) or len(key) != CHAIN_KEY_SIZE:
+        raise ValueError(f"the audit chain key must be {CHAIN_KEY_SIZE} bytes (use chain_key(vault_key))")
+
+
+# -- records -------------------------------------------------------------------
+
+
+def _event_id() -> str:
+    """A random UUID version 4, without importing ``uuid`` (2 ms at start-up)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def format_event_time(t: datetime) -> str:
+    """CloudTrail's ``eventTime``: UTC, to the second, with a ``Z``."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).strftime(EVENT_TIME_FORMAT)
+
+
+@functools.lru_cache(maxsize=1024)
+def _named_like_secret(name: str) -> bool:
+    norm = _NON_ALNUM.sub("", name.lower())
+    return norm in SECRET_NAMES or _SECRET_PART.search(norm) is not None
+
+
+def _check_value(value: Any, where: str, depth: int) -> None:
+    """Refuse what JSON cannot carry exactly and field names that would hold a secret."""
+    if depth > MAX_DEPTH:
+        raise AuditLogException(f"refusing to log the record: {where} nests deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise AuditLogException(f"refusing to log the record: {where} is {value}, which JSON cannot carry")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_value(item, f"{where}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise AuditLogException(f"refusing to log the record: {where} has a non-string field name {name!r}")
+            if _named_like_secret(name):
+                raise AuditLogException(
+                    f"refusing to log the record: field {where}.{name} is named like a secret "
+                    "(plaintext, ciphertext, passphrase or key material); the audit log never holds secrets"
+                )
+            _check_value(item, f"{where}.{name}", depth + 1)
+        return
+    # bytes above all: raw bytes in a record are most likely key material.
+    raise AuditLogException(f"refusing to log the record: {where} is a {type(value).__name__}, not a JSON value")
+
+
+def _prepare(record: dict[str, Any], now: datetime, event_id: str) -> dict[str, Any]:
+    """The record as the log stores it, before the chain fields."""
+    if not isinstance(record, dict):
+        raise AuditLogException(f"refusing to log the record: it is a {type(record).__name__}, not a dict")
+    owned = sorted(LOG_FIELDS.intersection(record))
+    if owned:
+        raise AuditLogException(f"refusing to log the record: it sets {', '.join(owned)}, which the audit log sets")
+    rec = dict(record)
+    t = rec.get("eventTime")
+    if t is None:
+        rec["eventTime"] = format_event_time(now)
+    elif isinstance(t, datetime):
+        rec["eventTime"] = format_event_time(t)
+    elif not isinstance(t, str):
+        raise AuditLogException(f"refusing to log the record: eventTime is a {type(t).__name__}, not a string")
+    _check_value(rec, "record", 0)
+    rec.setdefault("eventType", DEFAULT_EVENT_TYPE)
+    rec["eventVersion"] = EVENT_VERSION
+    rec["eventSource"] = EVENT_SOURCE
+    rec["eventID"] = event_id
+    return rec
+
+
+def seal_record(rec: dict[str, Any], key: bytes | None, seq: int, prev: bytes) -> tuple[bytes, bytes]:
+    """Add the chain fields to ``rec`` (in place); return its line and its link."""
+    rec[SEQ_FIELD] = seq
+    rec[PREV_FIELD] = prev.hex()
+    rec[KEYED_FIELD] = key is not None
+    try:
+        mac = link(key, prev, canonical(rec))
+        rec[MAC_FIELD] = mac.hex()
+        line = canonical(rec) + b"\n"
+    except (TypeError, ValueError) as e:  # a huge int, say: _check_value lets ints through
+        raise AuditLogException(f"refusing to log the record: it cannot be written as JSON ({e})") from None
+    if len(line) - 1 > MAX_LINE_BYTES:
+        raise AuditLogException(
+            f"refusing to log the record: its line would be {len(line) - 1} bytes, over the limit of {MAX_LINE_BYTES}"
+        )
+    return line, mac
+
+
+class _BadLine(Exception):
+    """A line that is not a well-formed audit record (internal; carries the reason)."""
+
+
+def parse_line(line: bytes, *, strict: bool = True) -> dict[str, Any]:
+    """Parse one line (without its newline) as an audit record, or raise _BadLine.
+
+    ``strict`` also requires the canonical form (verify); append only needs the
+    chain fields of the last record and leaves the rest to verify.
+    """
+    if len(line) > MAX_LINE_BYTES:
+        raise _BadLine(f"longer than the limit of {MAX_LINE_BYTES} bytes")
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise _BadLine("not valid JSON") from None
+    if not isinstance(rec, dict):
+        raise _BadLine("not a JSON object")
+    seq = rec.get(SEQ_FIELD)
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise _BadLine(f"not an audit record: {SEQ_FIELD} is missing or not a positive integer")
+    for name in (PREV_FIELD, MAC_FIELD):
+        value = rec.get(name)
+        if not isinstance(value, str) or not _HEX_LINK.fullmatch(value):
+            raise _BadLine(f"not an audit record: {name} is missing or not 64 lowercase hex digits")
+    if not isinstance(rec.get(KEYED_FIELD), bool):
+        raise _BadLine(f"not an audit record: {KEYED_FIELD} is missing or not true/false")
+    if not strict:
+        return rec
+    try:
+        again = canonical(rec)
+    except (TypeError, ValueError, RecursionError):
+        again = b""
+    if again != line:
+        raise _BadLine("not in canonical form (changed after it was written)")
+    return rec
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        parse_line(line)
+    except _BadLine:
+        return False
+    return True
+
+
+def _parse_json_object(line: bytes) -> dict[str, Any] | None:
+    """Lenient parse for read(): any JSON object, or None."""
+    if len(line) > MAX_LINE_BYTES:
+        return None
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+# -- files -------------------------------------------------------------------
+
+
+@dataclass
+class _File:
+    """One file of a snapshot: open descriptor and the size it had under the lock."""
+
+    name: str
+    index: int
+    fd: int
+    size: int
+
+
+def _oserror(e: OSError) -> str:
+    code = errno.errorcode.get(e.errno or 0, "")
+    return f"{e.strerror or e}" + (f" ({code})" if code else "")
+
+
+class AuditLog:
+    """An audit log at ``path`` (plus its older files ``path.000001``, ...)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        vault_id: str,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        lock_timeout: float = LOCK_TIMEOUT_S,
+    ) -> None:
+        if not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError(f"max_bytes must be a positive integer (got {max_bytes!r})")
+        self.path = Path(path)
+        self.vault_id = vault_id
+        self.max_bytes = max_bytes
+        self.lock_timeout = lock_timeout
+        self.lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
+        self._segment_re = re.compile(re.escape(self.path.name) + rf"\.(\d{{{SEGMENT_DIGITS},}})")
+
+    # -- names ------------------------------------------------------------------
+
+    def _segment_path(self, index: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{index:0{SEGMENT_DIGITS}d}")
+
+    def _segments(self) -> list[tuple[int, str]]:
+        """Older files as (number, name), oldest first."""
+        try:
+            names = os.listdir(self.path.parent)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            m = self._segment_re.fullmatch(name)
+            if m:
+                found.append((int(m.group(1)), name))
+        found.sort()
+        return found
+
+    # -- locking ----------------------------------------------------------------
+
+    def _flock(self, fd: int, op: int) -> None:
+        # Poll rather than block so a stopped process cannot hang us forever;
+        # holders keep the lock for about a millisecond, so start small.
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.0002
+        while True:
+            try:
+                fcntl.flock(fd, op | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            if time.monotonic() >= deadline:
+                raise AuditLogException(
+                    f"another process has held the audit log lock {self.lock_path} for over "
+                    f"{self.lock_timeout:.0f} s; nothing was recorded"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.005)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the writers' lock, creating the folder and the lock file as needed."""
+        self._ensure_folder()
+        fd, _ = _open_private(self.lock_path, os.O_RDWR, "audit log lock file")
+        try:
+            self._flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    @contextlib.contextmanager
+    def _shared(self) -> Iterator[None]:
+        """Hold the readers' lock if there is a lock file we can open; never create one."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            fd = -1  # no writer has run yet, or a read-only copy of a log: read without it
+        if fd < 0:
+            yield
+            return
+        try:
+            self._flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def _ensure_folder(self) -> None:
+        folder = self.path.parent
+        missing = []
+        while not folder.exists() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, DIR_MODE)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise AuditLogException(f"cannot create the audit log folder {d}: {_oserror(e)}") from None
+            else:
+                os.chmod(d, DIR_MODE)  # mkdir's mode went through the umask
+
+    def _fsync_folder(self) -> None:
+        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- append -----------------------------------------------------------------
+
+    def append(self, record: dict[str, Any], key: bytes | None) -> ChainHead:
+        """Add ``record`` to the log durably and return its head.
+
+        ``key`` is the chain key (``chain_key(vault_key)``), or None for a call
+        that failed before the vault was unlocked. Raises AuditLogException, and
+        has recorded nothing, when the record cannot be written and synced.
+        """
+        return self.append_at(record, key, now=datetime.now(UTC), event_id=_event_id())
+
+    def append_at(self, record: dict[str, Any], key: bytes | None, *, now: datetime, event_id: str) -> ChainHead:
+        """:meth:`append` with the clock and the event id given (the deterministic seam)."""
+        if key is not None:
+            _check_key(key)
+        rec = _prepare(record, now, event_id)
+        try:
+            with self._exclusive():
+                return self._append_locked(rec, key)
+        except OSError as e:
+            raise AuditLogException(f"cannot append to the audit log {self.path}: {_oserror(e)}") from None
+
+    def _append_locked(self, rec: dict[str, Any], key: bytes | None) -> ChainHead:
+        fd, created = self._open_live()
+        try:
+            size = _repair_tail(fd)
+            last = self._last_before_append(fd, size)
+            if last is None:
+                seq, prev = 1, genesis_link(key, self.vault_id)
+            else:
+                seq, prev = last[0] + 1, bytes.fromhex(last[1])
+            line, mac = seal_record(rec, key, seq, prev)
+            segments = self._segments()
+            index = (segments[-1][0] if segments else 0) + 1
+            if size > 0 and size + len(line) > self.max_bytes:
+                os.close(fd)
+                fd = -1
+                os.rename(self.path, self._segment_path(index))
+                self._fsync_folder()
+                fd, created = self._open_live()
+                index += 1
+                size = 0
+            if created:
+                self._fsync_folder()
+            _write_line(fd, line, size)
+            _sync(fd)
+            return ChainHead(file_index=index, seq=seq, mac=mac.hex())
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _open_live(self) -> tuple[int, bool]:
+        """Open (or create, 0600) the live file for appending; refuse one we should not write."""
+        try:
+            return _open_private(self.path, os.O_RDWR | os.O_APPEND, "audit log")
+        except OSError as e:
+            raise AuditLogException(self._open_error(e)) from None
+
+    def _open_error(self, e: OSError) -> str:
+        if e.errno == errno.ELOOP:
+            return f"the audit log {self.path} is a symbolic link; point the audit log option at the file itself"
+        return f"cannot open the audit log {self.path} for appending: {_oserror(e)}"
+
+    def _last_before_append(self, fd: int, size: int) -> tuple[int, str] | None:
+        """(seq, mac) of the last record: in the live file, else the newest older file."""
+        if size > 0:
+            return self._last_record(fd, size, self.path.name)
+        for _, name in reversed(self._segments()):
+            try:
+                sfd = os.open(self.path.with_name(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                ssize = os.fstat(sfd).st_size
+                if ssize > 0:
+                    return self._last_record(sfd, ssize, name)
+            finally:
+                os.close(sfd)
+        return None
+
+    def _last_record(self, fd: int, size: int, name: str) -> tuple[int, str]:
+        line = _last_line(fd, size)
+        try:
+            if line is None:
+                raise _BadLine("its last line is longer than the limit")
+            rec = parse_line(line, strict=False)
+        except _BadLine as e:
+            raise AuditLogException(
+                f"the last record of the audit log file {self.path.with_name(name)} cannot be read ({e}); "
+                "nothing was recorded; run 'kmscli audit verify' to see where the log is damaged"
+            ) from None
+        return rec[SEQ_FIELD], rec[MAC_FIELD]
+
+    # -- snapshot for readers ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[list[_File]]:
+        """Open every file of the log, oldest first, noting sizes under the shared lock."""
+        files: list[_File] = []
+        try:
+            with self._shared():
+                segments = self._segments()
+                live_index = (segments[-1][0] if segments else 0) + 1
+                for index, name in [*segments, (live_index, self.path.name)]:
+                    try:
+                        fd = os.open(self.path.with_name(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    except FileNotFoundError:
+                        continue
+                    files.append(_File(name, index, fd, 0))
+                    files[-1].size = os.fstat(fd).st_size
+        except OSError as e:
+            for f in files:
+                os.close(f.fd)
+            raise AuditLogException(f"cannot read the audit log {self.path}: {_oserror(e)}") from None
+        try:
+            yield files
+        finally:
+            for f in files:
+                os.close(f.fd)
+
+    def _where(self, files: list[_File], f: _File, n: int) -> str:
+        return f"line {n}" if len(files) <= 1 else f"file {f.name} line {n}"
+
+    # -- head -----------------------------------------------------------------
+
+    def head(self) -> ChainHead | None:
+        """The last record's head (reads only the end of the last file), or None for an empty log."""
+        with self._snapshot() as files:
+            try:
+                for f in reversed(files):
+                    size = _complete_size(f.fd, f.size)
+                    if f.size - size <= MAX_LINE_BYTES:  # a whole record missing only its newline?
+                        tail = os.pread(f.fd, f.size - size, size)
+                        if tail and _is_record(tail):
+                            rec = parse_line(tail)
+                            return ChainHead(file_index=f.index, seq=rec[SEQ_FIELD], mac=rec[MAC_FIELD])
+                    if size == 0:
+                        continue
+                    seq, mac = self._last_record(f.fd, size, f.name)
+                    return ChainHead(file_index=f.index, seq=seq, mac=mac)
+            except OSError as e:
+                raise AuditLogException(f"cannot read the audit log {self.path}: {_oserror(e)}") from None
+        return None
+
+    # -- read -----------------------------------------------------------------
+
+    def read(
+        self,
+        *,
+        key_id: str | None = None,
+        operation: str | None = None,
+        since: datetime | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the records, oldest first, that match every filter given.
+
+        ``key_id`` matches keyId-like fields of requestParameters/responseElements
+        (key ARNs by key id, alias ARNs by alias name); ``operation`` matches
+        eventName case-insensitively; ``since`` keeps eventTime >= since (naive = UTC).
+        Lines are parsed, not verified: use verify() for that.
+        """
+        want_key = _key_name(key_id) if key_id is not None else None
+        want_op = operation.casefold() if operation is not None else None
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        with self._snapshot() as files:
+            for f, n, line, complete in self._lines(files):
+                if not complete and not (f is files[-1] and _is_record(line)):
+                    if f is files[-1]:
+                        return  # an append cut short: not a record
+                    raise AuditLogException(f"{self._where(files, f, n)}: incomplete line; run 'kmscli audit verify'")
+                rec = _parse_json_object(line)
+                if rec is None:
+                    raise AuditLogException(f"{self._where(files, f, n)}: not a JSON object; run 'kmscli audit verify'")
+                if want_op is not None and str(rec.get("eventName", "")).casefold() != want_op:
+                    continue
+                if want_key is not None and not _names_key(rec, want_key):
+                    continue
+                if since is not None:
+                    t = _parse_event_time(rec.get("eventTime"))
+                    if t is None:
+                        raise AuditLogException(f"{self._where(files, f, n)}: eventTime is not an ISO 8601 time")
+                    if t < since:
+                        continue
+                yield rec
+
+    def _lines(self, files: list[_File]) -> Iterator[tuple[_File, int, bytes, bool]]:
+        """(file, line number in it, line without newline, ended by a newline) for each line."""
+        for f in files:
+            try:
+                yield from _file_lines(f)
+            except OSError as e:
+                raise AuditLogException(f"cannot read the audit log file {f.name}: {_oserror(e)}") from None
+
+    # -- verify ---------------------------------------------------------------
+
+    def verify(self, key: bytes, head: ChainHead | None = None) -> VerifyReport:
+        """Check every file of the log against the chain; raise on the first bad line.
+
+        Raises AuditVerificationException("line N: ..." or "file F line N: ...").
+        ``head`` is the vault's last stored head: the log must hold that record.
+        """
+        _check_key(key)
+        with self._snapshot() as files:
+            return self._verify(files, key, head)
+
+    def _verify(self, files: list[_File], key: bytes, head: ChainHead | None) -> VerifyReport:
+        prev = b""
+        seq = 0
+        keyed = unkeyed = 0
+        proven_seq = 0  # records up to here are covered by a keyed MAC or by the vault's head
+        last: ChainHead | None = None
+        last_file: _File | None = None
+        last_n = 0
+        prev_file: _File | None = None
+        head_seen = False
+
+        def bad(f: _File, n: int, what: str) -> AuditVerificationException:
+            return AuditVerificationException(f"{self._where(files, f, n)}: {what}")
+
+        for f, n, line, complete in self._lines(files):
+            # A whole record that lacks only its final newline is checked like any other.
+            if not complete and not (f is files[-1] and _is_record(line)):
+                if f is files[-1]:
+                    raise bad(
+                        f,
+                        n,
+                        "torn final line (no newline at the end): an append was cut short (disk full or "
+                        "killed) and never acknowledged; the next append removes it",
+                    )
+                raise bad(f, n, "incomplete line (no newline) before the end of the log")
+            try:
+                rec = parse_line(line)
+            except _BadLine as e:
+                raise bad(f, n, str(e)) from None
+            rec_seq: int = rec[SEQ_FIELD]
+            rec_keyed: bool = rec[KEYED_FIELD]
+            rec_key = key if rec_keyed else None
+            if seq == 0:
+                prev = genesis_link(rec_key, self.vault_id)
+            starts_file = f is not prev_file and prev_file is not None
+            if rec_seq != seq + 1:
+                if seq == 0:
+                    what = f"the log begins at record {rec_seq}, not 1: its first records or files are missing"
+                    raise bad(f, n, what)
+                if rec_seq > seq + 1:
+                    what = f"record {rec_seq} follows record {seq}: records are missing or out of order here"
+                    if starts_file:
+                        what += " (a file may be missing)"
+                    raise bad(f, n, what)
+                raise bad(f, n, f"record {rec_seq} follows record {seq}: a record was copied, moved or inserted here")
+            if not constant_time_equal(bytes.fromhex(rec[PREV_FIELD]), prev):
+                if seq == 0:
+                    raise bad(
+                        f,
+                        n,
+                        "the log does not begin with this vault's genesis link: it belongs to another vault "
+                        "or was written under another key",
+                    )
+                raise bad(f, n, f"{PREV_FIELD} is not the previous record's {MAC_FIELD}: the chain is broken here")
+            body = dict(rec)
+            mac_hex = body.pop(MAC_FIELD)
+            mac = link(rec_key, prev, canonical(body))
+            if not constant_time_equal(bytes.fromhex(mac_hex), mac):
+                if rec_keyed:
+                    raise bad(f, n, f"{MAC_FIELD} does not match: the record was edited or written under another key")
+                raise bad(f, n, f"{MAC_FIELD} does not match: the record (written without the key) was edited")
+            if head is not None and rec_seq == head.seq:
+                if f.index != head.file_index or not constant_time_equal(mac_hex.encode(), head.mac.encode()):
+                    raise bad(
+                        f,
+                        n,
+                        f"record {rec_seq} is not the one the vault last recorded (file {head.file_index}, "
+                        f"{MAC_FIELD} {head.mac[:16]}...): the log was replaced from here",
+                    )
+                head_seen = True
+                proven_seq = max(proven_seq, rec_seq)
+            if rec_keyed:
+                keyed += 1
+                proven_seq = rec_seq
+            else:
+                unkeyed += 1
+            seq, prev = rec_seq, mac
+            last = ChainHead(file_index=f.index, seq=rec_seq, mac=mac_hex)
+            last_file, last_n, prev_file = f, n, f
+        if head is not None and not head_seen:
+            if last_file is None:
+                raise AuditVerificationException(
+                    f"line 1: the log is empty, but the vault last recorded record {head.seq}: the log was removed"
+                )
+            raise bad(
+                last_file,
+                last_n + 1,
+                f"the log ends after record {seq}, but the vault last recorded record {head.seq}: "
+                "records were removed from the end",
+            )
+        return VerifyReport(
+            records=seq,
+            files=len(files),
+            keyed=keyed,
+            unkeyed=unkeyed,
+            last_head=last,
+            unproven=seq - proven_seq,
+        )
+
+
+# -- file helpers --------------------------------------------------------------
+
+
+def _open_private(path: Path, flags: int, what: str) -> tuple[int, bool]:
+    """Open ``path``, creating it 0600 if missing; refuse a file we should not write.
+
+    Returns the descriptor and whether this call created the file.
+    """
+    flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+    created = False
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            created = True
+        except FileExistsError:  # another process made it just now
+            fd = os.open(path, flags)
+    try:
+        if created:
+            os.fchmod(fd, FILE_MODE)  # the umask filtered the mode os.open used
+        _check_private(os.fstat(fd), path, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, created
+
+
+def _check_private(st: os.stat_result, path: Path, what: str) -> None:
+    """Refuse a file we should not write: not regular, not ours, writable by others, or frozen."""
+    if not stat.S_ISREG(st.st_mode):
+        raise AuditLogException(f"refusing to use the {what} {path}: it is not a regular file")
+    if st.st_uid != os.geteuid():
+        raise AuditLogException(
+            f"refusing to use the {what} {path}: it belongs to another user (uid {st.st_uid}, you are {os.geteuid()})"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise AuditLogException(
+            f"refusing to use the {what} {path}: it is writable by group or others (mode {mode:04o}); "
+            f"check it with 'kmscli audit verify', then 'chmod 600 {path}'"
+        )
+    if not mode & stat.S_IWUSR:
+        raise AuditLogException(f"refusing to write the {what} {path}: it is read-only (mode {mode:04o})")
+
+
+def _write_line(fd: int, line: bytes, size: int) -> None:
+    """Append ``line`` with one write (continuing a short one); on failure cut it back off."""
+    try:
+        done = _write(fd, line)
+        while done < len(line):
+            done += _write(fd, line[done:])
+    except OSError:
+        with contextlib.suppress(OSError):  # if this fails too, the next append removes it
+            os.ftruncate(fd, size)  # leave no torn line behind (we hold the lock)
+        raise
+
+
+def _complete_size(fd: int, size: int) -> int:
+    """``size`` cut back to just after the last newline (0 if there is none)."""
+    pos = size
+    chunk = 4096
+    while pos > 0:
+        start = max(0, pos - chunk)
+        data = os.pread(fd, pos - start, start)
+        i = data.rfind(b"\n")
+        if i >= 0:
+            return start + i + 1
+        pos = start
+        chunk = min(chunk * 2, 1 << 20)
+    return 0
+
+
+def _repair_tail(fd: int) -> int:
+    """Deal with a last line that has no newline (call with the lock held); return the size.
+
+    It is an append that never returned (SIGKILL, disk full). A whole record
+    that lacks only its newline (an editor may drop it) is kept and completed;
+    anything else is a fragment of a record nobody was told about, and is cut off.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    good = _complete_size(fd, size)
+    if size - good <= MAX_LINE_BYTES and _is_record(os.pread(fd, size - good, good)):
+        _write_line(fd, b"\n", size)
+        return size + 1
+    os.ftruncate(fd, good)
+    return good
+
+
+def _last_line(fd: int, size: int) -> bytes | None:
+    """The last line of a file that ends in a newline (without it); None if over the limit."""
+    end = size - 1  # the final newline
+    pos = end
+    chunk = 512  # a typical record fits in one read
+    while pos > 0:
+        start = max(0, pos - chunk)
+        data = os.pread(fd, pos - start, start)
+        i = data.rfind(b"\n")
+        if i >= 0:
+            begin = start + i + 1
+            break
+        pos = start
+        if end - pos > MAX_LINE_BYTES:
+            return None
+        chunk = min(chunk * 4, 1 << 20)
+    else:
+        begin = 0
+    if end - begin > MAX_LINE_BYTES:
+        return None
+    return os.pread(fd, end - begin, begin)
+
+
+def _file_lines(f: _File) -> Iterator[tuple[_File, int, bytes, bool]]:
+    """Lines of the snapshot ``f`` (up to its noted size), bounded by MAX_LINE_BYTES."""
+    pos = 0  # how much of the file is in buf
+    n = 0
+    buf = b""
+    start = 0  # where the next line begins in buf
+    while True:
+        i = buf.find(b"\n", start)
+        if i >= 0:
+            n += 1
+            yield f, n, buf[start:i], True
+            start = i + 1
+            continue
+        rest = len(buf) - start
+        if rest > MAX_LINE_BYTES or (pos >= f.size and rest > 0):
+            # Over-long (the parser says so) or the file ends without a newline.
+            yield f, n + 1, buf[start : start + MAX_LINE_BYTES + 1], rest > MAX_LINE_BYTES
+            return
+        if pos >= f.size:
+            return
+        data = os.pread(f.fd, min(READ_BLOCK, f.size - pos), pos)
+        if not data:  # the file shrank under us (an append removed a torn tail)
+            f.size = pos
+            continue
+        pos += len(data)
+        buf = buf[start:] + data
+        start = 0
+
+
+def _key_name(value: str) -> str:
+    """A key reference reduced to what identifies it: key id, or alias/NAME."""
+    if value.startswith("arn:"):
+        parts = value.split(":", 5)
+        if len(parts) == 6:
+            value = parts[5]
+    return value.removeprefix("key/")
+
+
+def _names_key(rec: dict[str, Any], want: str) -> bool:
+    for section in ("requestParameters", "responseElements"):
+        part = rec.get(section)
+        if not isinstance(part, dict):
+            continue
+        for name in KEY_FIELDS:
+            value = part.get(name)
+            if isinstance(value, str) and _key_name(value) == want:
+                return True
+        meta = part.get("keyMetadata")
+        if isinstance(meta, dict) and isinstance(meta.get("keyId"), str) and _key_name(meta["keyId"]) == want:
+            return True
+    return False
+
+
+def _parse_event_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
