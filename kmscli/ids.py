@@ -131,3 +131,19 @@ def _clip(text: str, n: int = 80) -> str:
     """Shorten user input quoted in a message so one error stays one line."""
     text = text.replace("\n", "\\n").replace("\r", "\\r")
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+_SIZE_RE = re.compile(r"^(\d{1,15})\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+AUDIT_MAX_SIZE_MIN = 1 << 10
+
+
+def parse_size(text: str, what: str) -> int:
+    """A byte count such as ``1048576``, ``512K``, ``64M``, ``1GiB`` (binary units)."""
+    m = _SIZE_RE.match(text.strip())
+    if not m:
+        raise errors.ValidationException(f"{what} takes a size such as 65536, 512K, 64M or 1G (got '{_clip(text)}')")
+    n = int(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]
+    if n < AUDIT_MAX_SIZE_MIN:
+        raise errors.ValidationException(f"{what} must be at least 1K (got '{_clip(text)}')")
+    return n

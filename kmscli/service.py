@@ -16,6 +16,7 @@ record on disk.
 from __future__ import annotations
 
 import base64
+import contextlib
 import getpass
 import os
 import socket
@@ -87,13 +88,16 @@ class Kms:
         caller: Caller | None = None,
         audit_path: Path | None = None,
         clock: Callable[[], datetime] = utcnow,
+        audit_max_bytes: int | None = None,
     ) -> None:
         self.store = VaultStore(vault_path)
+        self.audit_max_bytes = audit_max_bytes
         self.keys = keys
         self.caller = caller or Caller.current()
         self.audit_path = audit_path or vault_path.with_name(AUDIT_FILE)
         self.clock = clock
         self._audit: Any = None
+        self._audit_vault = ""
 
     # =================================================================
     # Vault lifecycle (local operations)
@@ -167,29 +171,30 @@ class Kms:
         AliasName: str | None = None,
     ) -> dict[str, Any]:
         """Create a symmetric key (and, beyond AWS, its first alias in the same write)."""
-        ids.validate_description(Description)
-        if KeySpec != "SYMMETRIC_DEFAULT" or KeyUsage != "ENCRYPT_DECRYPT":
-            raise errors.ValidationException("kmscli makes SYMMETRIC_DEFAULT keys for ENCRYPT_DECRYPT only")
-        tags = _tag_dict(Tags or [])
-        if AliasName is not None:
-            ids.validate_alias_name(AliasName)
         request = {"description": Description, "keySpec": KeySpec, "keyUsage": KeyUsage,
                    "tags": Tags or [], "bypassPolicyLockoutSafetyCheck": BypassPolicyLockoutSafetyCheck}
         if Policy is not None:
             request["policy"] = Policy
         if AliasName is not None:
             request["aliasName"] = AliasName
+        with self._refusing("CreateKey", request):
+            ids.validate_description(Description)
+            if KeySpec != "SYMMETRIC_DEFAULT" or KeyUsage != "ENCRYPT_DECRYPT":
+                raise errors.ValidationException("kmscli makes SYMMETRIC_DEFAULT keys for ENCRYPT_DECRYPT only")
+            tags = _tag_dict(Tags or [])
+            if AliasName is not None:
+                ids.validate_alias_name(AliasName)
 
         def create(ov: OpenVault, call: _Call) -> dict[str, Any]:
             from .crypto import primitives as P
 
             account = ov.body["account"]
-            policy = self._checked_policy(Policy, account, BypassPolicyLockoutSafetyCheck)
+            key_id = ids.new_key_id()
+            policy = self._checked_policy(Policy, account, BypassPolicyLockoutSafetyCheck, key_id)
             if AliasName is not None and AliasName in ov.body["aliases"]:
                 raise errors.AlreadyExistsException(
                     f"An alias with the name {ids.alias_arn(account, AliasName)} already exists"
                 )
-            key_id = ids.new_key_id()
             now = iso(self.clock())
             key = {
                 "KeyId": key_id,
@@ -251,7 +256,10 @@ class Kms:
         return self._mutate(event, {"keyId": key_ref}, change)
 
     def ScheduleKeyDeletion(self, KeyId: str, PendingWindowInDays: int = DELETION_WINDOW_DEFAULT) -> dict[str, Any]:
-        _check_range("PendingWindowInDays (--days)", PendingWindowInDays, DELETION_WINDOW_MIN, DELETION_WINDOW_MAX)
+        request = {"keyId": KeyId, "pendingWindowInDays": PendingWindowInDays}
+        with self._refusing("ScheduleKeyDeletion", request):
+            _check_range("PendingWindowInDays (--days)", PendingWindowInDays, DELETION_WINDOW_MIN,
+                         DELETION_WINDOW_MAX)
 
         def schedule(ov: OpenVault, call: _Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:ScheduleKeyDeletion",
@@ -265,8 +273,7 @@ class Kms:
             return {"KeyId": self._arn(ov, key), "DeletionDate": when, "KeyState": key["KeyState"],
                     "PendingWindowInDays": PendingWindowInDays}
 
-        return self._mutate("ScheduleKeyDeletion", {"keyId": KeyId, "pendingWindowInDays": PendingWindowInDays},
-                            schedule)
+        return self._mutate("ScheduleKeyDeletion", request, schedule)
 
     def CancelKeyDeletion(self, KeyId: str) -> dict[str, Any]:
         def cancel(ov: OpenVault, call: _Call) -> dict[str, Any]:
@@ -281,7 +288,9 @@ class Kms:
         return self._mutate("CancelKeyDeletion", {"keyId": KeyId}, cancel)
 
     def UpdateKeyDescription(self, KeyId: str, Description: str) -> dict[str, Any]:
-        ids.validate_description(Description)
+        request = {"keyId": KeyId, "description": Description}
+        with self._refusing("UpdateKeyDescription", request):
+            ids.validate_description(Description)
 
         def update(ov: OpenVault, call: _Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:UpdateKeyDescription")
@@ -289,12 +298,14 @@ class Kms:
             key["Description"] = Description
             return {}
 
-        return self._mutate("UpdateKeyDescription", {"keyId": KeyId, "description": Description}, update)
+        return self._mutate("UpdateKeyDescription", request, update)
 
     def TagResource(self, KeyId: str, Tags: list[dict[str, str]]) -> dict[str, Any]:
-        new = _tag_dict(Tags)
-        if not new:
-            raise errors.ValidationException("give at least one tag as KEY=VALUE")
+        request = {"keyId": KeyId, "tags": Tags}
+        with self._refusing("TagResource", request):
+            new = _tag_dict(Tags)
+            if not new:
+                raise errors.ValidationException("give at least one tag as KEY=VALUE")
 
         def tag(ov: OpenVault, call: _Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:TagResource")
@@ -305,13 +316,15 @@ class Kms:
             key["Tags"] = merged
             return {}
 
-        return self._mutate("TagResource", {"keyId": KeyId, "tags": Tags}, tag)
+        return self._mutate("TagResource", request, tag)
 
     def UntagResource(self, KeyId: str, TagKeys: list[str]) -> dict[str, Any]:
-        if not TagKeys:
-            raise errors.ValidationException("give at least one tag key to remove")
-        for k in TagKeys:
-            ids.validate_tag(k, "")
+        request = {"keyId": KeyId, "tagKeys": TagKeys}
+        with self._refusing("UntagResource", request):
+            if not TagKeys:
+                raise errors.ValidationException("give at least one tag key to remove")
+            for k in TagKeys:
+                ids.validate_tag(k, "")
 
         def untag(ov: OpenVault, call: _Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:UntagResource")
@@ -320,13 +333,15 @@ class Kms:
                 key["Tags"].pop(k, None)
             return {}
 
-        return self._mutate("UntagResource", {"keyId": KeyId, "tagKeys": TagKeys}, untag)
+        return self._mutate("UntagResource", request, untag)
 
     # =================================================================
     # Aliases
     # =================================================================
     def CreateAlias(self, AliasName: str, TargetKeyId: str) -> dict[str, Any]:
-        ids.validate_alias_name(AliasName)
+        request = {"aliasName": AliasName, "targetKeyId": TargetKeyId}
+        with self._refusing("CreateAlias", request):
+            ids.validate_alias_name(AliasName)
 
         def create(ov: OpenVault, call: _Call) -> dict[str, Any]:
             account = ov.body["account"]
@@ -342,10 +357,12 @@ class Kms:
             ov.body["aliases"][AliasName] = {"TargetKeyId": key["KeyId"], "CreationDate": now, "LastUpdatedDate": now}
             return {}
 
-        return self._mutate("CreateAlias", {"aliasName": AliasName, "targetKeyId": TargetKeyId}, create)
+        return self._mutate("CreateAlias", request, create)
 
     def UpdateAlias(self, AliasName: str, TargetKeyId: str) -> dict[str, Any]:
-        ids.validate_alias_name(AliasName)
+        request = {"aliasName": AliasName, "targetKeyId": TargetKeyId}
+        with self._refusing("UpdateAlias", request):
+            ids.validate_alias_name(AliasName)
 
         def update(ov: OpenVault, call: _Call) -> dict[str, Any]:
             alias = ov.body["aliases"].get(AliasName)
@@ -362,10 +379,11 @@ class Kms:
             alias.update(TargetKeyId=key["KeyId"], LastUpdatedDate=iso(self.clock()))
             return {}
 
-        return self._mutate("UpdateAlias", {"aliasName": AliasName, "targetKeyId": TargetKeyId}, update)
+        return self._mutate("UpdateAlias", request, update)
 
     def DeleteAlias(self, AliasName: str) -> dict[str, Any]:
-        ids.validate_alias_name(AliasName)
+        with self._refusing("DeleteAlias", {"aliasName": AliasName}):
+            ids.validate_alias_name(AliasName)
 
         def delete(ov: OpenVault, call: _Call) -> dict[str, Any]:
             alias = ov.body["aliases"].get(AliasName)
@@ -398,31 +416,39 @@ class Kms:
     # Key policies
     # =================================================================
     def GetKeyPolicy(self, KeyId: str, PolicyName: str = "default") -> dict[str, Any]:
-        _check_policy_name(PolicyName)
+        request = {"keyId": KeyId, "policyName": PolicyName}
+        with self._refusing("GetKeyPolicy", request):
+            _check_policy_name(PolicyName)
 
         def get(ov: OpenVault, call: _Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:GetKeyPolicy")
             return {"Policy": key["Policy"], "PolicyName": "default"}
 
-        return self._read("GetKeyPolicy", {"keyId": KeyId, "policyName": PolicyName}, get)
+        return self._read("GetKeyPolicy", request, get)
 
     def PutKeyPolicy(self, KeyId: str, Policy: str, PolicyName: str = "default",
                      BypassPolicyLockoutSafetyCheck: bool = False) -> dict[str, Any]:
-        _check_policy_name(PolicyName)
+        request = {"keyId": KeyId, "policyName": PolicyName, "policy": Policy,
+                   "bypassPolicyLockoutSafetyCheck": BypassPolicyLockoutSafetyCheck}
+        with self._refusing("PutKeyPolicy", request):
+            _check_policy_name(PolicyName)
 
         def put(ov: OpenVault, call: _Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:PutKeyPolicy")
-            key["Policy"] = self._checked_policy(Policy, ov.body["account"], BypassPolicyLockoutSafetyCheck)
+            key["Policy"] = self._checked_policy(Policy, ov.body["account"], BypassPolicyLockoutSafetyCheck,
+                                                 key["KeyId"])
             return {}
 
-        return self._mutate("PutKeyPolicy", {"keyId": KeyId, "policyName": PolicyName, "policy": Policy,
-                                             "bypassPolicyLockoutSafetyCheck": BypassPolicyLockoutSafetyCheck}, put)
+        return self._mutate("PutKeyPolicy", request, put)
 
     # =================================================================
     # Rotation
     # =================================================================
     def EnableKeyRotation(self, KeyId: str, RotationPeriodInDays: int = ROTATION_PERIOD_DEFAULT) -> dict[str, Any]:
-        _check_range("RotationPeriodInDays (--days)", RotationPeriodInDays, ROTATION_PERIOD_MIN, ROTATION_PERIOD_MAX)
+        request = {"keyId": KeyId, "rotationPeriodInDays": RotationPeriodInDays}
+        with self._refusing("EnableKeyRotation", request):
+            _check_range("RotationPeriodInDays (--days)", RotationPeriodInDays, ROTATION_PERIOD_MIN,
+                         ROTATION_PERIOD_MAX)
 
         def enable(ov: OpenVault, call: _Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:EnableKeyRotation",
@@ -433,8 +459,7 @@ class Kms:
                        NextRotationDate=iso(self.clock() + timedelta(days=RotationPeriodInDays)))
             return {}
 
-        return self._mutate("EnableKeyRotation", {"keyId": KeyId, "rotationPeriodInDays": RotationPeriodInDays},
-                            enable)
+        return self._mutate("EnableKeyRotation", request, enable)
 
     def DisableKeyRotation(self, KeyId: str) -> dict[str, Any]:
         def disable(ov: OpenVault, call: _Call) -> dict[str, Any]:
@@ -516,7 +541,9 @@ class Kms:
         """Envelope-encrypt everything ``reader`` yields onto ``writer``."""
         from .crypto import stream
 
-        context = _context(EncryptionContext)
+        request = {"keyId": KeyId, "encryptionContext": dict(EncryptionContext or {})}
+        with self._refusing("Encrypt", request):
+            context = _context(EncryptionContext)
 
         def encrypt(ov: OpenVault, call: _Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:Encrypt", _context_conditions(context))
@@ -529,17 +556,18 @@ class Kms:
             return {"KeyId": self._arn(ov, key), "KeyMaterialId": material["KeyMaterialId"],
                     "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
 
-        return self._read("Encrypt", {"keyId": KeyId, "encryptionContext": context}, encrypt)
+        return self._read("Encrypt", request, encrypt)
 
     def Decrypt(self, reader: BinaryIO, writer: BinaryIO, EncryptionContext: dict[str, str] | None = None,
                 KeyId: str | None = None, progress: Any = None) -> dict[str, Any]:
         """Decrypt a kmscli ciphertext; the key comes from the ciphertext, ``KeyId`` only asserts it."""
         from .crypto import stream
 
-        context = _context(EncryptionContext)
-        request: dict[str, Any] = {"encryptionContext": context}
+        request: dict[str, Any] = {"encryptionContext": dict(EncryptionContext or {})}
         if KeyId is not None:
             request["keyId"] = KeyId
+        with self._refusing("Decrypt", request):
+            context = _context(EncryptionContext)
 
         def decrypt(ov: OpenVault, call: _Call) -> dict[str, Any]:
             header = stream.read_header(reader)
@@ -559,11 +587,13 @@ class Kms:
         """Move a ciphertext to another key, material or context without releasing its plaintext."""
         from .crypto import stream
 
-        src_ctx, dst_ctx = _context(SourceEncryptionContext), _context(DestinationEncryptionContext)
-        request: dict[str, Any] = {"destinationKeyId": DestinationKeyId, "sourceEncryptionContext": src_ctx,
-                                   "destinationEncryptionContext": dst_ctx}
+        request: dict[str, Any] = {"destinationKeyId": DestinationKeyId,
+                                   "sourceEncryptionContext": dict(SourceEncryptionContext or {}),
+                                   "destinationEncryptionContext": dict(DestinationEncryptionContext or {})}
         if SourceKeyId is not None:
             request["sourceKeyId"] = SourceKeyId
+        with self._refusing("ReEncrypt", request):
+            src_ctx, dst_ctx = _context(SourceEncryptionContext), _context(DestinationEncryptionContext)
 
         def reencrypt(ov: OpenVault, call: _Call) -> dict[str, Any]:
             header = stream.read_header(reader)
@@ -602,17 +632,18 @@ class Kms:
         from .crypto import primitives as P
         from .crypto import stream
 
-        if (spec is None) == (nbytes is None):
-            raise errors.ValidationException("give exactly one of --spec (KeySpec) or --bytes (NumberOfBytes)")
-        if spec is not None and spec not in DATA_KEY_SPECS:
-            raise errors.ValidationException(f"KeySpec must be AES_256 or AES_128 (got '{spec}')")
-        if nbytes is not None:
-            _check_range("NumberOfBytes (--bytes)", nbytes, RANDOM_BYTES_MIN, RANDOM_BYTES_MAX)
+        request: dict[str, Any] = {"keyId": key_ref, "encryptionContext": dict(ec or {})}
+        request.update({"keySpec": spec} if spec else {"numberOfBytes": nbytes})
+        with self._refusing(event, request):
+            if (spec is None) == (nbytes is None):
+                raise errors.ValidationException("give exactly one of --spec (KeySpec) or --bytes (NumberOfBytes)")
+            if spec is not None and spec not in DATA_KEY_SPECS:
+                raise errors.ValidationException(f"KeySpec must be AES_256 or AES_128 (got '{spec}')")
+            if nbytes is not None:
+                _check_range("NumberOfBytes (--bytes)", nbytes, RANDOM_BYTES_MIN, RANDOM_BYTES_MAX)
+            context = _context(ec)
         size = DATA_KEY_SPECS[spec] if spec is not None else nbytes
         assert size is not None
-        context = _context(ec)
-        request: dict[str, Any] = {"keyId": key_ref, "encryptionContext": context}
-        request.update({"keySpec": spec} if spec else {"numberOfBytes": nbytes})
 
         def generate(ov: OpenVault, call: _Call) -> dict[str, Any]:
             key = self._key(ov, call, key_ref, "kms:" + event, _context_conditions(context))
@@ -641,22 +672,44 @@ class Kms:
     def VerifyAuditLog(self) -> dict[str, Any]:
         from . import audit
 
-        ov = self._open_recording(_Call("VerifyAuditLog", {}))
-        report = self._audit_log(ov).verify(audit.chain_key(ov.vault_key), _head(ov.body.get("audit_head")))
+        call = _Call("VerifyAuditLog", {})
+        ov = self._open_recording(call)
+        try:
+            report = self._audit_log(ov).verify(audit.chain_key(ov.vault_key), _head(ov.body.get("audit_head")))
+        except errors.KmsError as e:
+            # A damaged log may refuse the record too; the verdict matters more than its record.
+            with contextlib.suppress(errors.KmsError):
+                self._record(ov, call, e)
+            raise
+        call.response.update(records=report.records, files=report.files, unproven=report.unproven)
+        self._record(ov, call)
         return {"Records": report.records, "Files": report.files, "Keyed": report.keyed,
-                "Unkeyed": report.unkeyed}
+                "Unkeyed": report.unkeyed, "Unproven": report.unproven}
 
     def ReadAuditLog(self, KeyId: str | None = None, Operation: str | None = None,
                      Since: datetime | None = None) -> Iterator[dict[str, Any]]:
         """The audit records, oldest first, filtered; reading needs no passphrase."""
-        from . import audit
 
-        log = audit.AuditLog(self.audit_path, vault_id="")
+        log = self._audit_log(None)
         return log.read(key_id=KeyId, operation=Operation, since=Since)
 
     # =================================================================
     # Machinery
     # =================================================================
+    @contextlib.contextmanager
+    def _refusing(self, event: str, request: dict[str, Any]) -> Iterator[None]:
+        """Record a request refused before the vault is opened, as CloudTrail records validation errors.
+
+        Validation comes first so that a typo costs no Argon2 run and no prompt;
+        the record is therefore written without the chain key, like a failed
+        unlock, and becomes proven when the next keyed record chains over it.
+        """
+        try:
+            yield
+        except errors.KmsError as e:
+            self._record(None, _Call(event, request), e)
+            raise
+
     def _read(self, event: str, request: dict[str, Any],
               fn: Callable[[OpenVault, _Call], dict[str, Any]]) -> dict[str, Any]:
         """Run an operation that changes nothing in the vault: no lock taken."""
@@ -720,7 +773,8 @@ class Kms:
 
         vault_id = ov.body["vault_id"] if ov is not None else ""
         if self._audit is None or self._audit_vault != vault_id:
-            self._audit = audit.AuditLog(self.audit_path, vault_id=vault_id)
+            size = {"max_bytes": self.audit_max_bytes} if self.audit_max_bytes else {}
+            self._audit = audit.AuditLog(self.audit_path, vault_id=vault_id, **size)
             self._audit_vault = vault_id
         return self._audit
 
@@ -815,13 +869,15 @@ class Kms:
                 f"{ids.key_arn(account, key['KeyId'])} because of the key policy"
             )
 
-    def _checked_policy(self, document: str | None, account: str, bypass: bool) -> str:
+    def _checked_policy(self, document: str | None, account: str, bypass: bool, key_id: str) -> str:
         from . import policy as policy_mod
 
         if document is None:
             return policy_mod.default_policy(account)
         parsed = policy_mod.parse(document)
-        if not bypass and policy_mod.would_lock_out(parsed, self.caller.arn(account), account):
+        # With the key's ARN, a statement scoped to this very key counts as access, as in AWS.
+        resource = ids.key_arn(account, key_id)
+        if not bypass and policy_mod.would_lock_out(parsed, self.caller.arn(account), account, resource=resource):
             raise errors.MalformedPolicyDocumentException(
                 "the new key policy will not allow you to update the key policy in the future; "
                 "add a statement allowing kms:PutKeyPolicy, or pass --bypass-policy-lockout-safety-check"

@@ -66,8 +66,10 @@ def show(
 @app.command("verify", cls=common.KmsCommand, help="Check the log for edits, deletions, reordering and insertions.")
 def verify() -> None:
     result = common.service().VerifyAuditLog()
+    unproven = result["Unproven"]
+    tail = f" ({unproven} after the last keyed record, not yet proven)" if unproven else ""
     output.message(f"audit log intact: {result['Records']} records in {result['Files']} file(s), "
-                   f"{result['Unkeyed']} written without the vault key")
+                   f"{result['Unkeyed']} written without the vault key{tail}")
 
 
 class _NoKeys:
