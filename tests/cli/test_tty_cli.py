@@ -28,6 +28,7 @@ def run_on_tty(args: list[str], env: dict[str, str], answers: list[bytes], stdin
     seen = b""
     pending = list(answers)
     deadline = time.monotonic() + timeout
+    status = None
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
@@ -40,7 +41,15 @@ def run_on_tty(args: list[str], env: dict[str, str], answers: list[bytes], stdin
             seen += chunk
             if pending and seen.rstrip().endswith(b":"):
                 os.write(fd, pending.pop(0) + b"\n")
-    _, status = os.waitpid(pid, 0)
+        else:
+            # Quiet terminal: if the child is gone, stop waiting for an EOF that a
+            # process still holding the terminal (e.g. a daemon it started) would delay.
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+                break
+    if status is None:
+        _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), seen
 
@@ -85,3 +94,18 @@ def test_prompt_leaves_stdin_for_data(tmp_path: Path) -> None:
     assert code == 0, screen
     code, screen = run_on_tty(["decrypt", "-i", str(out)], env, [b"pw"])
     assert code == 0 and b"piped data" in screen
+
+
+def test_binary_ciphertext_refused_on_terminal(tmp_path: Path) -> None:
+    import subprocess
+
+    env = clean_env(KMSCLI_VAULT=str(tmp_path / "v" / "vault.kms"), KMSCLI_PASSPHRASE="pw")
+    for args in (["init", *CHEAP_KDF], ["keys", "create", "--alias", "alias/t"]):
+        subprocess.run([*kmscli_command(), *args], env=env, check=True, capture_output=True)
+    code, screen = run_on_tty(["encrypt", "--key", "alias/t"], env, [], stdin_data=b"secret")
+    assert code == 2, screen
+    assert b"ValidationException" in screen and b"--armor" in screen
+    assert b"\x89KMS" not in screen
+    code, screen = run_on_tty(["encrypt", "--key", "alias/t", "--armor"], env, [], stdin_data=b"secret")
+    assert code == 0, screen
+    assert b"-----BEGIN" in screen
