@@ -411,6 +411,37 @@ class AuditLog:
 
     # -- append -----------------------------------------------------------------
 
+    def preflight(self) -> None:
+        """Check that an append could open the log, without writing: AuditLogException if not.
+
+        For streams whose output cannot be taken back (stdout): the checks an
+        append makes on the file (type, owner, mode, writability, the folder)
+        run before the first byte is released, so the common failures stop the
+        operation while nothing has happened yet. A disk that fills in the
+        meantime is still caught only by the append itself.
+        """
+        self._ensure_folder()
+        if not self.path.exists():
+            if not os.access(self.path.parent, os.W_OK | os.X_OK):
+                raise AuditLogException(f"cannot create the audit log {self.path}: its folder is not writable")
+            return
+        fd, _ = self._open_live()
+        os.close(fd)
+
+    def discard_if_only(self, vault_id: str) -> None:
+        """Remove a log that holds nothing but the creation record of ``vault_id`` (a failed init)."""
+        with contextlib.suppress(OSError), self._exclusive():
+            if self._segments():
+                return
+            data = self.path.read_bytes()
+            if data.count(b"\n") == 1 and f'"vaultId":"{vault_id}"'.encode() in data:
+                self.path.unlink()
+                self._fsync_folder()
+
+    def exists(self) -> bool:
+        """Whether any file of the log (live or older) is present."""
+        return self.path.exists() or bool(self._segments())
+
     def append(self, record: dict[str, Any], key: bytes | None) -> ChainHead:
         """Add ``record`` to the log durably and return its head.
 
@@ -754,7 +785,7 @@ def _check_private(st: os.stat_result, path: Path, what: str) -> None:
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise AuditLogException(
             f"refusing to use the {what} {path}: it is writable by group or others (mode {mode:04o}); "
-            f"check it with 'kmscli audit verify', then 'chmod 600 {path}'"
+            f"make it private with 'chmod 600 {path}', then check it with 'kmscli audit verify'"
         )
     if not mode & stat.S_IWUSR:
         raise AuditLogException(f"refusing to write the {what} {path}: it is read-only (mode {mode:04o})")

@@ -60,6 +60,7 @@ def parse_key_ref(text: str) -> KeyRef:
 
     Malformed input is ``NotFoundException`` as AWS answers it ("Invalid keyId").
     """
+    check_text(text, "KEY")
     if not text or len(text) > KEY_ID_ARG_MAX:
         raise errors.NotFoundException(f"Invalid keyId '{_clip(text)}': give a key id, alias/NAME, or an ARN")
     if text.startswith(ALIAS_PREFIX):
@@ -100,7 +101,20 @@ def validate_alias_name(name: str) -> str:
     return name
 
 
+def check_text(text: str, what: str, exc: type[errors.KmsError] = errors.ValidationException) -> str:
+    """Refuse text that is not valid Unicode: bytes of another encoding in argv arrive as
+    lone surrogates, which would be stored, then break every later command that prints them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise exc(
+            f"{what} is not valid UTF-8 text; set a UTF-8 locale or convert it (got '{_clip(text)}')"
+        ) from None
+    return text
+
+
 def validate_description(text: str) -> str:
+    check_text(text, "description")
     if len(text) > DESCRIPTION_MAX:
         raise errors.ValidationException(
             f"description must be at most {DESCRIPTION_MAX} characters (got {len(text)})"
@@ -109,6 +123,8 @@ def validate_description(text: str) -> str:
 
 
 def validate_tag(key: str, value: str) -> None:
+    check_text(key, "tag key", errors.TagException)
+    check_text(value, "tag value", errors.TagException)
     if not 1 <= len(key) <= TAG_KEY_MAX:
         raise errors.TagException(f"tag keys must be 1 to {TAG_KEY_MAX} characters (got {len(key)})")
     if len(value) > TAG_VALUE_MAX:
@@ -119,6 +135,7 @@ def validate_tag(key: str, value: str) -> None:
 
 def parse_pair(text: str, what: str = "tag") -> tuple[str, str]:
     """Split ``K=V`` at the first ``=``; the key must not be empty."""
+    check_text(text, what)
     key, sep, value = text.partition("=")
     if not sep:
         raise errors.ValidationException(f"{what} must be written KEY=VALUE (got '{_clip(text)}')")
@@ -130,6 +147,7 @@ def parse_pair(text: str, what: str = "tag") -> tuple[str, str]:
 def _clip(text: str, n: int = 80) -> str:
     """Shorten user input quoted in a message so one error stays one line."""
     text = text.replace("\n", "\\n").replace("\r", "\\r")
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates shown, never raised
     return text if len(text) <= n else text[: n - 1] + "…"
 
 

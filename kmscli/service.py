@@ -113,6 +113,13 @@ class Kms:
             )
         if not isinstance(self.keys, PassphraseKeySource):
             raise errors.ValidationException("a new vault needs a passphrase, not a session")
+        if self._audit_log(None).exists():
+            # A new vault's chain starts at its own genesis: appending it to another
+            # vault's log would make that log fail verification forever.
+            raise errors.AlreadyExistsException(
+                f"an audit log already exists at {self.audit_path} with no vault beside it; "
+                "move it (and its numbered older files) away to keep it, then run init again"
+            )
         from .crypto import primitives as P
 
         passphrase = self.keys.passphrase()
@@ -138,7 +145,13 @@ class Kms:
         with self.store.locked():
             call.response = {"vaultId": body["vault_id"], "account": body["account"]}
             self._record(ov, call)
-            self._write(ov, create=True)
+            try:
+                self._write(ov, create=True)
+            except BaseException:
+                # No vault, so the record of its creation must not stay either:
+                # it would be the first line of a log no vault can ever verify.
+                self._audit_log(ov).discard_if_only(body["vault_id"])
+                raise
         return {"VaultPath": str(self.store.path), "Account": body["account"], "VaultId": body["vault_id"]}
 
     def ChangePassphrase(self, new_passphrase: bytes, kdf: F.KdfParams | None = None) -> dict[str, Any]:
@@ -549,6 +562,7 @@ class Kms:
             key = self._key(ov, call, KeyId, "kms:Encrypt", _context_conditions(context))
             self._require_enabled(ov, key)
             material = key["Materials"][-1]
+            self._audit_log(ov).preflight()  # fail closed before output that cannot be taken back
             n = stream.encrypt_stream(reader, writer, master_key=_material(material), key_id=key["KeyId"],
                                       material_version=material["Version"], context=context, progress=progress)
             call.request["inputBytes"] = n
@@ -572,6 +586,7 @@ class Kms:
         def decrypt(ov: OpenVault, call: _Call) -> dict[str, Any]:
             header = stream.read_header(reader)
             key, material = self._ciphertext_key(ov, call, header, KeyId, "kms:Decrypt", context)
+            self._audit_log(ov).preflight()  # fail closed before plaintext leaves the process
             n = stream.decrypt_stream(header, reader, writer, master_key=_material(material), context=context,
                                       progress=progress)
             call.response["outputBytes"] = n
@@ -605,6 +620,7 @@ class Kms:
                             {**_context_conditions(dst_ctx), "kms:ReEncryptOnSameKey": same})
             self._require_enabled(ov, dst)
             dst_material = dst["Materials"][-1]
+            self._audit_log(ov).preflight()
             stream.rewrap_stream(header, reader, writer, old_master_key=_material(src_material), context=src_ctx,
                                  new_master_key=_material(dst_material), new_key_id=dst["KeyId"],
                                  new_material_version=dst_material["Version"], new_context=dst_ctx)

@@ -23,7 +23,12 @@ def parse_since(text: str, now: datetime) -> datetime:
     m = _DURATION.match(text)
     if text and m and any(m.groups()):
         d, h, mi, s = (int(g or 0) for g in m.groups())
-        return now - timedelta(days=d, hours=h, minutes=mi, seconds=s)
+        try:
+            return now - timedelta(days=d, hours=h, minutes=mi, seconds=s)
+        except OverflowError:
+            raise errors.ValidationException(
+                f"--since goes back further than the calendar does (got '{text}')"
+            ) from None
     try:
         from ..model import parse_iso
 
@@ -49,9 +54,12 @@ def show(
     when = parse_since(since, utcnow()) if since else None
     records = common.service(keys=_NoKeys()).ReadAuditLog(KeyId=key, Operation=operation, Since=when)
     if json_ or not output.is_tty(sys.stdout):
+        out = sys.stdout.buffer
         for r in records:
-            sys.stdout.write(json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+            # backslashreplace: a record may quote bytes that were never text (a KEY from argv).
+            out.write(json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
+                      + b"\n")
+        out.flush()
         return
     rows = []
     for r in records:

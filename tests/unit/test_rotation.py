@@ -11,7 +11,7 @@ import pytest
 from kmscli import errors
 from kmscli.model import iso
 from kmscli.service import Kms
-from tests.unit.test_service import Clock, audit_events, clock, svc  # noqa: F401  (fixtures)
+from tests.unit.conftest import Clock, audit_events
 
 
 def encrypt(svc: Kms, key: str, data: bytes) -> bytes:
