@@ -47,11 +47,26 @@ def ensure_private_dir(folder: Path) -> None:
     for parent in (folder, *folder.parents):
         if parent.exists() and not parent.is_dir():
             raise errors.VaultFileError(f"cannot create the folder {folder}: {parent} is a file, not a folder")
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
-    except OSError as e:
-        raise errors.VaultFileError(f"cannot create the folder {folder}: {e.strerror}") from None
+    missing = []
+    d = folder
+    while not d.exists() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    # Each folder made here is 0700, not only the last: mkdir(parents=True)
+    # makes the others 0777 & ~umask, world-writable under umask 000.
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue  # made at the same moment by another process
+        except OSError as e:
+            raise errors.VaultFileError(f"cannot create the folder {folder}: {e.strerror}") from None
+        try:
+            os.chmod(d, 0o700)  # mkdir's mode is filtered by the umask
+        except OSError as e:
+            raise errors.VaultFileError(f"cannot create the folder {folder}: {e.strerror}") from None
+    if not folder.is_dir():
+        raise errors.VaultFileError(f"cannot create the folder {folder}: something else is in its place")
 
 
 def check_private_file(st: os.stat_result, path: Path, what: str) -> None:
@@ -193,6 +208,7 @@ class VaultStore:
             fd = os.open(tmp, flags, 0o600)
         except OSError as e:
             raise errors.VaultFileError(f"cannot write in {folder}: {e.strerror}") from None
+        in_place = False
         try:
             try:
                 os.fchmod(fd, 0o600)
@@ -209,14 +225,23 @@ class VaultStore:
                     raise errors.AlreadyExistsException(
                         f"a vault already exists at {self.path}; kmscli never overwrites one"
                     ) from None
+                in_place = True
                 os.unlink(tmp)
             else:
                 os.replace(tmp, self.path)
+                in_place = True
             _fsync_dir(folder)
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
+            if in_place:
+                # The new vault is already in place: saying "unchanged" would
+                # make a script retry a change that was made.
+                raise errors.VaultFileError(
+                    f"the vault {self.path} was written, but finishing the write failed: {reason}; "
+                    "the change is in place but may not survive a crash"
+                ) from None
             raise errors.VaultFileError(f"cannot write the vault {self.path}: {reason}; it is unchanged") from None
         except BaseException:
             with contextlib.suppress(OSError):

@@ -1,0 +1,290 @@
+"""SIGKILL at random points of vault writes, audit appends and ``decrypt -o`` (seeded, seed in the summary).
+
+``tests/concurrency`` already kills ``keys create`` loops by the clock. Here
+every scenario is killed two ways, in the same round, by two children of
+the test sharing one vault:
+
+* at a **fault point**: the child counts its I/O steps (``os.write``,
+  ``fsync``, ``replace``, ``rename``, ``link``, ``unlink``, ``ftruncate``,
+  ``close``, the audit log's write and sync, every write to a ``-o`` file)
+  and SIGKILLs itself just before or just after the N-th, N drawn from the
+  number of steps three operations take (measured first), so every step of
+  the write paths gets its turn;
+* by the **clock**: the test SIGKILLs the other child after a random delay,
+  which can land inside a system call (a torn audit line, a half-written
+  temporary file).
+
+The children run the real CLI code in process (``kmscli.cli.app.run``, forked
+from the test after the imports, so a call costs milliseconds, not an
+interpreter start-up) and report each command that exited 0 on a pipe, after
+it returned: that is what "acknowledged" means. After every round the vault
+opens with every acknowledged change, the audit log verifies (or fails only
+on a torn final line, which the next append removes), and no ``-o`` target
+holds anything but the complete plaintext.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import re
+import signal
+import stat
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kmscli import audit
+from kmscli.errors import AuditVerificationException
+from kmscli.vault.store import PassphraseKeySource, VaultStore
+from tests.conftest import PASSPHRASE, Runner, ok
+
+ROUNDS = {"vault": 45, "audit": 30, "decrypt": 40}  # two kills a round: 230 in all
+PLAINTEXT_SIZE = (5 << 20) // 2  # 2.5 MiB: three chunks, so a kill can leave a partial one
+TARGETS = ("out-a.txt", "out-b.txt", "out-c.txt")
+_CTX = multiprocessing.get_context("fork")
+
+
+# -- the child ---------------------------------------------------------------------------
+def _install_fault(at: int, after: bool, counter: list[int]) -> None:
+    """SIGKILL this process at its ``at``-th I/O step (0: only count the steps in ``counter``)."""
+    from kmscli.cli import fileio
+
+    def wrap(owner: object, name: str) -> None:
+        real = getattr(owner, name)
+
+        def step(*args, **kwargs):
+            counter[0] += 1
+            if counter[0] == at and not after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = real(*args, **kwargs)
+            if counter[0] == at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        setattr(owner, name, step)
+
+    for name in ("write", "fsync", "replace", "rename", "link", "unlink", "ftruncate", "close"):
+        wrap(os, name)
+    wrap(audit, "_write")
+    wrap(audit, "_sync")
+    wrap(fileio._Sink, "write")
+
+
+def _child(scenario: str, work: str, ack: int, fault_at: int, after: bool, ops: int, seed: int) -> None:
+    import io
+    import sys
+
+    from kmscli.cli.app import run
+
+    real_write, real_close = os.write, os.close
+    for name in [k for k in os.environ if k.startswith("KMSCLI_")]:
+        del os.environ[name]
+    os.environ.update(KMSCLI_VAULT=f"{work}/kms/vault.kms", KMSCLI_PASSPHRASE=PASSPHRASE)
+    rng = random.Random(seed)
+    counter = [0]
+    _install_fault(fault_at, after, counter)
+    key_id = Path(work, "key_id").read_text()
+    own: list[str] = []  # keys this child made: a key takes at most 50 aliases
+    n = 0
+    while ops == 0 or n < ops:
+        n += 1
+        if scenario == "vault":
+            alias = f"alias/c{os.getpid()}-{n}"
+            if own and n % 3 == 0:
+                args = ["alias", "create", alias, own[-1]]
+            else:
+                args = ["keys", "create", "--alias", alias] if rng.random() < 0.5 else ["keys", "create"]
+        elif scenario == "audit":
+            args = rng.choice([["encrypt", "--key", "alias/crash", "-c", f"n={n}", "-i", f"{work}/small"],
+                               ["keys", "describe", key_id, "--json"],
+                               ["datakey", "alias/crash", "--no-plaintext", "--json"]])
+        else:
+            args = ["decrypt", "-i", f"{work}/big.kms", "-o", f"{work}/out/{rng.choice(TARGETS)}"]
+        out, err = io.BytesIO(), io.BytesIO()
+        sys.stdout = io.TextIOWrapper(out, write_through=True)
+        sys.stderr = io.TextIOWrapper(err, write_through=True)
+        rc = run(args)
+        if rc == 0:
+            line = {"args": args, "pid": os.getpid(), "stdout": out.getvalue()[:200].decode(errors="replace")}
+            if args[:2] == ["keys", "create"]:
+                own.append(line["stdout"].strip())
+        else:
+            line = {"args": args, "pid": os.getpid(), "failed": rc, "stderr": err.getvalue().decode()}
+        real_write(ack, (json.dumps(line) + "\n").encode())
+    real_write(ack, (json.dumps({"steps": counter[0]}) + "\n").encode())
+    real_close(ack)
+    os._exit(0)
+
+
+# -- the test side -----------------------------------------------------------------------
+class Crash:
+    """Runs rounds of two children against one vault and keeps what they acknowledged."""
+
+    def __init__(self, work: Path, rng: random.Random) -> None:
+        self.work, self.rng = work, rng
+        self.acks: list[dict] = []
+        self.kills = Counter[str]()
+        self.steps: dict[str, int] = {}
+
+    def start(self, scenario: str, fault_at: int, after: bool, ops: int = 0) -> tuple[multiprocessing.Process, int]:
+        r, w = os.pipe()
+        p = _CTX.Process(target=_child, args=(scenario, str(self.work), w, fault_at, after, ops,
+                                              self.rng.randrange(1 << 30)))
+        p.start()
+        os.close(w)
+        return p, r
+
+    def collect(self, r: int) -> list[dict]:
+        with os.fdopen(r, "rb") as f:
+            lines = f.read().splitlines(keepends=True)
+        got = [json.loads(line) for line in lines if line.endswith(b"\n")]  # a kill never splits one write
+        failed = [g for g in got if "failed" in g]
+        assert not failed, failed
+        return got
+
+    def calibrate(self, scenario: str) -> int:
+        """How many I/O steps three operations of ``scenario`` take."""
+        p, r = self.start(scenario, 0, False, ops=3)
+        p.join(60)
+        if p.is_alive():  # hung: never leave it behind
+            p.kill()
+            p.join()
+        got = self.collect(r)
+        assert p.exitcode == 0, got
+        self.acks += [g for g in got if "args" in g]
+        self.steps[scenario] = got[-1]["steps"]
+        return got[-1]["steps"]
+
+    def round(self, scenario: str) -> None:
+        steps = self.steps[scenario]
+        faulty = self.start(scenario, self.rng.randint(1, steps), self.rng.random() < 0.5)
+        timed = self.start(scenario, 0, False)
+        time.sleep(self.rng.uniform(0.0, 0.15))
+        timed[0].kill()
+        faulty[0].join(20)
+        if faulty[0].is_alive():  # the fault point was never reached (a shorter path): kill by the clock
+            faulty[0].kill()
+        for p, r in (faulty, timed):
+            p.join(20)
+            assert p.exitcode == -signal.SIGKILL, p.exitcode
+            self.kills[scenario] += 1
+            self.acks += [g for g in self.collect(r) if "args" in g]
+
+
+def _warm_imports() -> None:
+    """Import what the children use before forking them, so a child starts in a millisecond."""
+    import argon2.low_level  # noqa: F401
+    import cryptography.hazmat.primitives.ciphers.aead  # noqa: F401
+
+    import kmscli.cli.app  # noqa: F401
+    import kmscli.crypto.armor  # noqa: F401
+    import kmscli.crypto.stream  # noqa: F401
+    import kmscli.policy  # noqa: F401
+    import kmscli.service  # noqa: F401
+
+
+@pytest.fixture
+def crash(kms: Runner, vault: Path, tmp_path: Path, seed: int) -> Crash:
+    _warm_imports()
+    key_id = ok(kms("keys", "create", "--alias", "alias/crash")).stdout.decode().strip()
+    (tmp_path / "key_id").write_text(key_id)
+    (tmp_path / "small").write_bytes(b"s" * 100)
+    (tmp_path / "out").mkdir()
+    return Crash(tmp_path, random.Random(seed))
+
+
+def open_vault(vault: Path) -> tuple[dict, bytes]:
+    ov = VaultStore(vault).open(PassphraseKeySource(lambda: PASSPHRASE.encode()))
+    return ov.body, ov.vault_key
+
+
+def check_audit(vault: Path) -> str:
+    """The log verifies against the vault's head, or fails only on a torn last line. Returns which."""
+    body, vault_key = open_vault(vault)
+    log = audit.AuditLog(vault.with_name("audit.jsonl"), vault_id=body["vault_id"])
+    head = body["audit_head"]
+    stored = audit.ChainHead(**head) if head else None
+    try:
+        log.verify(audit.chain_key(vault_key), stored)
+    except AuditVerificationException as e:
+        lines = vault.with_name("audit.jsonl").read_bytes().split(b"\n")
+        assert re.fullmatch(rf"line {len(lines)}: .*torn final line.*", str(e)), str(e)
+        return "torn"
+    return "intact"
+
+
+def test_vault_writes(crash: Crash, vault: Path, figures: Callable[[str], None], seed: int) -> None:
+    steps = crash.calibrate("vault")
+    torn = 0
+    for i in range(ROUNDS["vault"]):
+        crash.round("vault")
+        body, _ = open_vault(vault)  # opens after every kill
+        keys = {a["stdout"].strip() for a in crash.acks if a["args"][:2] == ["keys", "create"]}
+        aliases = {a["args"][-1 if a["args"][0] == "keys" else 2]: a for a in crash.acks
+                   if "--alias" in a["args"] or a["args"][0] == "alias"}
+        assert keys <= set(body["keys"]), (seed, sorted(keys - set(body["keys"])))
+        assert set(aliases) <= set(body["aliases"]), (seed, sorted(set(aliases) - set(body["aliases"])))
+        if i % 5 == 4:
+            torn += check_audit(vault) == "torn"
+    torn += check_audit(vault) == "torn"
+    figures(f"crash/vault: {crash.kills['vault']} kills ({steps} I/O steps per 3 operations), "
+            f"{len(keys)} keys and {len(aliases)} aliases acknowledged and present, torn audit tails seen: {torn}")
+    assert crash.kills["vault"] >= 2 * ROUNDS["vault"]
+
+
+def test_audit_appends(crash: Crash, vault: Path, figures: Callable[[str], None], seed: int) -> None:
+    steps = crash.calibrate("audit")
+    torn = 0
+    for i in range(ROUNDS["audit"]):
+        crash.round("audit")
+        if i % 5 == 4:
+            torn += check_audit(vault) == "torn"
+    torn += check_audit(vault) == "torn"
+    # Every acknowledged operation has its record, by the process that made it.
+    names = {"encrypt": "Encrypt", "keys": "DescribeKey", "datakey": "GenerateDataKeyWithoutPlaintext"}
+    acked = Counter((a["pid"], names[a["args"][0]]) for a in crash.acks)
+    lines = vault.with_name("audit.jsonl").read_bytes().splitlines()
+    records = [json.loads(line) for line in lines if line.endswith(b"}")]
+    logged = Counter((r["userIdentity"]["pid"], r["eventName"]) for r in records if "errorCode" not in r)
+    missing = {k: n - logged[k] for k, n in acked.items() if logged[k] < n}
+    assert not missing, (seed, missing)
+    figures(f"crash/audit: {crash.kills['audit']} kills ({steps} I/O steps per 3 operations), "
+            f"{sum(acked.values())} acknowledged operations all recorded, {len(records)} records, "
+            f"torn audit tails seen: {torn}")
+    assert crash.kills["audit"] >= 2 * ROUNDS["audit"]
+
+
+def test_decrypt_to_file(crash: Crash, kms: Runner, vault: Path, tmp_path: Path,
+                         figures: Callable[[str], None], seed: int) -> None:
+    plain = random.Random(seed).randbytes(PLAINTEXT_SIZE)
+    (tmp_path / "big").write_bytes(plain)
+    ok(kms("encrypt", "--key", "alias/crash", "-i", str(tmp_path / "big"), "-o", str(tmp_path / "big.kms")))
+    out = tmp_path / "out"
+    steps = crash.calibrate("decrypt")
+    temps_seen = 0
+    temp = re.compile(r"\.(out-[abc]\.txt)\.[0-9a-f]{12}\.tmp")
+    for _ in range(ROUNDS["decrypt"]):
+        crash.round("decrypt")
+        for f in out.iterdir():
+            if f.name in TARGETS:  # a target is never partial
+                assert f.stat().st_size == PLAINTEXT_SIZE and f.read_bytes() == plain, (seed, f.name)
+            else:  # only a killed writer's private temporary file, which the next writer removes
+                assert temp.fullmatch(f.name), (seed, f.name)
+                assert stat.S_IMODE(f.stat().st_mode) == 0o600
+                temps_seen += 1
+    for name in TARGETS:  # the next writer of each target cleans up after the killed ones
+        ok(kms("decrypt", "-i", str(tmp_path / "big.kms"), "-o", str(out / name)))
+    assert sorted(f.name for f in out.iterdir()) == sorted(TARGETS), seed
+    assert all((out / name).read_bytes() == plain for name in TARGETS)
+    acked = sum(1 for a in crash.acks if a["args"][0] == "decrypt")
+    figures(f"crash/decrypt -o: {crash.kills['decrypt']} kills ({steps} I/O steps per 3 operations), "
+            f"{acked} acknowledged decrypts, never a partial target; {temps_seen} sightings of a killed "
+            "writer's temporary file, all removed by the next writer")
+    assert crash.kills["decrypt"] >= 2 * ROUNDS["decrypt"]
+    check_audit(vault)
