@@ -102,6 +102,9 @@ class Output:
             self.stream: Any = _Sink(sys.stdout.buffer, "to standard output")
             return
         where = f"the output {self.path}"
+        if path is not None and path.endswith(os.sep):
+            # Path() drops the trailing slash; "dir/" must not become a file named "dir".
+            raise errors.UsageError(f"-o {path} names a folder; give a file name (e.g. {path}out.kms)")
         fd = _open_special(self.path)
         if fd is not None:
             # A device, FIFO or socket (/dev/null, /dev/stdout, a named pipe): written

@@ -221,3 +221,9 @@ def test_random(kms: Runner, fmt: str, decode) -> None:  # noqa: ANN001
 @pytest.mark.parametrize("n", ["0", "1025", "x"])
 def test_random_bounds(kms: Runner, n: str) -> None:
     fails(kms("random", n), 2)
+
+
+def test_output_naming_a_folder_is_refused(kms: Runner, key: str, tmp_path: Path) -> None:
+    for target in (f"{tmp_path}/newdir/", f"{tmp_path}/"):
+        fails(kms("encrypt", "--key", key, "-o", target, input=b"x"), 2, "ValidationException")
+    assert not (tmp_path / "newdir").exists()
