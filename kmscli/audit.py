@@ -440,7 +440,10 @@ class AuditLog:
 
     def exists(self) -> bool:
         """Whether any file of the log (live or older) is present."""
-        return self.path.exists() or bool(self._segments())
+        try:
+            return self.path.exists() or bool(self._segments())
+        except OSError:  # no folder to hold one (a missing folder, or a file in its place)
+            return False
 
     def append(self, record: dict[str, Any], key: bytes | None) -> ChainHead:
         """Add ``record`` to the log durably and return its head.

@@ -49,8 +49,10 @@ def _tty_prompt(prompt: str) -> bytes:
         new = termios.tcgetattr(fd)
         new[3] &= ~termios.ECHO
         try:
-            tty.write(prompt.encode())
+            # Echo off first, then the prompt: TCSAFLUSH discards typeahead, and
+            # after the prompt it would discard an answer typed as soon as it showed.
             termios.tcsetattr(fd, termios.TCSAFLUSH, new)
+            tty.write(prompt.encode())
             line = b""
             while not line.endswith(b"\n"):
                 chunk = tty.read(1)

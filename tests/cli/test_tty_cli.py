@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import signal
 import time
 from pathlib import Path
 
@@ -49,7 +50,10 @@ def run_on_tty(args: list[str], env: dict[str, str], answers: list[bytes], stdin
                 status = st
                 break
     if status is None:
-        _, status = os.waitpid(pid, 0)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if not done:  # still waiting at the deadline: a hang is a failure, not a stuck suite
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), seen
 

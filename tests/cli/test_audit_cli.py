@@ -1,0 +1,252 @@
+"""The audit log through the real entry point: what is recorded, what never is, and tamper evidence."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from kmscli.vault.store import PassphraseKeySource, VaultStore
+from tests.conftest import CHEAP_KDF, PASSPHRASE, Runner, fails, ok
+
+
+def records(kms: Runner, *args: str) -> list[dict]:
+    out = ok(kms("audit", "show", *args)).stdout.decode()
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def log_path(vault: Path) -> Path:
+    return vault.with_name("audit.jsonl")
+
+
+def new_key(kms: Runner, *args: str, env_update: dict[str, str] | None = None) -> str:
+    return ok(kms("keys", "create", *args, env_update=env_update)).stdout.decode().strip()
+
+
+def master_keys(vault: Path, passphrase: str = PASSPHRASE) -> list[bytes]:
+    """The vault key and every key's material, read straight from the vault: never to show up elsewhere."""
+    ov = VaultStore(vault).open(PassphraseKeySource(lambda: passphrase.encode()))
+    keys = ov.body["keys"].values() if isinstance(ov.body["keys"], dict) else ov.body["keys"]
+    return [ov.vault_key] + [base64.b64decode(m["Material"]) for k in keys for m in k.get("Materials", [])]
+
+
+def forms(secret: bytes) -> list[bytes]:
+    """The ways a secret could be written into a text log."""
+    return [secret, secret.hex().encode(), base64.b64encode(secret), base64.b64encode(secret).rstrip(b"=")]
+
+
+def test_every_outcome_is_recorded(kms: Runner, vault: Path) -> None:
+    key = new_key(kms, "--alias", "alias/app")
+    ct = ok(kms("encrypt", "--key", key, "-c", "app=web", input=b"data")).stdout
+    ok(kms("decrypt", "-c", "app=web", input=ct))
+    fails(kms("keys", "describe", "alias/nope"), 3)
+    fails(kms("keys", "schedule-delete", key, "--days", "6"), 2)
+    fails(kms("decrypt", input=ct), 6)  # wrong (missing) context
+    ok(kms("keys", "disable", key))
+    fails(kms("encrypt", "--key", key, input=b"x"), 4)
+    fails(kms("keys", "list", env_update={"KMSCLI_PASSPHRASE": "wrong"}), 5)
+    ok(kms("keys", "enable", key))
+    deny = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": "*", "Action": "kms:Encrypt", "Resource": "*"}]}
+    ok(kms("policy", "put", key, "-", input=json.dumps(deny).encode()))
+    fails(kms("encrypt", "--key", key, input=b"x"), 7)
+
+    got = [(r["eventName"], r.get("errorCode")) for r in records(kms)]
+    assert got == [
+        ("CreateVault", None), ("CreateKey", None), ("Encrypt", None), ("Decrypt", None),
+        ("DescribeKey", "NotFoundException"), ("ScheduleKeyDeletion", "ValidationException"),
+        ("Decrypt", "InvalidCiphertextException"), ("DisableKey", None), ("Encrypt", "DisabledException"),
+        ("ListKeys", "IncorrectPassphraseException"),
+        ("EnableKey", None), ("PutKeyPolicy", None), ("Encrypt", "AccessDeniedException"),
+    ]
+    failed_unlock = records(kms)[9]
+    assert failed_unlock["keyed"] is False and failed_unlock["errorCode"]
+    assert "accountId" not in failed_unlock["userIdentity"]  # nothing from inside the vault without its key
+    enc = records(kms, "--operation", "Encrypt")[0]
+    assert enc["requestParameters"]["encryptionContext"] == {"app": "web"}
+    assert enc["requestParameters"]["inputBytes"] == 4
+    assert enc["userIdentity"]["uid"] == os.getuid() and enc["userIdentity"]["pid"] > 0
+    assert enc["eventTime"].endswith("Z") and enc["eventSource"] == "kms.local"
+    ok(kms("audit", "verify"))
+
+
+def test_record_fields_follow_cloudtrail(kms: Runner, vault: Path) -> None:
+    key = new_key(kms, "-d", "billing")
+    rec = records(kms, "--operation", "CreateKey")[0]
+    for field in ("eventVersion", "eventTime", "eventName", "eventID", "eventSource", "userIdentity",
+                  "requestParameters", "responseElements", "chainSeq", "chainPrev", "chainMac"):
+        assert field in rec, field
+    assert rec["responseElements"]["keyId"] == key
+    assert "errorCode" not in rec
+
+
+def test_no_secret_ever_reaches_the_log(kms: Runner, vault: Path, tmp_path: Path) -> None:
+    """A full session, then the log is searched for every secret it handled, in every encoding."""
+    plaintext = os.urandom(48)
+    key = new_key(kms, "--alias", "alias/app")
+    other = new_key(kms)
+    ct = ok(kms("encrypt", "--key", key, "-c", "a=b", input=plaintext)).stdout
+    assert ok(kms("decrypt", "-c", "a=b", input=ct)).stdout == plaintext
+    armored = ok(kms("reencrypt", "--key", other, "--source-context", "a=b", "--armor", input=ct)).stdout
+    ok(kms("decrypt", input=armored))
+    dk = json.loads(ok(kms("datakey", key, "--json")).stdout)
+    dk2 = json.loads(ok(kms("datakey", key, "--bytes", "64", "--no-plaintext", "--json")).stdout)
+    ok(kms("keys", "rotate", key))
+    newpass = tmp_path / "newpass"
+    newpass.write_text("a much better passphrase\n")
+    ok(kms("passwd", "--new-passphrase-file", str(newpass)))
+    fails(kms("keys", "list"), 5)  # the old passphrase, now wrong
+    ok(kms("keys", "list", env_update={"KMSCLI_PASSPHRASE": "a much better passphrase"}))
+
+    log = log_path(vault).read_bytes()
+    secrets = [plaintext, ct[-64:], armored.splitlines()[2], base64.b64decode(dk["Plaintext"]),
+               base64.b64decode(dk["CiphertextBlob"])[-48:], base64.b64decode(dk2["CiphertextBlob"])[-48:]]
+    for secret in secrets + master_keys(vault, "a much better passphrase"):
+        for form in forms(secret):
+            assert form not in log, secret
+    for phrase in (PASSPHRASE, "a much better passphrase"):
+        assert phrase.encode() not in log
+    assert b'"Plaintext"' not in log and b'"CiphertextBlob"' not in log
+    assert stat.S_IMODE(log_path(vault).stat().st_mode) == 0o600
+
+
+def _lines(vault: Path) -> list[bytes]:
+    return log_path(vault).read_bytes().splitlines(keepends=True)
+
+
+def _tampered(kms: Runner, vault: Path, lines: list[bytes]) -> str:
+    log_path(vault).write_bytes(b"".join(lines))
+    return fails(kms("audit", "verify"), 8, "AuditVerificationException")
+
+
+@pytest.fixture
+def busy_vault(kms: Runner, vault: Path) -> Path:
+    key = new_key(kms)
+    for i in range(3):
+        ok(kms("encrypt", "--key", key, input=b"%d" % i))
+    ok(kms("keys", "disable", key))  # a vault write: the chain head moves into the vault
+    return vault
+
+
+@pytest.mark.parametrize("how", ["edit", "delete", "swap", "insert", "duplicate", "truncate_tail"])
+def test_verify_names_the_first_bad_line(kms: Runner, busy_vault: Path, how: str) -> None:
+    lines = _lines(busy_vault)
+    n = len(lines)
+    assert n == 6
+    if how == "edit":
+        lines[2] = lines[2].replace(b'"inputBytes":1', b'"inputBytes":9')
+        assert b'"inputBytes":9' in lines[2]
+        want = "line 3"
+    elif how == "delete":
+        del lines[3]
+        want = "line 4"
+    elif how == "swap":
+        lines[2], lines[3] = lines[3], lines[2]
+        want = "line 3"
+    elif how == "insert":
+        lines.insert(1, lines[4])
+        want = "line 2"
+    elif how == "duplicate":
+        lines.insert(3, lines[2])
+        want = "line 4"
+    else:
+        lines = lines[:-1]  # the last record (the DisableKey that moved the vault's head) is cut off
+        want = f"line {n}"
+    line = _tampered(kms, busy_vault, lines)
+    assert want in line, line
+
+
+def test_log_of_another_vault_is_refused(kms: Runner, busy_vault: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other" / "vault.kms"
+    env = {"KMSCLI_VAULT": str(other)}
+    ok(kms("init", *CHEAP_KDF, env_update=env))
+    ok(kms("keys", "create", env_update=env))
+    log_path(busy_vault).write_bytes(log_path(other).read_bytes())
+    line = fails(kms("audit", "verify"), 8, "AuditVerificationException")
+    assert "line 1" in line
+
+
+def test_verify_reports_the_count(kms: Runner, busy_vault: Path) -> None:
+    r = ok(kms("audit", "verify"))
+    assert r.stdout == b""
+    assert b"intact: 6 records in 1 file(s), 0 written without the vault key" in r.stderr
+    assert records(kms)[-1]["eventName"] == "VerifyAuditLog"  # recorded after it checked
+
+
+def test_fail_closed_when_the_log_cannot_be_written(kms: Runner, vault: Path, tmp_path: Path) -> None:
+    key = new_key(kms)
+    before = vault.read_bytes()
+    # A folder in place of the log: nothing can be appended, whoever runs the test (root included).
+    blocked = {"KMSCLI_AUDIT_LOG": str(tmp_path / "blocked")}
+    (tmp_path / "blocked").mkdir()
+    fails(kms("keys", "create", env_update=blocked), 8, "AuditLogException")
+    fails(kms("keys", "disable", key, env_update=blocked), 8, "AuditLogException")
+    assert vault.read_bytes() == before  # neither change happened
+    out = tmp_path / "secret.txt"
+    ct = ok(kms("encrypt", "--key", key, input=b"payload")).stdout
+    fails(kms("decrypt", "-o", str(out), input=ct, env_update=blocked), 8, "AuditLogException")
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "blocked.lock", "kms"]  # no temp file left
+    assert json.loads(ok(kms("keys", "describe", key, "--json")).stdout)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+def test_show_filters(kms: Runner, vault: Path) -> None:
+    a = new_key(kms, "--alias", "alias/a")
+    b = new_key(kms)
+    ok(kms("encrypt", "--key", "alias/a", input=b"x"))
+    ok(kms("encrypt", "--key", b, input=b"x"))
+    assert [r["eventName"] for r in records(kms, "--key", a)] == ["CreateKey", "Encrypt"]
+    assert [r["eventName"] for r in records(kms, "--key", "alias/a")][-1] == "Encrypt"
+    assert len(records(kms, "--operation", "encrypt")) == 2
+    assert records(kms, "--since", "2000-01-01T00:00:00Z") == records(kms)
+    assert records(kms, "--since", "1h") == records(kms)
+    assert records(kms, "--since", "2999-01-01T00:00:00Z") == []
+    fails(kms("audit", "show", "--since", "yesterday"), 2, "ValidationException")
+
+
+def test_show_needs_no_passphrase(kms: Runner, vault: Path) -> None:
+    new_key(kms)
+    r = ok(kms("audit", "show", env_remove=("KMSCLI_PASSPHRASE",)))
+    assert len(r.stdout.splitlines()) == 2
+
+
+def test_missing_log_and_missing_vault(kms: Runner, vault: Path) -> None:
+    log_path(vault).unlink()
+    line = fails(kms("audit", "verify"), 8)
+    assert "line" in line or "missing" in line or "head" in line
+
+
+def test_log_rotates_at_the_configured_size(kms: Runner, vault: Path) -> None:
+    small = {"KMSCLI_AUDIT_MAX_SIZE": "2K"}
+    key = new_key(kms, env_update=small)
+    for _ in range(8):
+        ok(kms("encrypt", "--key", key, input=b"x", env_update=small))
+    files = sorted(p.name for p in vault.parent.glob("audit.jsonl*") if not p.name.endswith(".lock"))
+    assert len(files) >= 3 and files[0] == "audit.jsonl"
+    assert all(p.stat().st_size <= 2048 for p in vault.parent.glob("audit.jsonl.0*"))
+    r = ok(kms("audit", "verify", env_update=small))
+    assert b"%d file(s)" % len(files) in r.stderr
+    assert len(records(kms)) == 11  # show reads every file, oldest first
+    older = next(p for p in sorted(vault.parent.glob("audit.jsonl.0*")) if b'"inputBytes":1' in p.read_bytes())
+    older.write_bytes(older.read_bytes().replace(b'"inputBytes":1', b'"inputBytes":2', 1))
+    line = fails(kms("audit", "verify"), 8, "AuditVerificationException")
+    assert older.name in line
+    fails(kms("keys", "list", env_update={"KMSCLI_AUDIT_MAX_SIZE": "lots"}), 2, "ValidationException")
+
+
+def test_init_refuses_an_orphan_log(kms: Runner, vault_dir: Path) -> None:
+    vault_dir.mkdir()
+    orphan = vault_dir / "audit.jsonl"
+    orphan.write_bytes(b'{"old":"log"}\n')
+    orphan.chmod(0o600)
+    line = fails(kms("init", *CHEAP_KDF), 9, "AlreadyExistsException")
+    assert "audit log" in line
+    assert orphan.read_bytes() == b'{"old":"log"}\n' and not (vault_dir / "vault.kms").exists()
+    orphan.rename(vault_dir / "audit.jsonl.kept")
+    ok(kms("init", *CHEAP_KDF))
+    ok(kms("audit", "verify"))
