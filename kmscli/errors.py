@@ -121,6 +121,12 @@ class InvalidSessionException(UnlockError):
     name = "InvalidSessionException"
 
 
+class SessionAgentException(UnlockError):
+    """``unlock`` could not start (or reach) the agent that would hold the session."""
+
+    name = "SessionAgentException"
+
+
 # -- 6: ciphertext ----------------------------------------------------------
 #: The one message for every ciphertext that does not decrypt. It never says
 #: which check failed: telling a tampered tag from a wrong context would hand

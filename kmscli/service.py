@@ -154,6 +154,22 @@ class Kms:
                 raise
         return {"VaultPath": str(self.store.path), "Account": body["account"], "VaultId": body["vault_id"]}
 
+    def Unlock(self, TtlSeconds: int, IdleSeconds: int | None,
+               start_session: Callable[[bytes, bytes], str]) -> dict[str, Any]:
+        """Unlock the vault once and hand its key to ``start_session`` (the agent starter).
+
+        ``start_session(vault_key, header_bytes)`` returns the session id. It runs
+        inside the audited call, so a wrong passphrase or an agent that fails to
+        start is recorded as a failed Unlock, and a session is never started
+        without its record. Not an AWS operation: sessions are local.
+        """
+        def unlock(ov: OpenVault, call: _Call) -> dict[str, Any]:
+            session_id = start_session(ov.vault_key, ov.header.raw)
+            call.response["sessionId"] = session_id
+            return {"SessionId": session_id}
+
+        return self._read("Unlock", {"ttlSeconds": TtlSeconds, "idleSeconds": IdleSeconds}, unlock)
+
     def ChangePassphrase(self, new_passphrase: bytes, kdf: F.KdfParams | None = None) -> dict[str, Any]:
         """Re-wrap the vault key under a new passphrase; keys and data stay as they are."""
         from .crypto import primitives as P

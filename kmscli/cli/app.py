@@ -45,9 +45,10 @@ def root(
 
 
 def _register() -> None:
-    from . import alias_cmds, audit_cmds, crypto_cmds, key_cmds, policy_cmds, vault_cmds
+    from . import alias_cmds, audit_cmds, crypto_cmds, key_cmds, policy_cmds, session_cmds, vault_cmds
 
     vault_cmds.register(app)
+    session_cmds.register(app)
     app.add_typer(key_cmds.app, name="keys")
     app.add_typer(alias_cmds.app, name="alias")
     app.add_typer(policy_cmds.app, name="policy")
@@ -56,14 +57,22 @@ def _register() -> None:
 
 
 _register()
+_COMMAND: Any = None
+
+
+def click_command() -> Any:
+    """The click command tree, built once: the session agent builds it before forking workers."""
+    global _COMMAND
+    if _COMMAND is None:
+        _COMMAND = typer.main.get_command(app)
+    return _COMMAND
 
 
 def run(args: list[str]) -> int:
     """Run the CLI on ``args``; return the exit code. Never lets a traceback out unasked."""
     common.STATE = common.Globals()
     try:
-        command = typer.main.get_command(app)
-        rv = command.main(args=args, prog_name="kmscli", standalone_mode=False)
+        rv = click_command().main(args=args, prog_name="kmscli", standalone_mode=False)
     except errors.KmsError as e:
         sys.stderr.write(error_line(e.name, e.message) + "\n")
         return e.exit_code
@@ -80,7 +89,9 @@ def run(args: list[str]) -> int:
         sys.stderr.write("kmscli: interrupted\n")
         return 130
     except BrokenPipeError:
-        _silence_stdout()
+        from .main import silence_stdout
+
+        silence_stdout()
         return 141
     except Exception as e:  # the last line of defence: one line, exit 1
         if common.STATE.debug:
@@ -92,17 +103,6 @@ def run(args: list[str]) -> int:
                                     "and report it") + "\n")
         return errors.EXIT_INTERNAL
     return rv if isinstance(rv, int) else 0
-
-
-def _silence_stdout() -> None:
-    """After EPIPE, point stdout at /dev/null so the interpreter's final flush stays quiet."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 def typer_main(*_: Any) -> None:  # pragma: no cover - convenience for `python -m kmscli.cli.app`

@@ -22,6 +22,10 @@ class Globals:
 
 
 STATE = Globals()
+#: The session this process serves: set only in a session agent's worker
+#: (kmscli.agent.worker), where it holds the in-memory vault key and the
+#: caller as the kernel identified it. None everywhere else.
+SESSION: Any = None
 
 
 def _store(ctx: Any, param: Any, value: Any) -> Any:
@@ -88,9 +92,15 @@ def audit_path() -> Path:
 
 def key_source() -> Any:
     """The vault key's source: a session if one is set (never falling back), else a passphrase."""
+    if SESSION is not None:
+        return SESSION.key_source(vault_path())
     if os.environ.get("KMSCLI_SESSION"):
+        # The kmscli entry point hands every call with a session to its agent;
+        # reaching here means the CLI was entered some other way. A session
+        # that cannot be used is an error, never a reason to ask for a passphrase.
         raise errors.InvalidSessionException(
-            "KMSCLI_SESSION is set but this kmscli has no session agent yet; unset it to use a passphrase"
+            "KMSCLI_SESSION is set, but this process is not running through the kmscli command that hands "
+            "sessions to their agent; run kmscli itself, or unset KMSCLI_SESSION to use a passphrase"
         )
     from ..vault.store import PassphraseKeySource
     from . import passphrase
@@ -101,7 +111,20 @@ def key_source() -> Any:
 def service(keys: Any = None) -> Any:
     from ..service import Kms
 
-    return Kms(vault_path(), keys if keys is not None else key_source(), audit_path=audit_path())
+    # In a session's worker the caller is the client as the kernel saw it (SO_PEERCRED), not this process.
+    caller = SESSION.caller if SESSION is not None else None
+    return Kms(vault_path(), keys if keys is not None else key_source(), caller=caller, audit_path=audit_path(),
+               audit_max_bytes=audit_max_bytes())
+
+
+def audit_max_bytes() -> int | None:
+    """``KMSCLI_AUDIT_MAX_SIZE``: how large the live audit file grows before the log continues in a new one."""
+    text = os.environ.get("KMSCLI_AUDIT_MAX_SIZE")
+    if not text:
+        return None
+    from ..ids import parse_size
+
+    return parse_size(text, "KMSCLI_AUDIT_MAX_SIZE")
 
 
 def pairs(values: list[str] | None, what: str) -> dict[str, str]:

@@ -1,21 +1,150 @@
 """The ``kmscli`` entry point: answers what it can before importing the CLI framework.
 
 Shell loops call kmscli thousands of times, so the cheapest answers
-(``--version``) are given here, before Typer (~80 ms of imports) is loaded.
+(``--version``, ``random N``) are given here, before Typer (~80 ms of imports)
+is loaded. With ``KMSCLI_SESSION`` set, the call goes to the session's agent
+through the thin client (``kmscli.agent.client``), which imports no framework
+at all; the agent runs the same code as below, warm (docs/session.md).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+
+#: Global options that take a value: skipped when looking for the command's name.
+_VALUE_OPTIONS = frozenset(("--vault", "--audit-log", "--passphrase-file"))
+#: Commands run here even with a session. ``unlock`` always takes a passphrase:
+#: a session that could mint sessions would outlive its TTL. ``init`` makes a
+#: vault that no session can be for.
+_LOCAL_COMMANDS = frozenset(("unlock", "init"))
+_RANDOM_FORMATS = ("base64", "hex", "raw")
+_RANDOM_MAX = 1024
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    code = _fast(args)
+    if code is not None:
+        return code
+    token = os.environ.get("KMSCLI_SESSION")
+    command = command_name(args)
+    if token and command not in _LOCAL_COMMANDS:
+        from kmscli.agent import client
+
+        return client.run(token, args, command)
+    from kmscli.cli.app import run
+
+    return run(args)
+
+
+def run_local(args: list[str]) -> int:
+    """Run ``kmscli ARGS`` in this process (the agent's worker calls this)."""
+    code = _fast(args)
+    if code is not None:
+        return code
+    from kmscli.cli.app import run
+
+    return run(args)
+
+
+def command_name(args: list[str]) -> str | None:
+    i = 0
+    while i < len(args):
+        if args[i] in _VALUE_OPTIONS:
+            i += 2
+        elif args[i].startswith("-"):
+            i += 1
+        else:
+            return args[i]
+    return None
+
+
+def _fast(args: list[str]) -> int | None:
     if args in (["--version"], ["-V"]):
         from kmscli import __version__
 
         sys.stdout.write(f"kmscli {__version__}\n")
         return 0
-    from kmscli.cli.app import run
+    if args and args[0] == "random":
+        return _random(args[1:])
+    return None
 
-    return run(args)
+
+def _random(args: list[str]) -> int | None:
+    """``random N [--format F]`` in its plain spellings, exactly as crypto_cmds.random answers it.
+
+    Anything else (a bad N or format, another option, ``-fhex``, binary to a
+    terminal) returns None and goes to Typer, which owns the checks and the
+    error messages; so only valid calls are answered here and none differs.
+    """
+    n, fmt = _random_args(args)
+    if n is None or not (n.isascii() and n.isdigit() and n[0] != "0" and len(n) <= 4 and int(n) <= _RANDOM_MAX):
+        return None
+    if fmt not in _RANDOM_FORMATS or (fmt == "raw" and os.isatty(1)):
+        return None
+    data = os.urandom(int(n))
+    try:
+        if fmt == "raw":
+            _write_raw(data)
+        else:
+            import binascii
+
+            text = binascii.b2a_base64(data, newline=False).decode() if fmt == "base64" else data.hex()
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+        return 141
+    except OSError as e:
+        return _random_write_error(e, fmt)
+    return 0
+
+
+def silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _random_args(args: list[str]) -> tuple[str | None, str | None]:
+    n: str | None = None
+    fmt: str | None = None
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("--format", "-f") and fmt is None and i + 1 < len(args):
+            fmt, i = args[i + 1], i + 2
+        elif a.startswith("--format=") and fmt is None:
+            fmt, i = a[len("--format="):], i + 1
+        elif n is None and not a.startswith("-"):
+            n, i = a, i + 1
+        else:
+            return None, None
+    return n, fmt or "base64"
+
+
+def _write_raw(data: bytes) -> None:
+    # With PYTHONUNBUFFERED=1 sys.stdout.buffer is a raw file whose write() may be partial.
+    out = sys.stdout.buffer
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view) or 0 :]
+    out.flush()
+
+
+def _random_write_error(e: OSError, fmt: str) -> int:
+    """The error line Typer's path prints for an unwritable stdout (exit 2 raw, exit 1 text)."""
+    import errno
+
+    if fmt == "raw":
+        reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
+        line, code = f"ValidationException: cannot write to standard output: {reason}", 2
+    else:
+        line, code = (f"KMSInternalException: unexpected {type(e).__name__}: {e}; rerun with --debug for a "
+                      "traceback and report it"), 1
+    sys.stderr.write(f"kmscli: {' '.join(line.split())}\n")
+    return code

@@ -51,7 +51,8 @@ def init(
 def passwd(
     new_passphrase_file: Annotated[str | None, typer.Option("--new-passphrase-file", metavar="PATH",
                                    help="Read the new passphrase from the first line of PATH "
-                                        "[env: KMSCLI_NEW_PASSPHRASE].")] = None,
+                                        "[env: KMSCLI_NEW_PASSPHRASE_FILE; KMSCLI_NEW_PASSPHRASE holds "
+                                        "the passphrase itself].")] = None,
 ) -> None:
     svc = common.service()
     svc.store.read_bytes()  # a missing vault fails before any prompt
@@ -59,6 +60,24 @@ def passwd(
                          env="KMSCLI_NEW_PASSPHRASE", label="new vault passphrase")
     svc.ChangePassphrase(new)
     output.message("passphrase changed; the keys and every ciphertext are unchanged")
+    _end_sessions()
+
+
+def _end_sessions() -> None:
+    """A session holds the vault key the old passphrase opened: end them all, this one included.
+
+    Sessions this cannot reach (another runtime folder) fail anyway: each
+    checks that the vault header is still the one it unlocked.
+    """
+    from ..agent import session
+
+    try:
+        ended = session.end_vault_sessions(common.vault_path())
+    except errors.KmsError as e:
+        output.message(f"warning: could not end the sessions of this vault ({e.message}); they fail from now on")
+        return
+    if ended:
+        output.message(f"ended {ended} session{'' if ended == 1 else 's'} of this vault")
 
 
 def _check(option: str, value: int | None, lo: int, hi: int) -> None:

@@ -1,0 +1,69 @@
+"""Sessions and the terminal: unlock asks there; a bad session never does."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import time
+from pathlib import Path
+
+from tests.conftest import PASSPHRASE, Runner, kmscli_command
+from tests.session.conftest import agent_pid, stop
+
+
+def on_tty(args: list[str], env: dict[str, str], answer: bytes | None, timeout: float = 30) -> tuple[int, bytes]:
+    """Run kmscli on a pseudo-terminal, typing ``answer`` at a passphrase prompt; never hangs.
+
+    The prompt is written before echo is turned off with TCSAFLUSH, which
+    discards input typed too early; so the answer is typed again if nothing
+    follows it.
+    """
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(kmscli_command()[0], [*kmscli_command(), *args], env)
+    seen, answered_at = b"", None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        prompt = seen.rstrip().endswith(b"passphrase:")
+        if answer is not None and prompt and (answered_at is None or time.monotonic() - answered_at > 2):
+            time.sleep(0.1)
+            os.write(fd, answer + b"\n")
+            answered_at = time.monotonic()
+    if time.monotonic() >= deadline:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), seen
+
+
+def test_unlock_asks_on_the_terminal(kms: Runner, vault: Path, env: dict[str, str]) -> None:
+    env = {k: v for k, v in env.items() if k != "KMSCLI_PASSPHRASE"}
+    code, screen = on_tty(["unlock", "--ttl", "30"], env, PASSPHRASE.encode())
+    assert code == 0, screen
+    token = screen.split(b"export KMSCLI_SESSION=", 1)[1].split()[0].decode()
+    pid = agent_pid(token)
+    try:
+        code, screen = on_tty(["keys", "list"], {**env, "KMSCLI_SESSION": token}, None)
+        assert code == 0, screen
+        assert b"passphrase" not in screen
+    finally:
+        assert kms("lock", env_update={"KMSCLI_SESSION": token}).returncode == 0
+        if pid is not None:
+            stop(pid, signal.SIGTERM)
+
+
+def test_a_bad_session_never_prompts(vault: Path, env: dict[str, str]) -> None:
+    env = {**env, "KMSCLI_SESSION": "kms1:/nonexistent/agent.sock:" + "ab" * 32}
+    code, screen = on_tty(["keys", "list"], env, PASSPHRASE.encode(), timeout=10)
+    assert code == 5, screen
+    assert b"InvalidSessionException" in screen and b"passphrase:" not in screen
