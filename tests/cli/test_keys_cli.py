@@ -243,7 +243,10 @@ def test_messages_on_stderr_only(kms: Runner, vault: Path) -> None:
 
 
 def test_version(kms: Runner) -> None:
-    import tomllib
+    from importlib.metadata import version
 
-    version = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["version"]
-    assert ok(kms("--version")).stdout.decode().strip() == f"kmscli {version}"
+    # The installed package's version comes from kmscli/__init__.py (hatch dynamic version): one source.
+    assert ok(kms("--version")).stdout.decode() == f"kmscli {version('kmscli')}\n"
+    assert ok(kms("-V")).stdout == ok(kms("--version")).stdout
+    changelog = (Path(__file__).parents[2] / "CHANGELOG.md").read_text()
+    assert f"## [{version('kmscli')}] - " in changelog
