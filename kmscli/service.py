@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import getpass
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -55,11 +54,17 @@ class Caller:
 
     @classmethod
     def current(cls) -> Caller:
+        # The name comes from the account database, not $USER/$LOGNAME (which
+        # getpass would trust): policies match on it, and the environment is
+        # the caller's to set. Inside the agent it comes from SO_PEERCRED's uid.
+        uid = os.getuid()
         try:
-            user = getpass.getuser()
-        except Exception:  # no passwd entry (containers): fall back to the uid
-            user = str(os.getuid())
-        return cls(user=user, uid=os.getuid(), pid=os.getpid(), host=socket.gethostname())
+            import pwd
+
+            user = pwd.getpwuid(uid).pw_name
+        except (ImportError, KeyError):  # no passwd entry (containers): fall back to the uid
+            user = str(uid)
+        return cls(user=user, uid=uid, pid=os.getpid(), host=socket.gethostname())
 
     def arn(self, account: str) -> str:
         return f"arn:aws:iam::{account}:user/{self.user}"

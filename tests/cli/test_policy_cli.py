@@ -182,3 +182,15 @@ def test_create_with_policy_file(kms: Runner, vault: Path, tmp_path: Path) -> No
     fails(kms("keys", "create", "--policy", str(f)), 2, "MalformedPolicyDocumentException")
     fails(kms("keys", "create", "--policy", str(tmp_path / "missing.json")), 2)
     assert len(json.loads(ok(kms("keys", "list", "--json")).stdout)["Keys"]) == 1
+
+
+def test_principal_comes_from_the_uid_not_the_environment(kms: Runner, key: str) -> None:
+    import pwd
+
+    me = pwd.getpwuid(__import__("os").getuid()).pw_name
+    acct = account(kms, key)
+    put(kms, key, admin(acct), {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{acct}:user/mallory"},
+                                "Action": "kms:Encrypt", "Resource": "*"})
+    spoof = {"USER": "mallory", "LOGNAME": "mallory", "LNAME": "mallory", "USERNAME": "mallory"}
+    line = fails(kms("encrypt", "--key", key, input=b"x", env_update=spoof), 7, "AccessDeniedException")
+    assert f"user/{me} " in line
