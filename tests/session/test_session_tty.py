@@ -2,48 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import pty
-import select
 import signal
-import time
 from pathlib import Path
 
-from tests.conftest import PASSPHRASE, Runner, kmscli_command
+from tests.conftest import PASSPHRASE, Runner
 from tests.session.conftest import agent_pid, stop
+from tests.ttyrun import run_on_tty
 
 
 def on_tty(args: list[str], env: dict[str, str], answer: bytes | None, timeout: float = 30) -> tuple[int, bytes]:
-    """Run kmscli on a pseudo-terminal, typing ``answer`` at a passphrase prompt; never hangs.
-
-    The prompt is written before echo is turned off with TCSAFLUSH, which
-    discards input typed too early; so the answer is typed again if nothing
-    follows it.
-    """
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(kmscli_command()[0], [*kmscli_command(), *args], env)
-    seen, answered_at = b"", None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            seen += chunk
-        prompt = seen.rstrip().endswith(b"passphrase:")
-        if answer is not None and prompt and (answered_at is None or time.monotonic() - answered_at > 2):
-            time.sleep(0.1)
-            os.write(fd, answer + b"\n")
-            answered_at = time.monotonic()
-    if time.monotonic() >= deadline:
-        os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    return os.waitstatus_to_exitcode(status), seen
+    """Run kmscli on a pseudo-terminal, typing ``answer`` at a passphrase prompt; never hangs."""
+    return run_on_tty(args, env, [answer] if answer is not None else [], timeout=timeout)
 
 
 def test_unlock_asks_on_the_terminal(kms: Runner, vault: Path, env: dict[str, str]) -> None:
