@@ -54,12 +54,10 @@ def show(
     when = parse_since(since, utcnow()) if since else None
     records = common.service(keys=_NoKeys()).ReadAuditLog(KeyId=key, Operation=operation, Since=when)
     if json_ or not output.is_tty(sys.stdout):
-        out = sys.stdout.buffer
         for r in records:
             # backslashreplace: a record may quote bytes that were never text (a KEY from argv).
-            out.write(json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
-                      + b"\n")
-        out.flush()
+            line = json.dumps(r, separators=(",", ":"), ensure_ascii=False)
+            output.write_stdout(line.encode("utf-8", "backslashreplace").decode("utf-8") + "\n")
         return
     rows = []
     for r in records:

@@ -8,7 +8,6 @@ a failed decrypt leaves nothing behind and a reader never sees half a file.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import stat
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .. import errors
-from .output import is_tty
+from .output import is_tty, stdout_reason
 
 
 def open_input(path: str | None) -> tuple[BinaryIO, int | None]:
@@ -72,8 +71,7 @@ class _Sink:
         self._where = where
 
     def _fail(self, e: OSError) -> errors.UsageError:
-        reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
-        return errors.UsageError(f"cannot write {self._where}: {reason}")
+        return errors.UsageError(f"cannot write {self._where}: {stdout_reason(e)}")
 
     def write(self, data: Any) -> int | None:
         try:

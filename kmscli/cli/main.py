@@ -137,14 +137,9 @@ def _write_raw(data: bytes) -> None:
 
 
 def _random_write_error(e: OSError, fmt: str) -> int:
-    """The error line Typer's path prints for an unwritable stdout (exit 2 raw, exit 1 text)."""
+    """The error line the Typer path prints for an unwritable stdout (output.write_stdout, fileio._Sink)."""
     import errno
 
-    if fmt == "raw":
-        reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
-        line, code = f"ValidationException: cannot write to standard output: {reason}", 2
-    else:
-        line, code = (f"KMSInternalException: unexpected {type(e).__name__}: {e}; rerun with --debug for a "
-                      "traceback and report it"), 1
-    sys.stderr.write(f"kmscli: {' '.join(line.split())}\n")
-    return code
+    reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
+    sys.stderr.write(f"kmscli: ValidationException: cannot write to standard output: {reason}\n")
+    return 2

@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .. import errors
+
 
 def is_tty(stream: Any) -> bool:
     try:
@@ -40,22 +42,38 @@ def error_line(name: str, text: str) -> str:
     return f"kmscli: {name}: {' '.join(text.split())}"
 
 
+def write_stdout(text: str) -> None:
+    """Write data to stdout; a full disk or an I/O error is the documented exit 2, not a crash.
+
+    A broken pipe is left to propagate: the CLI then exits quietly, as ``head`` expects.
+    """
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise errors.UsageError(f"cannot write to standard output: {stdout_reason(e)}") from None
+
+
+def stdout_reason(e: OSError) -> str:
+    import errno
+
+    return "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
+
+
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    write_stdout(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def emit_line(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    write_stdout(text + "\n")
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A Rich table on a terminal; tab-separated lines (no header) in a pipe."""
     if not is_tty(sys.stdout):
-        for row in rows:
-            sys.stdout.write("\t".join("" if v is None else str(v) for v in row) + "\n")
-        sys.stdout.flush()
+        write_stdout("".join("\t".join("" if v is None else str(v) for v in row) + "\n" for row in rows))
         return
     from rich.console import Console
     from rich.table import Table
@@ -71,9 +89,7 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
 def fields(pairs: Sequence[tuple[str, Any]]) -> None:
     """A two-column view of one object: aligned on a terminal, tab-separated otherwise."""
     if not is_tty(sys.stdout):
-        for k, v in pairs:
-            sys.stdout.write(f"{k}\t{'' if v is None else v}\n")
-        sys.stdout.flush()
+        write_stdout("".join(f"{k}\t{'' if v is None else v}\n" for k, v in pairs))
         return
     from rich.console import Console
     from rich.table import Table

@@ -250,3 +250,18 @@ def test_version(kms: Runner) -> None:
     assert ok(kms("-V")).stdout == ok(kms("--version")).stdout
     changelog = (Path(__file__).parents[2] / "CHANGELOG.md").read_text()
     assert f"## [{version('kmscli')}] - " in changelog
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [("random", "16"), ("random", "16", "--format", "raw"), ("keys", "list"),
+                                  ("keys", "list", "--json"), ("audit", "show")])
+def test_full_stdout_is_exit_2(kms: Runner, vault: Path, env: dict[str, str], args: tuple[str, ...]) -> None:
+    import subprocess
+
+    from tests.conftest import kmscli_command
+
+    ok(kms("keys", "create"))
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([*kmscli_command(), *args], stdout=full, stderr=subprocess.PIPE, env=env, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.decode().strip() == "kmscli: ValidationException: cannot write to standard output: the disk is full"
