@@ -1,8 +1,7 @@
 """Load: 16 processes create keys and aliases while 16 others encrypt and decrypt, against one vault.
 
-The issue asks for 30 seconds; on the CI machine (2 cores shared with the
-rest of the suite) the default is ``LOAD_SECONDS`` = 10 s, and
-``KMSCLI_LOAD_SECONDS=30`` runs the full length. Afterwards: every
+It runs for 30 seconds, as the issue asks (the whole CI run stays near five
+minutes on two cores); ``KMSCLI_LOAD_SECONDS`` shortens or lengthens it. Afterwards: every
 acknowledged key and alias is listed, no round trip failed, the vault opens,
 ``kmscli audit verify`` exits 0, and the audit log holds exactly one record
 per acknowledged operation. The figures go to the terminal summary.
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from tests.conftest import Runner, ok
 
-LOAD_SECONDS = float(os.environ.get("KMSCLI_LOAD_SECONDS", "10"))
+LOAD_SECONDS = float(os.environ.get("KMSCLI_LOAD_SECONDS", "30"))
 WRITERS = CRYPTO_WORKERS = 16
 #: One early operation of a worker and every CLI_EVERY-th run the real ``kmscli`` command.
 CLI_EVERY = 8
