@@ -271,26 +271,39 @@ def output(path: str | None, *, binary: bool) -> Any:
 
 
 class Progress:
-    """A Rich progress bar on stderr for inputs over a few MiB, only on a terminal."""
+    """A Rich progress bar on stderr for inputs over a few MiB, only on a terminal.
+
+    It starts at the first bytes that flow, not before: a passphrase prompt on
+    the same terminal comes first and must not be drawn over. With the size
+    unknown (a pipe), it appears once THRESHOLD bytes have gone through and
+    shows bytes and speed without a total.
+    """
 
     THRESHOLD = 8 * 1024 * 1024
 
     def __init__(self, total: int | None, label: str) -> None:
         self._bar: Any = None
-        if total is None or total < self.THRESHOLD or not is_tty(sys.stderr) or os.environ.get("NO_COLOR") == "dumb":
+        self._total, self._label, self._seen = total, label, 0
+        self._wanted = (is_tty(sys.stderr) and os.environ.get("NO_COLOR") != "dumb"
+                        and (total is None or total >= self.THRESHOLD))
+
+    def __call__(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
             return
+        self._seen += n
+        if self._wanted and (self._total is not None or self._seen >= self.THRESHOLD):
+            self._start()
+
+    def _start(self) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, TransferSpeedColumn
         from rich.progress import Progress as RichProgress
 
         self._bar = RichProgress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                                  TransferSpeedColumn(), console=Console(stderr=True), transient=True)
-        self._task = self._bar.add_task(label, total=total)
+        self._task = self._bar.add_task(self._label, total=self._total, completed=self._seen)
         self._bar.start()
-
-    def __call__(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, n)
 
     def close(self) -> None:
         if self._bar is not None:

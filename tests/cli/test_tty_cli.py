@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tests.conftest import CHEAP_KDF, clean_env, kmscli_command
@@ -63,3 +64,31 @@ def test_binary_ciphertext_refused_on_terminal(tmp_path: Path) -> None:
     code, screen = run_on_tty(["encrypt", "--key", "alias/t", "--armor"], env, [], stdin_data=b"secret")
     assert code == 0, screen
     assert b"-----BEGIN" in screen
+
+
+def test_progress_bar_on_terminal_for_big_inputs(tmp_path: Path) -> None:
+    import subprocess
+    import threading
+
+    env = clean_env(KMSCLI_VAULT=str(tmp_path / "v" / "vault.kms"), KMSCLI_PASSPHRASE="pw")
+    for args in (["init", *CHEAP_KDF], ["keys", "create", "--alias", "alias/t"]):
+        subprocess.run([*kmscli_command(), *args], env=env, check=True, capture_output=True)
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(1 << 20) * 24)
+    code, screen = run_on_tty(["encrypt", "--key", "alias/t", "-i", str(big), "-o", str(tmp_path / "a")], env, [])
+    assert code == 0, screen
+    assert b"encrypting" in screen and b"MB" in screen  # bytes done / total, speed
+    # Size unknown (a FIFO): the bar appears once enough has flowed.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=lambda: fifo.write_bytes(big.read_bytes()))
+    feeder.start()
+    code, screen = run_on_tty(["encrypt", "--key", "alias/t", "-i", str(fifo), "-o", str(tmp_path / "b")], env, [])
+    feeder.join()
+    assert code == 0, screen
+    assert b"encrypting" in screen
+    # Small inputs draw nothing.
+    small = tmp_path / "small"
+    small.write_bytes(b"x" * 1000)
+    code, screen = run_on_tty(["encrypt", "--key", "alias/t", "-i", str(small), "-o", str(tmp_path / "c")], env, [])
+    assert code == 0 and b"encrypting" not in screen, screen
