@@ -134,7 +134,10 @@ class FixedKeySource(KeySource):
 
 class VaultStore:
     def __init__(self, path: Path) -> None:
-        self.path = path
+        # A vault reached through a symlink (kept on another disk, say) is written
+        # where it really is: renaming the new version over the link would
+        # replace the link with a file and leave the real vault behind, stale.
+        self.path = Path(os.path.realpath(path)) if os.path.islink(path) else path
         self.lock_path = path.with_name(path.name + LOCK_SUFFIX)
 
     # -- reading ---------------------------------------------------------

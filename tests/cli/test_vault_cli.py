@@ -239,3 +239,15 @@ def test_read_only_vault_folder(kms: Runner, tmpfs: Path) -> None:
     # Reading works without writing the vault, but its audit record cannot be
     # written either, and kmscli fails closed rather than act unrecorded.
     fails(kms("keys", "list", "--vault", str(vault)), 8, "AuditLogException")
+
+
+def test_vault_behind_a_symlink_stays_behind_it(kms: Runner, vault: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    real = elsewhere / "vault.kms"
+    vault.rename(real)
+    vault.symlink_to(real)
+    before = real.read_bytes()
+    key = ok(kms("keys", "create")).stdout.decode().strip()
+    assert vault.is_symlink() and real.read_bytes() != before
+    assert key in ok(kms("keys", "list")).stdout.decode()
