@@ -97,7 +97,7 @@ def _random(args: list[str]) -> int | None:
         silence_stdout()
         return 141
     except OSError as e:
-        return _random_write_error(e, fmt)
+        return _random_write_error(e)
     return 0
 
 
@@ -136,10 +136,9 @@ def _write_raw(data: bytes) -> None:
     out.flush()
 
 
-def _random_write_error(e: OSError, fmt: str) -> int:
-    """The error line the Typer path prints for an unwritable stdout (output.write_stdout, fileio._Sink)."""
-    import errno
+def _random_write_error(e: OSError) -> int:
+    """The error line the Typer path prints for an unwritable stdout (output.write_stdout)."""
+    from kmscli.cli.output import stdout_reason
 
-    reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror or str(e)
-    sys.stderr.write(f"kmscli: ValidationException: cannot write to standard output: {reason}\n")
+    sys.stderr.write(f"kmscli: ValidationException: cannot write to standard output: {stdout_reason(e)}\n")
     return 2
