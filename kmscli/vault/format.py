@@ -27,10 +27,15 @@ BODY_KEY_INFO = b"kmscli vault body v1"
 
 # Bounds on KDF parameters a header may ask for: checked before Argon2 runs,
 # so a crafted file cannot make kmscli allocate gigabytes or spin for minutes.
+# They are exactly what `init` and `passwd` accept, so every vault kmscli can
+# write opens, and a hostile header costs at most MAX_WORK_MIB_PASSES of
+# Argon2 work (twice the default: about 1 s and 1 GiB on the project's machine).
 MIN_MEMORY_KIB = 8 * 1024
-MAX_MEMORY_KIB = 4 * 1024 * 1024
-MIN_TIME, MAX_TIME = 1, 16
-MIN_PARALLELISM, MAX_PARALLELISM = 1, 16
+MAX_MEMORY_KIB = 1024 * 1024
+MIN_TIME, MAX_TIME = 1, 8
+MIN_PARALLELISM, MAX_PARALLELISM = 1, 8
+#: memory (MiB) x passes: the total work a header may ask for.
+MAX_WORK_MIB_PASSES = 2048
 # Below OWASP's Argon2id floor (19 MiB, t=2): allowed for tests, warned about.
 WEAK_MEMORY_KIB = 19 * 1024
 WEAK_TIME = 2
@@ -51,7 +56,23 @@ class KdfParams:
             MIN_MEMORY_KIB <= self.memory_kib <= MAX_MEMORY_KIB
             and MIN_TIME <= self.time_cost <= MAX_TIME
             and MIN_PARALLELISM <= self.parallelism <= MAX_PARALLELISM
+            and (self.memory_kib // 1024) * self.time_cost <= MAX_WORK_MIB_PASSES
         )
+
+    def bounds_error(self) -> str | None:
+        """Why these parameters are refused (naming the rule), or None when they are in bounds."""
+        m_mib = self.memory_kib // 1024
+        if not MIN_MEMORY_KIB <= self.memory_kib <= MAX_MEMORY_KIB:
+            lo, hi = MIN_MEMORY_KIB // 1024, MAX_MEMORY_KIB // 1024
+            return f"--kdf-memory must be between {lo} and {hi} MiB (got {m_mib})"
+        if not MIN_TIME <= self.time_cost <= MAX_TIME:
+            return f"--kdf-time must be between {MIN_TIME} and {MAX_TIME} (got {self.time_cost})"
+        if not MIN_PARALLELISM <= self.parallelism <= MAX_PARALLELISM:
+            return f"--kdf-parallelism must be between {MIN_PARALLELISM} and {MAX_PARALLELISM} (got {self.parallelism})"
+        if m_mib * self.time_cost > MAX_WORK_MIB_PASSES:
+            return (f"--kdf-memory x --kdf-time must be at most {MAX_WORK_MIB_PASSES} MiB-passes "
+                    f"(got {m_mib} x {self.time_cost} = {m_mib * self.time_cost})")
+        return None
 
     def is_weak(self) -> bool:
         return self.memory_kib < WEAK_MEMORY_KIB or self.time_cost < WEAK_TIME

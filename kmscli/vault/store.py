@@ -71,12 +71,57 @@ def ensure_private_dir(folder: Path) -> None:
 
 def check_private_file(st: os.stat_result, path: Path, what: str) -> None:
     """Refuse a file someone else could have written: not ours, or group/world-writable."""
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
         raise errors.VaultFileError(f"refusing to use {what} {path}: it belongs to another user (uid {st.st_uid})")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise errors.VaultFileError(
             f"refusing to use {what} {path}: it is writable by group or others; run 'chmod 600 {path}'"
         )
+
+
+def check_private_folder(folder: Path, what: str) -> None:
+    """Refuse a folder another user could write, as ssh refuses such a ~/.ssh.
+
+    Whoever can write the folder can rename another vault over ours, roll it
+    back, or hold its lock. The folder must belong to us (or root) and must not
+    be writable by group or others: not even with the sticky bit, since a
+    sticky /tmp still lets others plant the lock file and temporary names.
+    """
+    try:
+        st = os.stat(folder)
+    except FileNotFoundError:
+        return  # made 0700 when it is first written
+    except OSError as e:
+        raise errors.VaultFileError(f"cannot inspect the folder of {what} {folder}: {e.strerror}") from None
+    if hasattr(os, "geteuid") and st.st_uid not in (os.geteuid(), 0):
+        raise errors.VaultFileError(
+            f"refusing to use {what} in {folder}: the folder belongs to another user (uid {st.st_uid}), "
+            "who could replace or roll back the files in it"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise errors.VaultFileError(
+            f"refusing to use {what} in {folder}: the folder is writable by group or others, who could replace "
+            f"or roll back the files in it; run 'chmod go-w {folder}' or keep it in a private folder"
+        )
+
+
+def open_regular(path: Path, what: str, *, flags: int = os.O_RDONLY, follow: bool = True) -> int:
+    """Open an existing file without ever blocking; refuse anything but a regular file.
+
+    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a
+    writer; the fstat check then refuses it (and devices, sockets, folders).
+    """
+    flags |= os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise errors.VaultFileError(f"refusing to use {what} {path}: it is not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @dataclass
@@ -86,6 +131,8 @@ class OpenVault:
     header: F.Header
     vault_key: bytes
     body: dict[str, Any]
+    #: Audit records that go to the log with the next write (None: records are appended at once).
+    pending: list[dict[str, Any]] | None = None
 
 
 class KeySource:
@@ -134,17 +181,18 @@ class FixedKeySource(KeySource):
 
 class VaultStore:
     def __init__(self, path: Path) -> None:
-        # A vault reached through a symlink (kept on another disk, say) is written
-        # where it really is: renaming the new version over the link would
-        # replace the link with a file and leave the real vault behind, stale.
-        self.path = Path(os.path.realpath(path)) if os.path.islink(path) else path
-        self.lock_path = path.with_name(path.name + LOCK_SUFFIX)
+        # The real path, resolved once: a vault reached through a symlink (kept
+        # on another disk, say) is written where it really is, and its lock and
+        # its default log sit beside the real file, so two writers that name it
+        # through two paths still take the same lock.
+        self.path = Path(os.path.realpath(path))
+        self.lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
 
     # -- reading ---------------------------------------------------------
     def read_bytes(self) -> bytes:
-        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+        check_private_folder(self.path.parent, "the vault")
         try:
-            fd = os.open(self.path, flags)
+            fd = open_regular(self.path, "the vault")
         except FileNotFoundError:
             raise errors.VaultNotFoundException(
                 f"no vault at {self.path}; create one with 'kmscli init' (or point --vault / KMSCLI_VAULT at yours)"
@@ -153,8 +201,6 @@ class VaultStore:
             raise errors.VaultFileError(f"cannot open the vault {self.path}: {e.strerror}") from None
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise errors.VaultFileError(f"the vault {self.path} is not a regular file")
             check_private_file(st, self.path, "the vault")
             if st.st_size > F.HEADER_SIZE + F.MAX_BODY_SIZE + 64:
                 raise errors.VaultCorruptException("the vault file is larger than kmscli allows (64 MiB)")
@@ -183,6 +229,19 @@ class VaultStore:
         from filelock import FileLock, Timeout
 
         ensure_private_dir(self.path.parent)
+        check_private_folder(self.path.parent, "the vault")
+        try:
+            st = os.lstat(self.lock_path)
+        except FileNotFoundError:
+            pass
+        else:
+            # filelock (>= 3.20.3) opens with O_NOFOLLOW; refuse a FIFO, device or
+            # someone else's file here too, naming it, rather than fail obscurely.
+            if not stat.S_ISREG(st.st_mode):
+                raise errors.VaultFileError(
+                    f"refusing to use the vault lock {self.lock_path}: it is not a regular file"
+                )
+            check_private_file(st, self.lock_path, "the vault lock")
         lock = FileLock(str(self.lock_path), mode=0o600, timeout=LOCK_TIMEOUT_S)
         try:
             lock.acquire()

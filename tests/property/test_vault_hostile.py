@@ -187,9 +187,10 @@ def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("size", [F.MIN_FILE_SIZE, 1 << 16, 1 << 20])
 def test_memory_while_refusing_a_hostile_file_is_bounded_by_its_size(tmp_path: Path, size: int) -> None:
-    """A header at the caps (4 GiB, t=16) with a body of junk: no Argon2 run at the caps, memory ~ file size."""
-    fields = struct.pack(">8sHBIII16s", F.MAGIC, 1, 1, F.MAX_MEMORY_KIB, F.MAX_TIME, F.MAX_PARALLELISM, bytes(16))
+    """A header at the caps (1 GiB, the most passes allowed) with a body of junk: memory ~ file size."""
+    t = F.MAX_WORK_MIB_PASSES // (F.MAX_MEMORY_KIB // 1024)
+    fields = struct.pack(">8sHBIII16s", F.MAGIC, 1, 1, F.MAX_MEMORY_KIB, t, F.MAX_PARALLELISM, bytes(16))
     data = with_checksum(fields + bytes(60), os.urandom(size - F.HEADER_SIZE))
     ARGON2_CALLS.clear()
     assert _peak(lambda: open_file(tmp_path, data)) < 3 * size + (2 << 20)  # reads in 1 MiB blocks
-    assert ARGON2_CALLS == [(F.MAX_MEMORY_KIB, F.MAX_TIME, F.MAX_PARALLELISM)]  # the caps, checked, not above
+    assert ARGON2_CALLS == [(F.MAX_MEMORY_KIB, t, F.MAX_PARALLELISM)]  # the caps, checked, not above

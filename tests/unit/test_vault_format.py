@@ -89,7 +89,9 @@ def test_newer_format_version_is_refused_clearly() -> None:
 
 @pytest.mark.parametrize(
     ("m", "t", "p"),
-    [(1024, 1, 1), (F.MAX_MEMORY_KIB + 1, 1, 1), (8192, 0, 1), (8192, 17, 1), (8192, 1, 0), (8192, 1, 200)],
+    [(1024, 1, 1), (F.MAX_MEMORY_KIB + 1, 1, 1), (8192, 0, 1), (8192, 17, 1), (8192, 1, 0), (8192, 1, 200),
+     # The review's hostile header: 4 GiB and 16 passes ran 187 s and 4.2 GB before the passphrase was checked.
+     (4 * 1024 * 1024, 16, 4), (F.MAX_MEMORY_KIB, F.MAX_TIME, 1), (F.MAX_MEMORY_KIB, 3, 1), (512 * 1024, 5, 4)],
 )
 def test_kdf_parameters_bounded_before_derivation(m: int, t: int, p: int) -> None:
     """A header asking for absurd Argon2 work is refused without running Argon2."""
@@ -103,3 +105,13 @@ def test_kdf_parameters_bounded_before_derivation(m: int, t: int, p: int) -> Non
 def test_garbage_is_not_a_vault() -> None:
     with pytest.raises(errors.VaultCorruptException, match="not a kmscli vault"):
         F.parse_header(b"hello world, this is not a vault" * 10)
+
+
+def test_kdf_bounds_are_what_init_and_passwd_accept() -> None:
+    """Every vault kmscli writes opens; the most work a header may ask for is twice the default."""
+    most = F.KdfParams(F.MAX_MEMORY_KIB, F.MAX_WORK_MIB_PASSES // (F.MAX_MEMORY_KIB // 1024), F.MAX_PARALLELISM)
+    assert most.in_bounds() and most.bounds_error() is None
+    assert (most.memory_kib // 1024) * most.time_cost == 2 * (F.DEFAULT_MEMORY_KIB // 1024) * F.DEFAULT_TIME
+    assert F.KdfParams().in_bounds()
+    over = F.KdfParams(F.MAX_MEMORY_KIB, most.time_cost + 1, 1)
+    assert not over.in_bounds() and "2048 MiB-passes" in (over.bounds_error() or "")
