@@ -20,7 +20,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +59,15 @@ LOCK_TIMEOUT_S = 120.0
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
+#: The only errors a record written without the key may carry: a call that
+#: failed before the vault was unlocked. Anything else unkeyed is a forgery.
+UNKEYED_ERROR_CODES = frozenset({
+    "IncorrectPassphraseException", "PassphraseRequiredException", "InvalidSessionException",
+    "SessionAgentException", "UnlockException",
+})
+#: Where a keyed record says which vault write generation it saw (service-set).
+GENERATION_FIELD = "vaultGeneration"
+
 #: Field names (lower-cased, letters and digits only) that would hold a secret.
 SECRET_NAME_PARTS = ("plaintext", "ciphertextblob", "passphrase", "password", "privatekey", "secretkey")
 SECRET_NAMES = frozenset({"keymaterial", "datakey", "vaultkey", "rootkey", "chainkey"})
@@ -89,6 +98,55 @@ class ChainHead:
 
 
 @dataclass(frozen=True)
+class KeyRing:
+    """The chain keys of a log by record number: ``passwd`` starts a new key at a new record.
+
+    ``entries`` is ((first seq, key), ...) in ascending order, the first at seq 1.
+    A key opens only its own range, so whoever holds an old key (an old vault
+    copy and the old passphrase) cannot write a record the current key covers.
+    """
+
+    entries: tuple[tuple[int, bytes], ...]
+
+    @classmethod
+    def single(cls, key: bytes) -> KeyRing:
+        return cls(((1, key),))
+
+    def key_for(self, seq: int) -> bytes:
+        found = self.entries[0][1]
+        for first, key in self.entries:
+            if first > seq:
+                break
+            found = key
+        return found
+
+    @property
+    def current(self) -> bytes:
+        return self.entries[-1][1]
+
+
+def _ring(key: bytes | KeyRing) -> KeyRing:
+    if isinstance(key, KeyRing):
+        for _, k in key.entries:
+            _check_key(k)
+        return key
+    _check_key(key)
+    return KeyRing.single(key)
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The end of a log as an opening command checks it (see :meth:`AuditLog.tail`)."""
+
+    #: (seq, mac, file index) of the last record, or None for an empty log.
+    last: ChainHead | None
+    #: The last record written with the key, parsed, or None if there is none.
+    last_keyed: dict[str, Any] | None
+    #: Its line (without the newline), to check its MAC.
+    last_keyed_line: bytes = b""
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     """What :meth:`AuditLog.verify` found in an intact log."""
 
@@ -97,9 +155,11 @@ class VerifyReport:
     keyed: int
     unkeyed: int
     last_head: ChainHead | None
-    #: Unkeyed records after the last keyed one and after the head: linked, but
-    #: anyone could have written them.
+    #: Unkeyed records: failed unlocks, which anyone could have written; never
+    #: counted as proven, whatever follows them.
     unproven: int = 0
+    #: Where they are: "line N" (or "file F line N").
+    unauthenticated: tuple[str, ...] = ()
 
 
 # -- the chain ---------------------------------------------------------------
@@ -124,6 +184,28 @@ def link(key: bytes | None, prev: bytes, body: bytes) -> bytes:
     return hashlib.sha256(UNKEYED_LINK_LABEL + prev + body).digest()
 
 
+def record_mac_ok(key: bytes, rec: dict[str, Any]) -> bool:
+    """Whether a parsed keyed record's MAC is right under ``key`` (its chainPrev as written)."""
+    body = dict(rec)
+    mac_hex = body.pop(MAC_FIELD)
+    try:
+        mac = link(key, bytes.fromhex(rec[PREV_FIELD]), canonical(body))
+    except (TypeError, ValueError):
+        return False
+    return constant_time_equal(bytes.fromhex(mac_hex), mac)
+
+
+def unkeyed_claim_error(rec: dict[str, Any]) -> str | None:
+    """Why an unkeyed record cannot be genuine, or None when it is a failed unlock as it must be."""
+    code = rec.get("errorCode")
+    if code not in UNKEYED_ERROR_CODES:
+        return (f"written without the key, but it is not a failed unlock (errorCode {code!r}): "
+                "only a call that failed before the vault was unlocked is recorded without the key")
+    if rec.get("responseElements") not in (None, {}):
+        return "written without the key, but it claims a response: only failed unlocks are recorded without the key"
+    return None
+
+
 def _check_key(key: bytes) -> None:
     if not isinstance(key, bytes) or len(key) != CHAIN_KEY_SIZE:
         raise ValueError(f"the audit chain key must be {CHAIN_KEY_SIZE} bytes (use chain_key(vault_key))")
@@ -139,6 +221,9 @@ def _event_id() -> str:
     b[8] = (b[8] & 0x3F) | 0x80
     h = b.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+new_event_id = _event_id
 
 
 def format_event_time(t: datetime) -> str:
@@ -374,9 +459,13 @@ class AuditLog:
     def _shared(self) -> Iterator[None]:
         """Hold the readers' lock if there is a lock file we can open; never create one."""
         try:
-            fd = os.open(self.lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = _open_existing(self.lock_path)
+        except FileNotFoundError:
+            fd = -1  # no writer has run yet: read without it
+        except AuditLogException:
+            raise
         except OSError:
-            fd = -1  # no writer has run yet, or a read-only copy of a log: read without it
+            fd = -1  # a read-only copy of a log: read without it
         if fd < 0:
             yield
             return
@@ -428,16 +517,6 @@ class AuditLog:
         fd, _ = self._open_live()
         os.close(fd)
 
-    def discard_if_only(self, vault_id: str) -> None:
-        """Remove a log that holds nothing but the creation record of ``vault_id`` (a failed init)."""
-        with contextlib.suppress(OSError), self._exclusive():
-            if self._segments():
-                return
-            data = self.path.read_bytes()
-            if data.count(b"\n") == 1 and f'"vaultId":"{vault_id}"'.encode() in data:
-                self.path.unlink()
-                self._fsync_folder()
-
     def exists(self) -> bool:
         """Whether any file of the log (live or older) is present."""
         try:
@@ -445,51 +524,115 @@ class AuditLog:
         except OSError:  # no folder to hold one (a missing folder, or a file in its place)
             return False
 
-    def append(self, record: dict[str, Any], key: bytes | None) -> ChainHead:
+    def append(self, record: dict[str, Any], key: bytes | KeyRing | None) -> ChainHead:
         """Add ``record`` to the log durably and return its head.
 
         ``key`` is the chain key (``chain_key(vault_key)``), or None for a call
         that failed before the vault was unlocked. Raises AuditLogException, and
         has recorded nothing, when the record cannot be written and synced.
         """
-        return self.append_at(record, key, now=datetime.now(UTC), event_id=_event_id())
+        return self.append_batch([record], key)[-1]
 
-    def append_at(self, record: dict[str, Any], key: bytes | None, *, now: datetime, event_id: str) -> ChainHead:
+    def append_at(self, record: dict[str, Any], key: bytes | KeyRing | None, *, now: datetime,
+                  event_id: str) -> ChainHead:
         """:meth:`append` with the clock and the event id given (the deterministic seam)."""
-        if key is not None:
-            _check_key(key)
-        rec = _prepare(record, now, event_id)
+        return self.append_batch([record], key, now=now, event_ids=[event_id])[-1]
+
+    def append_batch(
+        self,
+        records: list[dict[str, Any]],
+        key: bytes | KeyRing | None,
+        *,
+        before_write: Callable[[list[str], list[ChainHead]], None] | None = None,
+        next_key: bytes | None = None,
+        switch_at: int | None = None,
+        now: datetime | None = None,
+        event_ids: list[str] | None = None,
+    ) -> list[ChainHead]:
+        """Append ``records`` in order, durably, as one write; return their heads.
+
+        ``key`` is the chain key (or the vault's key ring), None only for a call
+        that failed before the vault was unlocked. ``before_write(lines, heads)``
+        runs under the log's lock once the records are sealed and before any
+        byte reaches the log: the service writes the vault there, carrying the
+        lines, so that the vault and the log can never disagree about what was
+        appended (the next command completes an append a crash cut short).
+        From ``records[switch_at]`` on, records are sealed under ``next_key``
+        (``passwd`` starts the new vault key's chain key inside its own write).
+        Raises AuditLogException, with nothing appended, when the records
+        cannot be written; an exception from ``before_write`` propagates, with
+        nothing appended.
+        """
+        ring = _ring(key) if key is not None else None
+        if next_key is not None:
+            _check_key(next_key)
+        now = now or datetime.now(UTC)
+        ids = event_ids or [_event_id() for _ in records]
+        recs = [_prepare(r, now, i) for r, i in zip(records, ids, strict=True)]
         try:
             with self._exclusive():
-                return self._append_locked(rec, key)
+                return self._append_locked(recs, ring, before_write, next_key, switch_at)
         except OSError as e:
             raise AuditLogException(f"cannot append to the audit log {self.path}: {_oserror(e)}") from None
 
-    def _append_locked(self, rec: dict[str, Any], key: bytes | None) -> ChainHead:
+    def _append_locked(self, recs: list[dict[str, Any]], ring: KeyRing | None,
+                       before_write: Callable[[list[str], list[ChainHead]], None] | None,
+                       next_key: bytes | None, switch_at: int | None) -> list[ChainHead]:
         fd, created = self._open_live()
         try:
             size = _repair_tail(fd)
             last = self._last_before_append(fd, size)
             if last is None:
-                seq, prev = 1, genesis_link(key, self.vault_id)
+                seq, prev = 1, genesis_link(ring.key_for(1) if ring else None, self.vault_id)
             else:
-                seq, prev = last[0] + 1, bytes.fromhex(last[1])
-            line, mac = seal_record(rec, key, seq, prev)
+                if ring is not None and last[KEYED_FIELD] and not record_mac_ok(ring.key_for(last[SEQ_FIELD]), last):
+                    # The vault was rewritten under another key after this call
+                    # opened it (passwd), or the log is not this vault's.
+                    raise AuditLogException(
+                        f"the last record of the audit log {self.path} was written under another key than the "
+                        "vault this call opened (the passphrase was changed meanwhile, or the log is not this "
+                        "vault's); nothing was recorded; run the command again"
+                    )
+                seq, prev = last[SEQ_FIELD] + 1, bytes.fromhex(last[MAC_FIELD])
+            lines: list[bytes] = []
+            macs: list[str] = []
+            for i, rec in enumerate(recs):
+                seq_i = seq + i
+                if switch_at is not None and i >= switch_at:
+                    k: bytes | None = next_key
+                else:
+                    k = ring.key_for(seq_i) if ring else None
+                line, mac = seal_record(rec, k, seq_i, prev)
+                lines.append(line)
+                macs.append(mac.hex())
+                prev = mac
+            data = b"".join(lines)
             segments = self._segments()
             index = (segments[-1][0] if segments else 0) + 1
-            if size > 0 and size + len(line) > self.max_bytes:
+            rotate = size > 0 and size + len(data) > self.max_bytes
+            if rotate:
+                index += 1
+            heads = [ChainHead(file_index=index, seq=seq + i, mac=m) for i, m in enumerate(macs)]
+            if before_write is not None:
+                try:
+                    before_write([line[:-1].decode("ascii") for line in lines], heads)
+                except BaseException:
+                    if created:  # leave no empty log behind a vault that was never written (init)
+                        with contextlib.suppress(OSError):
+                            os.unlink(self.path)
+                    raise
+            if rotate:
                 os.close(fd)
                 fd = -1
-                os.rename(self.path, self._segment_path(index))
+                os.rename(self.path, self._segment_path(index - 1))
                 self._fsync_folder()
                 fd, created = self._open_live()
-                index += 1
                 size = 0
             if created:
                 self._fsync_folder()
-            _write_line(fd, line, size)
+            _write_line(fd, data, size)
             _sync(fd)
-            return ChainHead(file_index=index, seq=seq, mac=mac.hex())
+            return heads
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -506,13 +649,13 @@ class AuditLog:
             return f"the audit log {self.path} is a symbolic link; point the audit log option at the file itself"
         return f"cannot open the audit log {self.path} for appending: {_oserror(e)}"
 
-    def _last_before_append(self, fd: int, size: int) -> tuple[int, str] | None:
-        """(seq, mac) of the last record: in the live file, else the newest older file."""
+    def _last_before_append(self, fd: int, size: int) -> dict[str, Any] | None:
+        """The last record (parsed leniently): in the live file, else the newest older file."""
         if size > 0:
             return self._last_record(fd, size, self.path.name)
         for _, name in reversed(self._segments()):
             try:
-                sfd = os.open(self.path.with_name(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                sfd = _open_existing(self.path.with_name(name))
             except FileNotFoundError:
                 continue
             try:
@@ -523,18 +666,110 @@ class AuditLog:
                 os.close(sfd)
         return None
 
-    def _last_record(self, fd: int, size: int, name: str) -> tuple[int, str]:
+    def _last_record(self, fd: int, size: int, name: str) -> dict[str, Any]:
         line = _last_line(fd, size)
         try:
             if line is None:
                 raise _BadLine("its last line is longer than the limit")
-            rec = parse_line(line, strict=False)
+            return parse_line(line, strict=False)
         except _BadLine as e:
             raise AuditLogException(
                 f"the last record of the audit log file {self.path.with_name(name)} cannot be read ({e}); "
                 "nothing was recorded; run 'kmscli audit verify' to see where the log is damaged"
             ) from None
-        return rec[SEQ_FIELD], rec[MAC_FIELD]
+
+    # -- the tail, as every command checks it ------------------------------------
+
+    def tail(self) -> Tail:
+        """The last record and the last keyed record, reading backwards from the end.
+
+        Opens one file at a time. Unkeyed records after the last keyed one are
+        passed over (they are failed unlocks, few in a genuine log).
+        """
+        last: ChainHead | None = None
+        files = [*self._segments()]
+        live_index = (files[-1][0] if files else 0) + 1
+        try:
+            for index, name in reversed([*files, (live_index, self.path.name)]):
+                try:
+                    fd = _open_existing(self.path.with_name(name))
+                except FileNotFoundError:
+                    continue
+                try:
+                    size = _complete_size(fd, os.fstat(fd).st_size)
+                    for line in _lines_backwards(fd, size):
+                        try:
+                            rec = parse_line(line, strict=False)
+                        except _BadLine as e:
+                            raise AuditLogException(
+                                f"the audit log file {self.path.with_name(name)} ends with a damaged record ({e}); "
+                                "run 'kmscli audit verify' to see where"
+                            ) from None
+                        if last is None:
+                            last = ChainHead(file_index=index, seq=rec[SEQ_FIELD], mac=rec[MAC_FIELD])
+                        if rec[KEYED_FIELD]:
+                            return Tail(last=last, last_keyed=rec, last_keyed_line=line)
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            raise AuditLogException(f"cannot read the audit log {self.path}: {_oserror(e)}") from None
+        return Tail(last=last, last_keyed=None)
+
+    def complete(self, lines: list[str]) -> int:
+        """Append those of ``lines`` (a vault's last write) that a crash kept out of the log.
+
+        Under the writers' lock: when the log ends just before the first of
+        them, or inside them at the same MAC, the rest are appended as they
+        were sealed. Returns how many were appended (0 when the log already
+        holds them or does not end where they begin: the caller decides).
+        """
+        recs = [parse_line(line.encode("ascii"), strict=False) for line in lines]
+        if recs[0][SEQ_FIELD] != 1 and not self.exists():
+            return 0  # a deleted log is not recreated here: the caller reports it
+        try:
+            with self._exclusive():
+                fd, created = self._open_live()
+                try:
+                    size = _repair_tail(fd)
+                    last = self._last_before_append(fd, size)
+                    last_seq = last[SEQ_FIELD] if last is not None else 0
+                    last_mac = last[MAC_FIELD] if last is not None else None
+                    todo = None
+                    for i, rec in enumerate(recs):
+                        if rec[SEQ_FIELD] == last_seq + 1 and (last_mac is None or rec[PREV_FIELD] == last_mac):
+                            todo = i
+                            break
+                        if rec[SEQ_FIELD] == last_seq and rec[MAC_FIELD] == last_mac:
+                            todo = i + 1
+                            break
+                    if todo is None or todo >= len(recs):
+                        return 0
+                    if created:
+                        self._fsync_folder()
+                    data = "".join(line + "\n" for line in lines[todo:]).encode("ascii")
+                    _write_line(fd, data, size)
+                    _sync(fd)
+                    return len(lines) - todo
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            raise AuditLogException(f"cannot append to the audit log {self.path}: {_oserror(e)}") from None
+
+    def retire(self, suffix: str) -> list[str]:
+        """Rename every file of the log to NAME + suffix (under the writers' lock); return the new names."""
+        moved = []
+        try:
+            with self._exclusive():
+                for _, name in [*self._segments(), (0, self.path.name)]:
+                    src = self.path.with_name(name)
+                    if not os.path.lexists(src):
+                        continue
+                    os.rename(src, src.with_name(name + suffix))
+                    moved.append(name + suffix)
+                self._fsync_folder()
+        except OSError as e:
+            raise AuditLogException(f"cannot move the audit log {self.path} aside: {_oserror(e)}") from None
+        return moved
 
     # -- snapshot for readers ------------------------------------------------------
 
@@ -548,7 +783,7 @@ class AuditLog:
                 live_index = (segments[-1][0] if segments else 0) + 1
                 for index, name in [*segments, (live_index, self.path.name)]:
                     try:
-                        fd = os.open(self.path.with_name(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                        fd = _open_existing(self.path.with_name(name))
                     except FileNotFoundError:
                         continue
                     files.append(_File(name, index, fd, 0))
@@ -581,8 +816,8 @@ class AuditLog:
                             return ChainHead(file_index=f.index, seq=rec[SEQ_FIELD], mac=rec[MAC_FIELD])
                     if size == 0:
                         continue
-                    seq, mac = self._last_record(f.fd, size, f.name)
-                    return ChainHead(file_index=f.index, seq=seq, mac=mac)
+                    rec = self._last_record(f.fd, size, f.name)
+                    return ChainHead(file_index=f.index, seq=rec[SEQ_FIELD], mac=rec[MAC_FIELD])
             except OSError as e:
                 raise AuditLogException(f"cannot read the audit log {self.path}: {_oserror(e)}") from None
         return None
@@ -638,26 +873,31 @@ class AuditLog:
 
     # -- verify ---------------------------------------------------------------
 
-    def verify(self, key: bytes, head: ChainHead | None = None) -> VerifyReport:
+    def verify(self, key: bytes | KeyRing, head: ChainHead | None = None, *,
+               witness: tuple[int, str] | None = None, strict: bool = False) -> VerifyReport:
         """Check every file of the log against the chain; raise on the first bad line.
 
         Raises AuditVerificationException("line N: ..." or "file F line N: ...").
         ``head`` is the vault's last stored head: the log must hold that record.
+        ``witness`` is (seq, mac) printed earlier by ``audit head``: the log
+        must still hold that record too. An unkeyed record that is not a failed
+        unlock fails; with ``strict`` any unkeyed record fails.
         """
-        _check_key(key)
+        ring = _ring(key)
         with self._snapshot() as files:
-            return self._verify(files, key, head)
+            return self._verify(files, ring, head, witness, strict)
 
-    def _verify(self, files: list[_File], key: bytes, head: ChainHead | None) -> VerifyReport:
+    def _verify(self, files: list[_File], ring: KeyRing, head: ChainHead | None,
+                witness: tuple[int, str] | None, strict: bool) -> VerifyReport:
         prev = b""
         seq = 0
         keyed = unkeyed = 0
-        proven_seq = 0  # records up to here are covered by a keyed MAC or by the vault's head
+        unauthenticated: list[str] = []
         last: ChainHead | None = None
         last_file: _File | None = None
         last_n = 0
         prev_file: _File | None = None
-        head_seen = False
+        head_seen = witness_seen = False
 
         def bad(f: _File, n: int, what: str) -> AuditVerificationException:
             return AuditVerificationException(f"{self._where(files, f, n)}: {what}")
@@ -679,7 +919,7 @@ class AuditLog:
                 raise bad(f, n, str(e)) from None
             rec_seq: int = rec[SEQ_FIELD]
             rec_keyed: bool = rec[KEYED_FIELD]
-            rec_key = key if rec_keyed else None
+            rec_key = ring.key_for(rec_seq) if rec_keyed else None
             if seq == 0:
                 prev = genesis_link(rec_key, self.vault_id)
             starts_file = f is not prev_file and prev_file is not None
@@ -709,6 +949,14 @@ class AuditLog:
                 if rec_keyed:
                     raise bad(f, n, f"{MAC_FIELD} does not match: the record was edited or written under another key")
                 raise bad(f, n, f"{MAC_FIELD} does not match: the record (written without the key) was edited")
+            if not rec_keyed:
+                why = unkeyed_claim_error(rec)
+                if why is not None:
+                    raise bad(f, n, why)
+                if strict:
+                    raise bad(f, n, "written without the key (a failed unlock that anyone could have written); "
+                                    "--strict accepts only keyed records")
+                unauthenticated.append(self._where(files, f, n))
             if head is not None and rec_seq == head.seq:
                 if f.index != head.file_index or not constant_time_equal(mac_hex.encode(), head.mac.encode()):
                     raise bad(
@@ -718,10 +966,13 @@ class AuditLog:
                         f"{MAC_FIELD} {head.mac[:16]}...): the log was replaced from here",
                     )
                 head_seen = True
-                proven_seq = max(proven_seq, rec_seq)
+            if witness is not None and rec_seq == witness[0]:
+                if not constant_time_equal(mac_hex.encode(), witness[1].encode()):
+                    raise bad(f, n, f"record {rec_seq} is not the one 'audit head' printed ({witness[1][:16]}...): "
+                                    "the log was replaced or rolled back and rewritten from here")
+                witness_seen = True
             if rec_keyed:
                 keyed += 1
-                proven_seq = rec_seq
             else:
                 unkeyed += 1
             seq, prev = rec_seq, mac
@@ -738,13 +989,20 @@ class AuditLog:
                 f"the log ends after record {seq}, but the vault last recorded record {head.seq}: "
                 "records were removed from the end",
             )
+        if witness is not None and not witness_seen:
+            where = f"line {last_n + 1}" if last_file is None else self._where(files, last_file, last_n + 1)
+            raise AuditVerificationException(
+                f"{where}: the log ends after record {seq}, but 'audit head' printed record {witness[0]}: "
+                "the log (and perhaps the vault) was rolled back"
+            )
         return VerifyReport(
             records=seq,
             files=len(files),
             keyed=keyed,
             unkeyed=unkeyed,
             last_head=last,
-            unproven=seq - proven_seq,
+            unproven=unkeyed,
+            unauthenticated=tuple(unauthenticated),
         )
 
 
@@ -756,7 +1014,8 @@ def _open_private(path: Path, flags: int, what: str) -> tuple[int, bool]:
 
     Returns the descriptor and whether this call created the file.
     """
-    flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+    # O_NONBLOCK: a FIFO planted here must be refused, not waited on.
+    flags |= os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     created = False
     try:
         fd = os.open(path, flags)
@@ -774,6 +1033,29 @@ def _open_private(path: Path, flags: int, what: str) -> tuple[int, bool]:
         os.close(fd)
         raise
     return fd, created
+
+
+def _open_existing(path: Path) -> int:
+    """Open a log file for reading without blocking or following a link; refuse a non-regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise AuditLogException(f"refusing to read the audit log file {path}: it is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _lines_backwards(fd: int, size: int) -> Iterator[bytes]:
+    """The newline-terminated lines of the first ``size`` bytes, last first (without newlines)."""
+    end = size - 1  # position of the newline ending the current line
+    while end >= 0:
+        line = _last_line(fd, end + 1)
+        if line is None:
+            raise AuditLogException("an audit log line is longer than the limit; run 'kmscli audit verify'")
+        yield line
+        end -= len(line) + 1
 
 
 def _check_private(st: os.stat_result, path: Path, what: str) -> None:

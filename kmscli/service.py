@@ -21,7 +21,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -80,6 +80,8 @@ class _Call:
     resources: list[str] = field(default_factory=list)
     #: The alias the caller named the key by, for the kms:RequestAlias condition.
     alias: str | None = None
+    #: Set once the call's record was appended ahead of its output (decrypt).
+    event_id: str | None = None
 
 
 class Kms:
@@ -99,10 +101,14 @@ class Kms:
         self.audit_max_bytes = audit_max_bytes
         self.keys = keys
         self.caller = caller or Caller.current()
-        self.audit_path = audit_path or vault_path.with_name(AUDIT_FILE)
+        #: The log the caller named (--audit-log, KMSCLI_AUDIT_LOG): chooses where
+        #: `init` puts it; afterwards it must be the vault's own (fixed at init).
+        self.requested_audit_path = Path(os.path.abspath(audit_path)) if audit_path is not None else None
+        #: Where the log is before the vault is unlocked: the one named, else beside the real vault.
+        self.audit_path = self.requested_audit_path or self.store.path.with_name(AUDIT_FILE)
         self.clock = clock
         self._audit: Any = None
-        self._audit_vault = ""
+        self._audit_key: tuple[str, str] = ("", "")
 
     # =================================================================
     # Vault lifecycle (local operations)
@@ -110,14 +116,19 @@ class Kms:
     def CreateVault(self, kdf: F.KdfParams | None = None) -> dict[str, Any]:
         """Make a new vault with a random vault key and account; never overwrite one."""
         kdf = kdf or F.KdfParams()
-        if not kdf.in_bounds():
-            raise errors.ValidationException("KDF parameters out of bounds")
+        why = kdf.bounds_error()
+        if why is not None:
+            raise errors.ValidationException(why)
+        # Fixed for the vault's life, by its real folder: no later symlink can move it.
+        self.audit_path = Path(os.path.realpath(self.audit_path.parent)) / self.audit_path.name
         if self.store.path.exists():
             raise errors.AlreadyExistsException(
                 f"a vault already exists at {self.store.path}; kmscli never overwrites one"
             )
-        if not isinstance(self.keys, PassphraseKeySource):
-            raise errors.ValidationException("a new vault needs a passphrase, not a session")
+        self._require_passphrase("init")
+        from .vault.store import check_private_folder
+
+        check_private_folder(self.audit_path.parent, "the audit log")
         if self._audit_log(None).exists():
             # A new vault's chain starts at its own genesis: appending it to another
             # vault's log would make that log fail verification forever.
@@ -127,6 +138,7 @@ class Kms:
             )
         from .crypto import primitives as P
 
+        assert isinstance(self.keys, PassphraseKeySource)
         passphrase = self.keys.passphrase()
         salt, vault_key = P.random_bytes(F.SALT_SIZE), P.random_bytes(F.VAULT_KEY_SIZE)
         header = F.build_header(
@@ -141,23 +153,23 @@ class Kms:
             "created": now,
             "generation": 0,
             "audit_head": None,
+            "audit_log": str(self.audit_path),
+            "audit_epoch": 0,
+            "chain_keys": [{"from_seq": 1, "key": _chain_key_hex(vault_key)}],
             "keys": {},
             "aliases": {},
         }
-        ov = OpenVault(header=header, vault_key=vault_key, body=body)
+        ov = OpenVault(header=header, vault_key=vault_key, body=body, pending=[])
         call = _Call("CreateVault", {"kdfMemoryKiB": kdf.memory_kib, "kdfTime": kdf.time_cost,
-                                     "kdfParallelism": kdf.parallelism})
+                                     "kdfParallelism": kdf.parallelism, "auditLog": str(self.audit_path)})
         with self.store.locked():
             call.response = {"vaultId": body["vault_id"], "account": body["account"]}
             self._record(ov, call)
-            try:
-                self._write(ov, create=True)
-            except BaseException:
-                # No vault, so the record of its creation must not stay either:
-                # it would be the first line of a log no vault can ever verify.
-                self._audit_log(ov).discard_if_only(body["vault_id"])
-                raise
-        return {"VaultPath": str(self.store.path), "Account": body["account"], "VaultId": body["vault_id"]}
+            # The vault is linked into place carrying its first record; the log
+            # gets the record right after (or from the next command, after a crash).
+            self._commit(ov, create=True)
+        return {"VaultPath": str(self.store.path), "Account": body["account"], "VaultId": body["vault_id"],
+                "AuditLog": str(self.audit_path)}
 
     def Unlock(self, TtlSeconds: int, IdleSeconds: int | None,
                start_session: Callable[[bytes, bytes], str]) -> dict[str, Any]:
@@ -168,6 +180,9 @@ class Kms:
         start is recorded as a failed Unlock, and a session is never started
         without its record. Not an AWS operation: sessions are local.
         """
+        # A session must not mint a longer-lived session of itself.
+        self._require_passphrase("unlock")
+
         def unlock(ov: OpenVault, call: _Call) -> dict[str, Any]:
             session_id = start_session(ov.vault_key, ov.header.raw)
             call.response["sessionId"] = session_id
@@ -175,21 +190,52 @@ class Kms:
 
         return self._read("Unlock", {"ttlSeconds": TtlSeconds, "idleSeconds": IdleSeconds}, unlock)
 
-    def ChangePassphrase(self, new_passphrase: bytes, kdf: F.KdfParams | None = None) -> dict[str, Any]:
-        """Re-wrap the vault key under a new passphrase; keys and data stay as they are."""
+    def ChangePassphrase(self, new_passphrase: bytes | Callable[[], bytes],
+                         kdf: F.KdfParams | None = None) -> dict[str, Any]:
+        """Rotate the vault key under a new passphrase (and KDF settings).
+
+        The body is sealed under a new random vault key, so an old copy of the
+        vault and the old passphrase open nothing written from now on; the audit
+        chain continues under a chain key derived from the new vault key, from
+        this call's own record on. Never through a session: a session must not
+        outlive its TTL by changing the passphrase under its owner. A callable
+        ``new_passphrase`` is asked only once the current passphrase opened the
+        vault, as passwd, ssh-keygen and gpg ask.
+        """
         from .crypto import primitives as P
 
-        if not new_passphrase:
-            raise errors.ValidationException("the new passphrase must not be empty")
+        self._require_passphrase("passwd")
+        request: dict[str, Any] = {}
+        if kdf is not None:
+            request.update(kdfMemoryKiB=kdf.memory_kib, kdfTime=kdf.time_cost, kdfParallelism=kdf.parallelism)
+        with self._refusing("ChangePassphrase", request):
+            if kdf is not None:
+                why = kdf.bounds_error()
+                if why is not None:
+                    raise errors.ValidationException(why)
+        if callable(new_passphrase):
+            self._open_recording(_Call("ChangePassphrase", request))  # the current passphrase, checked first
+            new_passphrase = new_passphrase()
+        with self._refusing("ChangePassphrase", request):
+            if not new_passphrase:
+                raise errors.ValidationException("the new passphrase must not be empty")
+        new_secret: bytes = new_passphrase
 
         def change(ov: OpenVault, call: _Call) -> dict[str, Any]:
             params = kdf or ov.header.kdf
+            chain_keys = _chain_keys(ov)  # before the key changes: a 0.1.0 vault derives its first from it
             salt = P.random_bytes(F.SALT_SIZE)
-            kek = P.argon2id(new_passphrase, salt, params.memory_kib, params.time_cost, params.parallelism)
-            ov.header = F.build_header(params, salt, kek, ov.vault_key, P.random_bytes(P.NONCE_SIZE))
+            kek = P.argon2id(new_secret, salt, params.memory_kib, params.time_cost, params.parallelism)
+            new_key = P.random_bytes(F.VAULT_KEY_SIZE)
+            ov.header = F.build_header(params, salt, kek, new_key, P.random_bytes(P.NONCE_SIZE))
+            ov.vault_key = new_key
+            # from_seq is filled in by _commit with this call's record: the first under the new key.
+            chain_keys.append({"from_seq": None, "key": _chain_key_hex(new_key)})
+            call.response.update(kdfMemoryKiB=params.memory_kib, kdfTime=params.time_cost,
+                                 kdfParallelism=params.parallelism)
             return {}
 
-        return self._mutate("ChangePassphrase", {}, change)
+        return self._mutate("ChangePassphrase", request, change)
 
     # =================================================================
     # Keys
@@ -243,6 +289,10 @@ class Kms:
                              "MinDecryptVersion": 1, "OnDemandCount": 0},
                 "Materials": [_new_material(1, now, None, P.random_bytes(MATERIAL_SIZE))],
             }
+            if AliasName is not None:
+                # The alias is made by this call as if by CreateAlias: the new
+                # key's own policy decides, an explicit Deny included.
+                self._authorize(ov, call, key, "kms:CreateAlias")
             ov.body["keys"][key_id] = key
             if AliasName is not None:
                 ov.body["aliases"][AliasName] = {"TargetKeyId": key_id, "CreationDate": now, "LastUpdatedDate": now}
@@ -607,8 +657,13 @@ class Kms:
         def decrypt(ov: OpenVault, call: _Call) -> dict[str, Any]:
             header = stream.read_header(reader)
             key, material = self._ciphertext_key(ov, call, header, KeyId, "kms:Decrypt", context)
-            self._audit_log(ov).preflight()  # fail closed before plaintext leaves the process
-            n = stream.decrypt_stream(header, reader, writer, master_key=_material(material), context=context,
+            call.response["keyMaterialId"] = material["KeyMaterialId"]
+            self._audit_log(ov).preflight()
+            # The record that releases plaintext is on disk before its first byte
+            # leaves (after the header and first chunk authenticated, so a wrong
+            # context is one failed record): a call stopped half-way has it.
+            gated = _RecordFirst(writer, lambda: self._record_before_release(ov, call))
+            n = stream.decrypt_stream(header, reader, gated, master_key=_material(material), context=context,
                                       progress=progress)
             call.response["outputBytes"] = n
             return {"KeyId": self._arn(ov, key), "KeyMaterialId": material["KeyMaterialId"],
@@ -634,9 +689,13 @@ class Kms:
         def reencrypt(ov: OpenVault, call: _Call) -> dict[str, Any]:
             header = stream.read_header(reader)
             dst = self._resolve(ov, call, DestinationKeyId)
+            # kms:RequestAlias is per key: the destination's alias must not
+            # stand for the source key in its ReEncryptFrom check, nor the reverse.
+            dst_alias, call.alias = call.alias, None
             same = dst["KeyId"] == header.key_id
             src, src_material = self._ciphertext_key(ov, call, header, SourceKeyId, "kms:ReEncryptFrom", src_ctx,
                                                      {"kms:ReEncryptOnSameKey": same})
+            call.alias = dst_alias
             self._authorize(ov, call, dst, "kms:ReEncryptTo",
                             {**_context_conditions(dst_ctx), "kms:ReEncryptOnSameKey": same})
             self._require_enabled(ov, dst)
@@ -706,22 +765,73 @@ class Kms:
     # =================================================================
     # Audit log
     # =================================================================
-    def VerifyAuditLog(self) -> dict[str, Any]:
-        from . import audit
-
-        call = _Call("VerifyAuditLog", {})
-        ov = self._open_recording(call)
+    def VerifyAuditLog(self, Strict: bool = False, Witness: str | None = None) -> dict[str, Any]:
+        """Check the whole log against the vault's chain keys, its last head and an optional witness."""
+        request: dict[str, Any] = {"strict": Strict}
+        if Witness is not None:
+            request["head"] = Witness
+        with self._refusing("VerifyAuditLog", request):
+            witness = _parse_witness(Witness) if Witness is not None else None
+        call = _Call("VerifyAuditLog", request)
+        # Opened without the quick tail check: verify reads every line and says
+        # more precisely where the log went wrong.
+        ov = self._open_recording(call, check_log=False)
+        log = self._audit_log(ov)
         try:
-            report = self._audit_log(ov).verify(audit.chain_key(ov.vault_key), _head(ov.body.get("audit_head")))
+            lines = (ov.body.get("audit_head") or {}).get("lines")
+            if lines:
+                log.complete(lines)  # what a crash kept out of the log, the vault still holds
+            report = log.verify(self._ring(ov), _head(ov.body.get("audit_head")), witness=witness, strict=Strict)
+            problem = self._log_problem(ov, log.tail())
+            if problem is not None:
+                raise errors.AuditVerificationException(problem)
         except errors.KmsError as e:
             # A damaged log may refuse the record too; the verdict matters more than its record.
             with contextlib.suppress(errors.KmsError):
                 self._record(ov, call, e)
             raise
-        call.response.update(records=report.records, files=report.files, unproven=report.unproven)
+        call.response.update(records=report.records, files=report.files, unauthenticated=report.unkeyed)
         self._record(ov, call)
         return {"Records": report.records, "Files": report.files, "Keyed": report.keyed,
-                "Unkeyed": report.unkeyed, "Unproven": report.unproven}
+                "Unkeyed": report.unkeyed, "Unauthenticated": list(report.unauthenticated)}
+
+    def GetAuditHead(self) -> dict[str, Any]:
+        """Record this call and return its own chain head, as ``SEQ:MAC`` for a witness to keep."""
+        call = _Call("GetAuditHead", {})
+        ov = self._open_recording(call)
+        head = self._record(ov, call)
+        assert head is not None
+        return {"Head": f"{head.seq}:{head.mac}", "Seq": head.seq, "Mac": head.mac}
+
+    def RestartAuditLog(self) -> dict[str, Any]:
+        """After a log was lost or damaged: move its files aside and start a new chain that says so.
+
+        Needs the passphrase (never a session): it is the one act that accepts
+        a log the vault cannot vouch for, so it must be the owner's. The new
+        log's first record is keyed and names the vault's last known head.
+        """
+        self._require_passphrase("audit restart")
+        call = _Call("RestartAuditLog", {})
+        self._open_recording(call, check_log=False)  # the KDF runs before the lock
+        with self.store.locked():
+            self.store.remove_stale_temps()
+            ov = self._open_recording(call, check_log=False)
+            log = self._audit_log(ov)
+            head = ov.body.get("audit_head") or {}
+            stamp = self.clock().strftime("%Y%m%dT%H%M%SZ")
+            moved = log.retire(f".retired-{stamp}-{os.urandom(3).hex()}")
+            epoch = int(ov.body.get("audit_epoch", 0)) + 1
+            ring = self._ring(ov)
+            ov.body.update(audit_epoch=epoch, audit_head=None,
+                           chain_keys=[{"from_seq": 1, "key": ring.current.hex()}])
+            call.request.update(
+                previousHead=({"seq": head["seq"], "mac": head["mac"], "fileIndex": head["file_index"]}
+                              if head else None),
+                previousVaultGeneration=ov.body.get("generation", 0), retiredFiles=moved, epoch=epoch)
+            ov.pending = []
+            self._record(ov, call)
+            self._commit(ov)
+        return {"RetiredFiles": moved, "Epoch": epoch}
 
     def ReadAuditLog(self, KeyId: str | None = None, Operation: str | None = None,
                      Since: datetime | None = None) -> Iterator[dict[str, Any]]:
@@ -733,18 +843,37 @@ class Kms:
     # =================================================================
     # Machinery
     # =================================================================
+    def _require_passphrase(self, command: str) -> None:
+        """Refuse a call that must come from the owner's passphrase, never from a session."""
+        if not isinstance(self.keys, PassphraseKeySource):
+            raise errors.InvalidSessionException(
+                f"'{command}' needs the vault's passphrase and never runs through a session; "
+                "run it without KMSCLI_SESSION (the passphrase comes from --passphrase-file, "
+                "KMSCLI_PASSPHRASE or the terminal)"
+            )
+
     @contextlib.contextmanager
     def _refusing(self, event: str, request: dict[str, Any]) -> Iterator[None]:
-        """Record a request refused before the vault is opened, as CloudTrail records validation errors.
+        """Record a request refused by validation, before anything else happens.
 
-        Validation comes first so that a typo costs no Argon2 run and no prompt;
-        the record is therefore written without the chain key, like a failed
-        unlock, and becomes proven when the next keyed record chains over it.
+        Validation comes first, so nothing is done for a bad request; its record
+        is keyed like every other (only a failed unlock may be unkeyed), so the
+        vault is opened for it. When it cannot be unlocked, the failed unlock is
+        what gets recorded; the caller still sees the validation error.
         """
         try:
             yield
         except errors.KmsError as e:
-            self._record(None, _Call(event, request), e)
+            call = _Call(event, request)
+            try:
+                ov = self.store.open(self.keys)
+            except errors.UnlockError as u:
+                with contextlib.suppress(errors.KmsError):
+                    self._record(None, call, u)
+                raise e from None
+            except errors.KmsError:
+                raise e from None  # no vault (or an unreadable one): nothing to record in
+            self._record(ov, call, e)
             raise
 
     def _read(self, event: str, request: dict[str, Any],
@@ -757,14 +886,23 @@ class Kms:
             # answer without the lock, so a long stream never blocks writers.
             with self.store.locked():
                 ov = self._open_recording(call)
+                ov.pending = []
                 if self._apply_due_events(ov):
-                    self._write(ov)
+                    self._commit(ov)
+                ov.pending = None
         try:
             result = fn(ov, call)
         except errors.KmsError as e:
-            self._record(ov, call, e)
+            self._record_outcome(ov, call, e)
             raise
-        self._record(ov, call)
+        except BaseException as e:
+            if call.event_id is not None:  # released output, then died: say so after its record
+                with contextlib.suppress(BaseException):
+                    self._record_outcome(ov, call, errors.KMSInternalException(
+                        f"the call stopped after its output began ({type(e).__name__})"))
+            raise
+        if call.event_id is None:
+            self._record(ov, call)
         return result
 
     def _mutate(self, event: str, request: dict[str, Any],
@@ -780,46 +918,219 @@ class Kms:
         with self.store.locked():
             self.store.remove_stale_temps()
             ov = self._open_recording(call)
+            ov.pending = []
             events_changed = self._apply_due_events(ov)
             try:
                 result = fn(ov, call)
             except errors.KmsError as e:
                 self._record(ov, call, e)
                 if events_changed:
-                    self._write(ov)
+                    self._commit(ov)
+                else:
+                    self._flush(ov)
                 raise
             self._record(ov, call)
             if write or events_changed:
-                self._write(ov)
+                self._commit(ov)
+            else:
+                self._flush(ov)
         return result
 
-    def _open_recording(self, call: _Call) -> OpenVault:
-        """Open the vault; a failed unlock is recorded without the key, then raised."""
-        try:
-            return self.store.open(self.keys)
-        except errors.UnlockError as e:
-            self._record(None, call, e)
-            raise
+    def _open_recording(self, call: _Call, *, check_log: bool = True) -> OpenVault:
+        """Open the vault and check its log; a failed unlock is recorded without the key, then raised.
 
-    def _write(self, ov: OpenVault, create: bool = False) -> None:
+        The log check refuses (exit 8) a log cut back behind the vault's last
+        write and a vault older than its log, and completes an append that a
+        crash cut off between the vault's write and the log's.
+        """
+        for attempt in (1, 2):
+            try:
+                ov = self.store.open(self.keys)
+            except errors.UnlockError as e:
+                try:
+                    self._record(None, call, e)
+                except errors.AuditLogException as a:
+                    # Nothing is released by a failed unlock: say it, not a log problem instead.
+                    raise type(e)(f"{e.message} (the failed attempt could not be recorded: {a.message})") from None
+                raise
+            try:
+                self._check_audit_location(ov)
+            except errors.KmsError as e:
+                self._record_where_it_belongs(ov, call, e)
+                raise
+            if not check_log:
+                return ov
+            problem = self._check_log(ov)
+            if problem is None:
+                return ov
+            if attempt == 1 and problem.startswith("the vault is older"):
+                continue  # a writer may have replaced the vault since we read it: read it once more
+            raise errors.AuditLogException(problem)
+        raise AssertionError("unreachable")
+
+    def _check_audit_location(self, ov: OpenVault) -> None:
+        """The log is the vault's own, fixed at init: naming another one is refused (exit 2)."""
+        from .vault.store import check_private_folder
+
+        fixed = self._log_path(ov)
+        if self.requested_audit_path is not None and os.path.realpath(self.requested_audit_path) != os.path.realpath(
+            fixed
+        ):
+            raise errors.ValidationException(
+                f"this vault's audit log is {fixed}, fixed when the vault was created; it cannot be sent to "
+                f"{self.requested_audit_path} (drop --audit-log / KMSCLI_AUDIT_LOG)"
+            )
+        check_private_folder(fixed.parent, "the audit log")
+
+    def _record_where_it_belongs(self, ov: OpenVault, call: _Call, e: errors.KmsError) -> None:
+        """Record a refusal in the vault's own log (never in the one the caller named)."""
+        saved, self.requested_audit_path = self.requested_audit_path, None
+        try:
+            with contextlib.suppress(errors.KmsError):
+                self._record(ov, call, e)
+        finally:
+            self.requested_audit_path = saved
+
+    def _check_log(self, ov: OpenVault) -> str | None:
+        """What is wrong between the vault and its log (None: nothing), after completing a cut-off append."""
+        log = self._audit_log(ov)
+        problem = self._log_problem(ov, log.tail())
+        if problem is None:
+            return None
+        lines = (ov.body.get("audit_head") or {}).get("lines")
+        if lines and log.complete(lines):
+            return self._log_problem(ov, log.tail())
+        return problem
+
+    def _log_problem(self, ov: OpenVault, tail: Any) -> str | None:
+        from . import audit
+
+        head = ov.body.get("audit_head")
+        if not head:
+            return None
+        path = self._log_path(ov)
+        hint = ("; if you cannot restore the files, 'kmscli audit restart' starts a new log that records this "
+                "(it needs the passphrase)")
+        last = tail.last_keyed
+        if last is None:
+            return (f"the audit log {path} is missing or holds no record written with the key, but the vault's "
+                    f"last write recorded record {head['seq']}: the log was deleted, cut or replaced{hint}")
+        seq = last[audit.SEQ_FIELD]
+        if not audit.record_mac_ok(self._ring(ov).key_for(seq), last):
+            return (f"the last keyed record of the audit log {path} (record {seq}) was not written under this "
+                    f"vault's key: the log was replaced{hint}")
+        if seq < head["seq"] or (seq == head["seq"] and last[audit.MAC_FIELD] != head["mac"]):
+            return (f"the audit log {path} was cut or rolled back: its last keyed record is record {seq}, "
+                    f"but the vault's last write recorded record {head['seq']}{hint}")
+        generation = (last.get("additionalEventData") or {}).get(audit.GENERATION_FIELD)
+        if isinstance(generation, int) and generation > ov.body.get("generation", 0):
+            return (f"the vault is older than its audit log: the log records vault generation {generation}, "
+                    f"the vault {self.store.path} is at generation {ov.body.get('generation', 0)}: the vault file "
+                    "was rolled back (restored from an older copy); restore the newest copy of the vault")
+        return None
+
+    def _commit(self, ov: OpenVault, create: bool = False) -> None:
+        """Write the vault and append its pending records as one unit (call with the lock held).
+
+        Under the log's lock the records are sealed, the vault is written
+        carrying their lines and its new head, then the lines are appended: a
+        crash in between leaves a vault whose records the next command appends.
+        """
+        records = ov.pending or []
+        ov.pending = None
+        keys = _chain_keys(ov)
+        rekey = next((k for k in keys if k["from_seq"] is None), None)
+        written = False
+
+        def before_write(lines: list[str], heads: list[Any]) -> None:
+            nonlocal written
+            if rekey is not None:
+                rekey["from_seq"] = heads[-1].seq  # this call's record is the first under the new key
+            last = heads[-1]
+            ov.body["audit_head"] = {"file_index": last.file_index, "seq": last.seq, "mac": last.mac,
+                                     "lines": lines}
+            self.store.write(F.seal_body(ov.header, ov.vault_key, ov.body), create=create)
+            written = True
+
         ov.body["generation"] = ov.body.get("generation", 0) + 1
-        self.store.write(F.seal_body(ov.header, ov.vault_key, ov.body), create=create)
+        try:
+            self._audit_log(ov).append_batch(
+                records, self._ring(ov), before_write=before_write,
+                next_key=bytes.fromhex(rekey["key"]) if rekey is not None else None,
+                switch_at=len(records) - 1 if rekey is not None else None,
+            )
+        except errors.AuditLogException as e:
+            if not written:
+                raise
+            raise errors.AuditLogException(
+                f"the vault was written (the change is in place, and the vault holds its audit record), but "
+                f"appending the record to the log failed ({e.message}); the next command appends it"
+            ) from None
+
+    def _flush(self, ov: OpenVault) -> None:
+        """Append pending records that need no vault write (a refused change)."""
+        from . import audit
+
+        records = ov.pending or []
+        ov.pending = None
+        for r in records:  # no write after all: they saw the generation the vault keeps
+            r["additionalEventData"] = {audit.GENERATION_FIELD: ov.body.get("generation", 0)}
+        if records:
+            self._audit_log(ov).append_batch(records, self._ring(ov))
+
+    def _log_path(self, ov: OpenVault) -> Path:
+        stored = ov.body.get("audit_log")
+        return Path(stored) if stored else self.store.path.with_name(AUDIT_FILE)
+
+    def _ring(self, ov: OpenVault) -> Any:
+        from . import audit
+
+        return audit.KeyRing(tuple((k["from_seq"], bytes.fromhex(k["key"])) for k in _chain_keys(ov)
+                                   if k["from_seq"] is not None))
 
     def _audit_log(self, ov: OpenVault | None) -> Any:
         from . import audit
 
-        vault_id = ov.body["vault_id"] if ov is not None else ""
-        if self._audit is None or self._audit_vault != vault_id:
+        if ov is None:
+            path, chain_id = self.audit_path, ""
+        else:
+            path = self._log_path(ov)
+            epoch = int(ov.body.get("audit_epoch", 0))
+            # A restarted log is a new chain: its genesis names the epoch, so no
+            # earlier log of the same vault can pass for it.
+            chain_id = ov.body["vault_id"] if epoch == 0 else f"{ov.body['vault_id']}:{epoch}"
+        if self._audit is None or self._audit_key != (str(path), chain_id):
             size = {"max_bytes": self.audit_max_bytes} if self.audit_max_bytes else {}
-            self._audit = audit.AuditLog(self.audit_path, vault_id=vault_id, **size)
-            self._audit_vault = vault_id
+            self._audit = audit.AuditLog(path, vault_id=chain_id, **size)
+            self._audit_key = (str(path), chain_id)
         return self._audit
 
     def _record(self, ov: OpenVault | None, call: _Call, error: errors.KmsError | None = None,
-                event_type: str = "AwsApiCall") -> None:
-        """Append the call's audit record; fail closed if it cannot be written."""
+                event_type: str = "AwsApiCall") -> Any:
+        """Append the call's audit record (or queue it for the vault's write); fail closed.
+
+        Returns the record's chain head when it was appended now.
+        """
         from . import audit
 
+        if ov is None and not isinstance(error, errors.UnlockError):
+            raise AssertionError("only a failed unlock is recorded without the key")
+        record = self._make_record(ov, call, error, event_type)
+        if ov is None:
+            if not self.store.path.exists():
+                return None  # no vault, so no log beside it to write to
+            return self._audit_log(None).append(record, None)
+        if ov.pending is not None:
+            # Written with the vault, under the generation that write makes.
+            record["additionalEventData"] = {audit.GENERATION_FIELD: ov.body.get("generation", 0) + 1}
+            ov.pending.append(record)
+            return None
+        record["additionalEventData"] = {audit.GENERATION_FIELD: ov.body.get("generation", 0)}
+        return self._audit_log(ov).append_at(record, self._ring(ov), now=datetime.now(UTC),
+                                             event_id=call.event_id or audit.new_event_id())
+
+    def _make_record(self, ov: OpenVault | None, call: _Call, error: errors.KmsError | None,
+                     event_type: str) -> dict[str, Any]:
         account = ov.body["account"] if ov is not None else None
         identity: dict[str, Any] = {"type": "LocalUser", "userName": self.caller.user, "uid": self.caller.uid,
                                     "pid": self.caller.pid, "host": self.caller.host}
@@ -838,12 +1149,23 @@ class Kms:
             record["resources"] = [{"type": "AWS::KMS::Key", "ARN": arn} for arn in call.resources]
         if error is not None:
             record.update(errorCode=error.name, errorMessage=error.message)
-        if ov is None and not self.store.path.exists():
-            return  # no vault, so no log beside it to write to
-        key = audit.chain_key(ov.vault_key) if ov is not None else None
-        head = self._audit_log(ov).append(record, key)
-        if ov is not None:
-            ov.body["audit_head"] = {"file_index": head.file_index, "seq": head.seq, "mac": head.mac}
+        return record
+
+    def _record_before_release(self, ov: OpenVault, call: _Call) -> None:
+        """Append the call's (successful) record now, before its output is released."""
+        from . import audit
+
+        call.event_id = audit.new_event_id()
+        self._record(ov, call)
+
+    def _record_outcome(self, ov: OpenVault, call: _Call, error: errors.KmsError) -> None:
+        """Record a failure; after an early record, as a second record that names the first."""
+        if call.event_id is None:
+            self._record(ov, call, error)
+            return
+        first, call.event_id = call.event_id, None
+        call.request = {**call.request, "outcomeOf": first}
+        self._record(ov, call, error)
 
     # -- keys, state and policy -------------------------------------------
     def _resolve(self, ov: OpenVault, call: _Call, key_ref: str) -> dict[str, Any]:
@@ -1030,6 +1352,23 @@ class Kms:
 
 
 # -- helpers --------------------------------------------------------------
+class _RecordFirst:
+    """A writer that runs ``before`` (the call's audit record) just before the first byte passes through."""
+
+    def __init__(self, writer: Any, before: Callable[[], None]) -> None:
+        self._writer = writer
+        self._before: Callable[[], None] | None = before
+
+    def write(self, data: Any) -> Any:
+        if self._before is not None:
+            before, self._before = self._before, None
+            before()
+        return self._writer.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+
 def _new_material(version: int, created: str, rotation_type: str | None, secret: bytes) -> dict[str, Any]:
     import hashlib
 
@@ -1079,6 +1418,29 @@ def _check_range(name: str, value: int, lo: int, hi: int) -> None:
 def _check_policy_name(name: str) -> None:
     if name != "default":
         raise errors.ValidationException(f"the only key policy name is 'default' (got '{name}')")
+
+
+def _chain_key_hex(vault_key: bytes) -> str:
+    from . import audit
+
+    return audit.chain_key(vault_key).hex()
+
+
+def _chain_keys(ov: OpenVault) -> list[dict[str, Any]]:
+    """The vault's audit chain keys by first record; a vault from 0.1.0 has one, derived from its key."""
+    keys = ov.body.get("chain_keys")
+    if not keys:
+        keys = ov.body["chain_keys"] = [{"from_seq": 1, "key": _chain_key_hex(ov.vault_key)}]
+    return keys  # type: ignore[no-any-return]
+
+
+def _parse_witness(text: str) -> tuple[int, str]:
+    import re
+
+    m = re.fullmatch(r"([1-9][0-9]{0,17}):([0-9a-f]{64})", text)
+    if not m:
+        raise errors.ValidationException(f"--head takes SEQ:MAC as 'kmscli audit head' prints it (got '{text}')")
+    return int(m.group(1)), m.group(2)
 
 
 def _head(value: dict[str, Any] | None) -> Any:

@@ -30,7 +30,8 @@ def root(
     vault: Annotated[str | None, typer.Option("--vault", metavar="PATH",
                      help="Vault file [env: KMSCLI_VAULT; default: the user data folder's kmscli/vault.kms].")] = None,
     audit_log: Annotated[str | None, typer.Option("--audit-log", metavar="PATH",
-                         help="Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].")] = None,
+                         help="Audit log: where init puts it, fixed for the vault's life after that "
+                              "[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].")] = None,
     passphrase_file: Annotated[str | None, typer.Option("--passphrase-file", metavar="PATH",
                                help="Read the vault passphrase from the first line of PATH "
                                     "[env: KMSCLI_PASSPHRASE_FILE].")] = None,

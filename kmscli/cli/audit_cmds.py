@@ -1,4 +1,4 @@
-"""``kmscli audit show|verify``: read and check the audit log."""
+"""``kmscli audit show|verify|head|restart``: read, check and restart the audit log."""
 
 from __future__ import annotations
 
@@ -70,12 +70,41 @@ def show(
 
 
 @app.command("verify", cls=common.KmsCommand, help="Check the log for edits, deletions, reordering and insertions.")
-def verify() -> None:
-    result = common.service().VerifyAuditLog()
-    unproven = result["Unproven"]
-    tail = f" ({unproven} after the last keyed record, not yet proven)" if unproven else ""
-    output.message(f"audit log intact: {result['Records']} records in {result['Files']} file(s), "
-                   f"{result['Unkeyed']} written without the vault key{tail}")
+def verify(
+    strict: Annotated[bool, typer.Option("--strict", help="Also fail on records written without the vault key "
+                                                          "(failed unlocks, which anyone could have written).")
+                      ] = False,
+    head: Annotated[str | None, typer.Option("--head", metavar="SEQ:MAC",
+                    help="Also prove the log still holds the record 'kmscli audit head' printed earlier.")] = None,
+) -> None:
+    result = common.service().VerifyAuditLog(Strict=strict, Witness=head)
+    unkeyed = result["Unauthenticated"]
+    if unkeyed:
+        shown = ", ".join(unkeyed[:5]) + (f" and {len(unkeyed) - 5} more" if len(unkeyed) > 5 else "")
+        tail = (f"; {len(unkeyed)} failed unlock(s) written without the vault key, unauthenticated "
+                f"(anyone could have written them): {shown}")
+    else:
+        tail = "; every record written with the vault key"
+    witness = f"; record {head.split(':')[0]} from 'audit head' is in it" if head else ""
+    output.message(f"audit log intact: {result['Records']} records in {result['Files']} file(s){witness}{tail}")
+
+
+@app.command("head", cls=common.KmsCommand,
+             help="Print the chain head SEQ:MAC: keep it where only you can write, then check with verify --head.")
+def head() -> None:
+    result = common.service().GetAuditHead()
+    output.write_stdout(result["Head"] + "\n")
+
+
+@app.command("restart", cls=common.KmsCommand,
+             help="After a log was lost or damaged: move its files aside and start a new log that says so "
+                  "(needs the passphrase, never a session).")
+def restart() -> None:
+    result = common.service().RestartAuditLog()
+    moved = result["RetiredFiles"]
+    where = f"moved aside: {', '.join(moved)}" if moved else "there was no log to move aside"
+    output.message(f"started a new audit log (epoch {result['Epoch']}); {where}; "
+                   "its first record names the vault's last known head")
 
 
 class _NoKeys:

@@ -41,7 +41,8 @@ def global_params() -> list[Any]:
         TyperOption(param_decls=["--vault"], metavar="PATH", **common,
                     help="Vault file [env: KMSCLI_VAULT; default: the user data folder's kmscli/vault.kms]."),
         TyperOption(param_decls=["--audit-log"], metavar="PATH", **common,
-                    help="Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault]."),
+                    help="Audit log: where init puts it, fixed for the vault's life after that "
+                         "[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault]."),
         TyperOption(param_decls=["--passphrase-file"], metavar="PATH", **common,
                     help="Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE]."),
         TyperOption(param_decls=["--debug"], is_flag=True, default=False, **common,
@@ -81,13 +82,10 @@ def vault_path() -> Path:
     return resolve_vault_path(STATE.vault)
 
 
-def audit_path() -> Path:
+def audit_path() -> Path | None:
+    """The audit log the caller named, if any: it places a new vault's log at init and must match it later."""
     value = STATE.audit_log or os.environ.get("KMSCLI_AUDIT_LOG")
-    if value:
-        return Path(value).expanduser()
-    from ..service import AUDIT_FILE
-
-    return vault_path().with_name(AUDIT_FILE)
+    return Path(value).expanduser() if value else None
 
 
 def key_source() -> Any:

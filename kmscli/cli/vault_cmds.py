@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -12,35 +12,32 @@ from . import common, output, passphrase
 
 def register(app: typer.Typer) -> None:
     common.command(app, "init", "Create a new vault (refuses to overwrite one).")(init)
-    common.command(app, "passwd", "Change the vault passphrase without re-encrypting any key.")(passwd)
+    common.command(app, "passwd", "Change the passphrase (and KDF settings) and rotate the vault key; "
+                   "needs the current passphrase, never a session.")(passwd)
 
 
-def init(
-    kdf_memory: Annotated[int | None, typer.Option("--kdf-memory", metavar="MIB",
-                          help="Argon2id memory in MiB (8..4096; default 512).")] = None,
-    kdf_time: Annotated[int | None, typer.Option("--kdf-time", metavar="N",
-                        help="Argon2id passes (1..16; default 2).")] = None,
-    kdf_parallelism: Annotated[int | None, typer.Option("--kdf-parallelism", metavar="N",
-                               help="Argon2id lanes (1..16; default 4).")] = None,
-) -> None:
+_MEMORY = typer.Option("--kdf-memory", metavar="MIB", help="Argon2id memory in MiB (8..1024; default 512).")
+_TIME = typer.Option("--kdf-time", metavar="N", help="Argon2id passes (1..8; default 2; memory x passes <= 2048).")
+_LANES = typer.Option("--kdf-parallelism", metavar="N", help="Argon2id lanes (1..8; default 4).")
+
+
+def _kdf(memory: int | None, time_cost: int | None, lanes: int | None, base: Any = None) -> Any:
+    """KDF parameters from the options, the rest from ``base`` (the defaults when None); checked."""
     from ..vault import format as F
-    from ..vault.store import PassphraseKeySource
 
-    _check("--kdf-memory", kdf_memory, F.MIN_MEMORY_KIB // 1024, F.MAX_MEMORY_KIB // 1024)
-    _check("--kdf-time", kdf_time, F.MIN_TIME, F.MAX_TIME)
-    _check("--kdf-parallelism", kdf_parallelism, F.MIN_PARALLELISM, F.MAX_PARALLELISM)
+    base = base or F.KdfParams()
     kdf = F.KdfParams(
-        memory_kib=kdf_memory * 1024 if kdf_memory is not None else F.DEFAULT_MEMORY_KIB,
-        time_cost=kdf_time if kdf_time is not None else F.DEFAULT_TIME,
-        parallelism=kdf_parallelism if kdf_parallelism is not None else F.DEFAULT_PARALLELISM,
+        memory_kib=memory * 1024 if memory is not None else base.memory_kib,
+        time_cost=time_cost if time_cost is not None else base.time_cost,
+        parallelism=lanes if lanes is not None else base.parallelism,
     )
-    path = common.vault_path()
-    if path.exists():
-        raise errors.AlreadyExistsException(f"a vault already exists at {path}; kmscli never overwrites one")
-    secret = passphrase.new(common.STATE.passphrase_file, file_env="KMSCLI_PASSPHRASE_FILE",
-                            env="KMSCLI_PASSPHRASE", label="new vault passphrase")
-    result = common.service(PassphraseKeySource(lambda: secret)).CreateVault(kdf)
-    output.message(f"created vault {result['VaultPath']} (account {result['Account']})")
+    why = kdf.bounds_error()
+    if why is not None:
+        raise errors.ValidationException(why)
+    return kdf
+
+
+def _warn_if_weak(kdf: Any) -> None:
     if kdf.is_weak():
         output.message(
             f"warning: Argon2id m={kdf.memory_kib // 1024} MiB t={kdf.time_cost} is below OWASP's minimum "
@@ -48,18 +45,50 @@ def init(
         )
 
 
+def init(
+    kdf_memory: Annotated[int | None, _MEMORY] = None,
+    kdf_time: Annotated[int | None, _TIME] = None,
+    kdf_parallelism: Annotated[int | None, _LANES] = None,
+) -> None:
+    from ..vault.store import PassphraseKeySource
+
+    kdf = _kdf(kdf_memory, kdf_time, kdf_parallelism)
+    path = common.vault_path()
+    if path.exists():
+        raise errors.AlreadyExistsException(f"a vault already exists at {path}; kmscli never overwrites one")
+    secret = passphrase.new(common.STATE.passphrase_file, file_env="KMSCLI_PASSPHRASE_FILE",
+                            env="KMSCLI_PASSPHRASE", label="new vault passphrase")
+    result = common.service(PassphraseKeySource(lambda: secret)).CreateVault(kdf)
+    output.message(f"created vault {result['VaultPath']} (account {result['Account']}; "
+                   f"audit log {result['AuditLog']})")
+    _warn_if_weak(kdf)
+
+
 def passwd(
     new_passphrase_file: Annotated[str | None, typer.Option("--new-passphrase-file", metavar="PATH",
                                    help="Read the new passphrase from the first line of PATH "
                                         "[env: KMSCLI_NEW_PASSPHRASE_FILE; KMSCLI_NEW_PASSPHRASE holds "
                                         "the passphrase itself].")] = None,
+    kdf_memory: Annotated[int | None, _MEMORY] = None,
+    kdf_time: Annotated[int | None, _TIME] = None,
+    kdf_parallelism: Annotated[int | None, _LANES] = None,
 ) -> None:
+    from ..vault import format as F
+
     svc = common.service()
-    svc.store.read_bytes()  # a missing vault fails before any prompt
-    new = passphrase.new(new_passphrase_file, file_env="KMSCLI_NEW_PASSPHRASE_FILE",
-                         env="KMSCLI_NEW_PASSPHRASE", label="new vault passphrase")
-    svc.ChangePassphrase(new)
-    output.message("passphrase changed; the keys and every ciphertext are unchanged")
+    header = F.parse_header(svc.store.read_bytes())  # a missing vault fails before any prompt
+    given = (kdf_memory, kdf_time, kdf_parallelism)
+    kdf = _kdf(*given, base=header.kdf) if any(v is not None for v in given) else None
+
+    def ask_new() -> bytes:
+        return passphrase.new(new_passphrase_file, file_env="KMSCLI_NEW_PASSPHRASE_FILE",
+                              env="KMSCLI_NEW_PASSPHRASE", label="new vault passphrase")
+
+    svc.ChangePassphrase(ask_new, kdf)
+    output.message("passphrase changed and vault key rotated: an old copy of the vault opens nothing written "
+                   "from now on; keys and ciphertexts are unchanged")
+    if kdf is not None:
+        _warn_if_weak(kdf)
     _end_sessions()
 
 
@@ -80,6 +109,3 @@ def _end_sessions() -> None:
         output.message(f"ended {ended} session{'' if ended == 1 else 's'} of this vault")
 
 
-def _check(option: str, value: int | None, lo: int, hi: int) -> None:
-    if value is not None and not lo <= value <= hi:
-        raise errors.ValidationException(f"{option} must be between {lo} and {hi} (got {value})")

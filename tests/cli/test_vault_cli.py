@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kmscli import errors
 from tests.conftest import CHEAP_KDF, PASSPHRASE, Runner, fails, ok
 
 
@@ -74,6 +75,8 @@ def test_vault_option_overrides_env(kms: Runner, tmp_path: Path) -> None:
         (["--kdf-time", "0"], "--kdf-time"),
         (["--kdf-parallelism", "0"], "--kdf-parallelism"),
         (["--kdf-parallelism", "99"], "--kdf-parallelism"),
+        (["--kdf-time", "9"], "--kdf-time"),
+        (["--kdf-memory", "1024", "--kdf-time", "3"], "MiB-passes"),
     ],
 )
 def test_init_refuses_unsafe_kdf(kms: Runner, vault_dir: Path, args: list[str], needle: str) -> None:
@@ -131,18 +134,49 @@ def test_missing_vault_hint(kms: Runner, vault_dir: Path) -> None:
     assert "kmscli init" in line
 
 
-def test_passwd_rewraps_only(kms: Runner, vault: Path, tmp_path: Path) -> None:
+def test_passwd_rotates_the_vault_key(kms: Runner, vault: Path, tmp_path: Path) -> None:
+    """An old copy of the vault and the old passphrase open nothing written after passwd."""
+    from kmscli.vault import format as F
+    from kmscli.vault.store import PassphraseKeySource, VaultStore
+
     key_id = ok(kms("keys", "create")).stdout.decode().strip()
     before = vault.read_bytes()
+    old_key = VaultStore(vault).open(PassphraseKeySource(lambda: PASSPHRASE.encode())).vault_key
     new = tmp_path / "new"
     new.write_text("new passphrase\n")
+    os.chmod(new, 0o600)
     ok(kms("passwd", "--new-passphrase-file", str(new)))
     after = vault.read_bytes()
     assert after[23:39] != before[23:39]  # new salt
-    assert after[8:23] == before[8:23]  # same KDF parameters
+    assert after[8:23] == before[8:23]  # same KDF parameters unless asked
     fails(kms("keys", "list"), 5)
-    r = ok(kms("keys", "describe", key_id, "--json", env_update={"KMSCLI_PASSPHRASE": "new passphrase"}))
+    new_env = {"KMSCLI_PASSPHRASE": "new passphrase"}
+    later = ok(kms("keys", "create", env_update=new_env)).stdout.decode().strip()
+    r = ok(kms("keys", "describe", key_id, "--json", env_update=new_env))
     assert key_id.encode() in r.stdout
+    data = vault.read_bytes()
+    with pytest.raises(errors.VaultCorruptException):
+        F.open_body(data, F.parse_header(data), old_key)
+    assert later.encode() not in before
+    r = ok(kms("audit", "verify", env_update=new_env))
+    assert b"1 failed unlock(s)" in r.stderr  # the old passphrase, tried above
+
+
+def test_passwd_takes_new_kdf_settings(kms: Runner, vault: Path) -> None:
+    from kmscli.vault import format as F
+
+    env = {"KMSCLI_NEW_PASSPHRASE": "other"}
+    ok(kms("passwd", "--kdf-memory", "16", "--kdf-time", "2", env_update=env))
+    assert F.parse_header(vault.read_bytes()).kdf == F.KdfParams(16 * 1024, 2, 1)
+    before = vault.read_bytes()
+    line = fails(kms("passwd", "--kdf-memory", "4096", env_update={"KMSCLI_PASSPHRASE": "other", **env}), 2)
+    assert "--kdf-memory must be between 8 and 1024" in line
+    assert vault.read_bytes() == before
+
+
+def test_passwd_checks_the_current_passphrase_before_asking_for_the_new_one(kms: Runner, vault: Path) -> None:
+    # No new passphrase source either: asking for it first would have said PassphraseRequiredException.
+    fails(kms("passwd", env_update={"KMSCLI_PASSPHRASE": "wrong"}), 5, "IncorrectPassphraseException")
 
 
 def test_passwd_from_env(kms: Runner, vault: Path) -> None:

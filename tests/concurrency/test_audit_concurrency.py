@@ -34,6 +34,8 @@ i = 0
 while n < 0 or i < n:
     rec = {"eventName": "Encrypt", "userIdentity": {"userName": tag}, "requestParameters": {"keyId": tag, "i": i}}
     keyed = not (unkeyed_every and i % unkeyed_every == unkeyed_every - 1)
+    if not keyed:  # the only record written without the key: a failed unlock
+        rec["errorCode"] = "IncorrectPassphraseException"
     h = log.append(rec, key if keyed else None)
     os.write(1, (json.dumps([h.file_index, h.seq, h.mac]) + "\n").encode())  # one write: a kill cannot split it
     i += 1

@@ -19,6 +19,8 @@ from kmscli.errors import AuditLogException, AuditVerificationException
 
 KEY = chain_key(b"\x05" * 32)
 VAULT_ID = "vault-props"
+#: What a record written without the key must be: a failed unlock (docs/audit.md).
+FAILED_UNLOCK = {"errorCode": "IncorrectPassphraseException", "responseElements": None}
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # Field names that cannot spell a secret-like name or a field the log owns.
@@ -54,7 +56,9 @@ def valid_log(folder: Path, n: int) -> tuple[list[bytes], list[ChainHead]]:
         path = folder / f"valid-{n}" / "audit.jsonl"
         log = AuditLog(path, vault_id=VAULT_ID)
         heads = [
-            log.append({"eventName": "Encrypt", "requestParameters": {"i": i}}, None if i % 4 == 1 else KEY)
+            log.append({"eventName": "Encrypt", "requestParameters": {"i": i}, **FAILED_UNLOCK}, None)
+            if i % 4 == 1
+            else log.append({"eventName": "Encrypt", "requestParameters": {"i": i}}, KEY)
             for i in range(n)
         ]
         _valid[n] = (path.read_bytes().splitlines(keepends=True) if n else [], heads)
@@ -163,6 +167,7 @@ def test_a_replaced_or_inserted_line_is_named(folder, n, data) -> None:
 @given(recs=st.lists(records, min_size=1, max_size=6), keyed=st.lists(st.booleans(), min_size=6, max_size=6))
 def test_round_trip(folder, recs, keyed) -> None:
     log = fresh(folder, b"")
+    recs = [r if k else {**r, **FAILED_UNLOCK} for r, k in zip(recs, keyed, strict=False)]
     heads = [log.append(r, KEY if k else None) for r, k in zip(recs, keyed, strict=False)]
     got = list(log.read())
     assert len(got) == len(recs)

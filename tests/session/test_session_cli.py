@@ -139,11 +139,22 @@ def test_passwd_ends_every_session(kms: Runner, unlock: Unlocker) -> None:
     ok(kms("passwd", env_update={"KMSCLI_NEW_PASSPHRASE": "new one"}))
     for s in (a, b):
         fails(kms("keys", "list", env_update=s), 5, "InvalidSessionException")
-    # through a session, passwd ends that session too
-    c = unlock(env_update={"KMSCLI_PASSPHRASE": "new one"})
-    ok(kms("passwd", env_update={**c, "KMSCLI_NEW_PASSPHRASE": PASSPHRASE}))
-    fails(kms("keys", "list", env_update=c), 5, "InvalidSessionException")
-    ok(kms("keys", "list"))
+    ok(kms("keys", "list", env_update={"KMSCLI_PASSPHRASE": "new one"}))
+
+
+def test_a_session_cannot_change_the_passphrase(kms: Runner, unlock: Unlocker, vault: Path) -> None:
+    """The review: with only KMSCLI_SESSION, passwd succeeded and the session outlived its TTL for good."""
+    s = unlock()
+    before = vault.read_bytes()
+    only_session = {**s, "KMSCLI_NEW_PASSPHRASE": "taken over"}
+    line = fails(kms("passwd", env_update=only_session, env_remove=("KMSCLI_PASSPHRASE",)), 5,
+                 "InvalidSessionException")
+    assert "never runs through a session" in line
+    # Not with the passphrase at hand either: KMSCLI_SESSION set means the session, never a fallback.
+    fails(kms("passwd", env_update=only_session), 5, "InvalidSessionException")
+    fails(kms("audit", "restart", env_update=s, env_remove=("KMSCLI_PASSPHRASE",)), 5, "InvalidSessionException")
+    assert vault.read_bytes() == before
+    ok(kms("keys", "list", env_update=s, env_remove=("KMSCLI_PASSPHRASE",)))  # the session itself still works
 
 
 def test_a_session_survives_nothing_that_changed_the_vault_header(kms: Runner, unlock: Unlocker,

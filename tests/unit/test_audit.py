@@ -38,9 +38,14 @@ def record(i: int = 0, name: str = "Encrypt", key_id: str = "alias/app") -> dict
     }
 
 
+def failed_unlock(i: int = 0) -> dict:
+    """The only record that may be written without the key: a call that failed before unlocking."""
+    return {**record(i), "errorCode": "IncorrectPassphraseException", "errorMessage": "wrong passphrase"}
+
+
 def build(path: Path, n: int = N, *, keyed: Callable[[int], bool] = lambda i: True, **kw) -> tuple[AuditLog, list]:
     log = AuditLog(path, vault_id=VAULT_ID, **kw)
-    heads = [log.append(record(i), KEY if keyed(i) else None) for i in range(n)]
+    heads = [log.append(record(i), KEY) if keyed(i) else log.append(failed_unlock(i), None) for i in range(n)]
     return log, heads
 
 
@@ -101,7 +106,7 @@ def test_chain_construction_matches_the_document(tmp_path: Path) -> None:
     """Recompute docs/audit.md's formulas with hmac/hashlib directly: pins the format."""
     log = AuditLog(tmp_path / "audit.jsonl", vault_id=VAULT_ID)
     now = datetime(2026, 12, 1, 10, 20, 30, tzinfo=UTC)
-    log.append_at(record(1), None, now=now, event_id="00000000-0000-4000-8000-000000000001")
+    log.append_at(failed_unlock(1), None, now=now, event_id="00000000-0000-4000-8000-000000000001")
     h2 = log.append_at(record(2), KEY, now=now, event_id="00000000-0000-4000-8000-000000000002")
     recs = [json.loads(line) for line in lines_of(tmp_path / "audit.jsonl")]
 
@@ -300,8 +305,13 @@ def test_unkeyed_records_are_chained_and_the_trailing_ones_unproven(tmp_path: Pa
     unkeyed = {0, 1, 7, 8, 17, 18, 19}
     log, heads = build(path, keyed=lambda i: i not in unkeyed)
     report = log.verify(KEY, heads[16])
-    assert (report.records, report.keyed, report.unkeyed, report.unproven) == (N, 13, 7, 3)
-    assert log.verify(KEY, heads[18]).unproven == 1  # the vault's head vouches for records up to it
+    # Unkeyed records are never proven, whatever keyed record or head follows them:
+    # anyone can write one, so verify lists each as unauthenticated.
+    assert (report.records, report.keyed, report.unkeyed, report.unproven) == (N, 13, 7, 7)
+    assert report.unauthenticated == tuple(f"line {i + 1}" for i in sorted(unkeyed))
+    assert log.verify(KEY, heads[18]).unproven == 7
+    with pytest.raises(AuditVerificationException, match=r"^line 1: .*--strict"):
+        log.verify(KEY, strict=True)
     recs = list(log.read())
     assert [r["keyed"] for r in recs] == [i not in unkeyed for i in range(N)]
     orig = lines_of(path)
@@ -345,17 +355,18 @@ def test_unkeyed_records_are_chained_and_the_trailing_ones_unproven(tmp_path: Pa
     # Removing an unkeyed record before a keyed one.
     write_lines(path, orig[:8] + orig[9:])
     assert bad_line(log) == 9
-    # After the last keyed record nobody can tell (docs: unproven) ...
+    # After the last keyed record nobody can tell an edit of a failed unlock
+    # (docs: unauthenticated) ...
     write_lines(path, forge_run(17, rename))
-    assert log.verify(KEY).unproven == 3
+    assert log.verify(KEY).unproven == 7
     write_lines(path, orig[:18])
-    assert log.verify(KEY).unproven == 1
+    assert log.verify(KEY).unproven == 5
     # ... unless the plain link itself is broken, or the vault's head covers them (below).
     write_lines(path, forge(17, rename))
     assert bad_line(log) == 19
-    # A keyed record turned into an unkeyed one breaks the chain at the next keyed record ...
+    # A keyed record turned into an unkeyed one is no failed unlock: named at once.
     write_lines(path, forge(10, lambda r: r.update(keyed=False)))
-    assert bad_line(log) == 12
+    assert bad_line(log) == 11
     # ... and at the very end it is caught by the head the vault stored.
     log2, heads2 = build(tmp_path / "b.jsonl", 5)
     lines2 = lines_of(tmp_path / "b.jsonl")
@@ -364,7 +375,7 @@ def test_unkeyed_records_are_chained_and_the_trailing_ones_unproven(tmp_path: Pa
     rec.pop("chainMac")
     rec["chainMac"] = audit.link(None, bytes.fromhex(rec["chainPrev"]), audit.canonical(rec)).hex()
     write_lines(tmp_path / "b.jsonl", [*lines2[:-1], audit.canonical(rec) + b"\n"])
-    assert log2.verify(KEY).unproven == 1
+    assert bad_line(log2) == 5
     assert bad_line(log2, heads2[-1]) == 5
 
 
