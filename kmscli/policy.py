@@ -12,6 +12,7 @@ relies on them for whatever a future request may carry.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import operator
@@ -145,9 +146,19 @@ _DEFAULT_POLICY = """{
 }"""
 
 _ACCOUNT = re.compile(r"[0-9]{12}\Z")
+# The partition of every ARN this vault makes: kmscli.ids.PARTITION, not imported
+# (ids pulls in uuid, 5 ms); tests/unit/test_policy_review.py keeps them equal.
+_PARTITION = "aws"
 # Principal ARNs: IAM or STS, a 12-digit account, no wildcard (IAM has none in
 # principals) and no white space.
 _PRINCIPAL_ARN = re.compile(r"arn:[a-z0-9-]+:(?:iam|sts)::([0-9]{12}):([^\s*?]+)\Z")
+# The resources an IAM or STS ARN may name as a principal, as IAM accepts them
+# (a group, a policy or "user" alone is refused by AWS too). Segments cannot
+# hold "/", so these match in linear time.
+_PRINCIPAL_RESOURCE = {
+    "iam": re.compile(r"root|(?:user|role)(?:/[^/]+)+"),
+    "sts": re.compile(r"assumed-role/[^/]+/[^/]+|federated-user/[^/]+"),
+}
 _ACTION = re.compile(r"(?i)kms:([A-Za-z0-9*?]+)\Z")
 _CONDITION_KEY = re.compile(r"[A-Za-z0-9_.-]+:\S")
 _EC_PREFIX = "kms:encryptioncontext:"
@@ -240,12 +251,20 @@ def principal_arn(account: str, username: str) -> str:
     return f"arn:aws:iam::{account}:user/{username}"
 
 
-def parse(document: str | bytes) -> Policy:
+def parse(document: str | bytes, *, account: str | None = None) -> Policy:
     """Validate a key policy document completely and return it parsed.
 
     Raises LimitExceededException when it is larger than MAX_POLICY_BYTES and
     MalformedPolicyDocumentException, naming the problem, for anything else.
+
+    With ``account`` (the vault's, when a policy is being stored: CreateKey,
+    PutKeyPolicy), a principal that can never match a caller of that vault is
+    refused too (section 3): another partition or account, a malformed IAM or
+    STS ARN, a user with a path. Without it, such a principal parses and
+    matches nobody, so that a policy stored by an earlier version still reads.
     """
+    if account is not None and not _ACCOUNT.match(account):
+        raise ValueError(f"account must be 12 digits, got {account!r}")
     text = _check_text(document)
     try:
         raw = json.loads(
@@ -259,7 +278,7 @@ def parse(document: str | bytes) -> Policy:
         raise _Malformed(f"the policy is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise _Malformed("the policy is not valid JSON: it is nested too deeply") from None
-    return _parse_policy(raw, text)
+    return _parse_policy(raw, text, account)
 
 
 def evaluate(policy: Policy, request: Request) -> Decision:
@@ -400,7 +419,7 @@ def _hint(name: str, known: Iterable[str]) -> str:
     return next((f" (did you mean '{k}'?)" for k in known if k.lower() == name.lower()), "")
 
 
-def _parse_policy(raw: object, text: str) -> Policy:
+def _parse_policy(raw: object, text: str, account: str | None) -> Policy:
     if not isinstance(raw, dict):
         raise _Malformed(f"the policy must be a JSON object, not {_kind(raw)}")
     for name in raw:
@@ -427,7 +446,7 @@ def _parse_policy(raw: object, text: str) -> Policy:
         raise _Malformed(f"Statement must be an object or a list of objects, not {_kind(items)}")
     if not items:
         raise _Malformed("Statement is an empty list: a policy needs at least one statement")
-    statements = tuple(_parse_statement(item, n) for n, item in enumerate(items, 1))
+    statements = tuple(_parse_statement(item, n, account) for n, item in enumerate(items, 1))
     seen: set[str] = set()
     for st in statements:
         if st.sid is not None:
@@ -437,7 +456,7 @@ def _parse_policy(raw: object, text: str) -> Policy:
     return Policy(document=text, version=version, policy_id=policy_id, statements=statements)
 
 
-def _parse_statement(raw: object, n: int) -> Statement:
+def _parse_statement(raw: object, n: int, account: str | None) -> Statement:
     where = f"statement {n}"
     if not isinstance(raw, dict):
         raise _Malformed(f"{where} must be an object, not {_kind(raw)}")
@@ -465,12 +484,15 @@ def _parse_statement(raw: object, n: int) -> Statement:
     def element(name: str, parse_one: Callable[[object, str], _T]) -> _T | None:
         return parse_one(raw[name], f"{where}: {name}") if name in raw else None
 
+    def principal(value: object, here: str) -> tuple[tuple[str, str], ...]:
+        return _parse_principal(value, here, account)
+
     return Statement(
         index=n,
         sid=sid,
         effect=effect,
-        principals=element("Principal", _parse_principal),
-        not_principals=element("NotPrincipal", _parse_principal),
+        principals=element("Principal", principal),
+        not_principals=element("NotPrincipal", principal),
         actions=element("Action", _parse_actions),
         not_actions=element("NotAction", _parse_actions),
         resources=element("Resource", _parse_resources),
@@ -505,7 +527,7 @@ def _no_variable(value: str, where: str) -> None:
         raise _Malformed(f"{where} '{value}' uses a policy variable (${{...}}); policy variables are not supported")
 
 
-def _parse_principal(value: object, where: str) -> tuple[tuple[str, str], ...]:
+def _parse_principal(value: object, where: str, account: str | None) -> tuple[tuple[str, str], ...]:
     if _is_text(value):
         if value != "*":
             raise _Malformed(
@@ -521,7 +543,7 @@ def _parse_principal(value: object, where: str) -> tuple[tuple[str, str], ...]:
     for kind, names in value.items():
         if kind == "AWS":
             for name in _strings(names, f"{where}.AWS"):
-                result.append(_aws_principal(name, f"{where}.AWS"))
+                result.append(_aws_principal(name, f"{where}.AWS", account))
         elif kind == "Service":
             for name in _strings(names, f"{where}.Service"):
                 if not name or any(c.isspace() for c in name):
@@ -535,11 +557,13 @@ def _parse_principal(value: object, where: str) -> tuple[tuple[str, str], ...]:
     return tuple(result)
 
 
-def _aws_principal(name: str, where: str) -> tuple[str, str]:
+def _aws_principal(name: str, where: str, account: str | None) -> tuple[str, str]:
     if name == "*":
         return _ALL_PRINCIPALS
     _no_variable(name, where)
     if _ACCOUNT.match(name):
+        if account is not None and name != account:
+            raise _Malformed(f"{where} '{name}' can never match: it is another account (this vault's is {account})")
         return ("account", name)
     m = _PRINCIPAL_ARN.match(name)
     if m is None:
@@ -547,9 +571,41 @@ def _aws_principal(name: str, where: str) -> tuple[str, str]:
             f"{where} '{name}' is not a valid principal: use \"*\", a 12-digit account id "
             "or an ARN such as arn:aws:iam::<account>:user/<name> (no wildcards)"
         )
+    if account is not None:
+        _check_reachable(name, m.group(1), m.group(2), where, account)
     if m.group(2) == "root" and name.split(":")[2] == "iam":
         return ("account", m.group(1))
     return ("arn", name)
+
+
+def _check_reachable(name: str, arn_account: str, resource: str, where: str, account: str) -> None:
+    """Refuse a principal no caller of ``account``'s vault can ever be (section 3).
+
+    Such a principal matches nobody. In a Deny (or the NotPrincipal of an
+    Allow) that is an open door: the author meant someone, and that someone
+    is not denied. Callers are arn:aws:iam::<account>:user/<name>.
+    """
+    partition, service = name.split(":")[1:3]
+    if partition != _PARTITION:
+        raise _Malformed(
+            f"{where} '{name}' can never match: it is in the partition '{partition}', and every caller "
+            f"of this vault is in '{_PARTITION}' (arn:{_PARTITION}:iam::{account}:user/<name>)"
+        )
+    if arn_account != account:
+        raise _Malformed(
+            f"{where} '{name}' can never match: it names the account {arn_account}, and this vault's is {account}"
+        )
+    if not _PRINCIPAL_RESOURCE[service].fullmatch(resource):
+        raise _Malformed(
+            f"{where} '{name}' is not a valid {service.upper()} principal: use "
+            f"arn:{_PARTITION}:iam::{account}:root, arn:{_PARTITION}:iam::{account}:user/<name> or a role, "
+            "or an STS assumed-role/<role>/<session> or federated-user/<name>"
+        )
+    if service == "iam" and resource.startswith("user/") and resource.count("/") > 1:
+        raise _Malformed(
+            f"{where} '{name}' can never match: callers of this vault are users without an IAM path "
+            f"(arn:{_PARTITION}:iam::{account}:user/<OS user name>)"
+        )
 
 
 def _parse_actions(value: object, where: str) -> frozenset[str]:
@@ -747,34 +803,87 @@ def _to_string(value: object) -> str | None:
 
 
 # -- Matching ----------------------------------------------------------------------
+_WILDCARDS = frozenset("*?")
+
+
 def _glob(pattern: str, text: str) -> bool:
     """Match ``text`` against ``pattern`` with ``*`` (any run) and ``?`` (one character).
 
-    Iterative, with backtracking only to the last ``*``: O(len(pattern) *
-    len(text)) at worst, where a regular expression could take exponential
-    time on a pattern such as ``*a*a*a*a*b`` written into a policy.
+    AWS's wildcards: case-sensitive, no character classes and no escapes, so a
+    ``*`` or ``?`` in a pattern is always a wildcard.
     """
-    if "*" not in pattern and "?" not in pattern:
-        return pattern == text
-    p = t = 0
-    star = -1
-    mark = 0
-    while t < len(text):
-        if p < len(pattern) and pattern[p] == "*":
-            star, mark = p, t
-            p += 1
-        elif p < len(pattern) and (pattern[p] == "?" or pattern[p] == text[t]):
-            p += 1
-            t += 1
-        elif star >= 0:
-            p = star + 1
-            mark += 1
-            t = mark
+    return _glob_steps(pattern, text)[0]
+
+
+def _glob_steps(pattern: str, text: str) -> tuple[bool, int]:
+    """``_glob``, and the number of interpreted steps it took: at most ``len(pattern)``.
+
+    Both strings come from callers (a 32 KB policy, a request value), so the
+    cost must not be the product of their lengths in Python: the two-pointer
+    algorithm backtracks to the last ``*`` and took 45 s of CPU on
+    ``*aaaa...ab`` against ``aaaa...a``, and a regular expression can take
+    exponential time on ``a*a*a*...b``. Here the literal head and tail are
+    compared by ``str`` in C, and the rest runs the whole NFA at once: one
+    integer holds, for every position i of the text, whether the pattern read so
+    far can match ``text[:i]``; each pattern character is one step of a few
+    operations on integers of ``len(text) + 1`` bits (done in C, 64 bits per
+    machine word). Nothing backtracks.
+    """
+    first = next((i for i, c in enumerate(pattern) if c in _WILDCARDS), -1)
+    if first < 0:
+        return pattern == text, 0
+    last = max(pattern.rfind("*"), pattern.rfind("?"))
+    head, tail = pattern[:first], pattern[last + 1 :]
+    if len(text) < len(head) + len(tail) or not text.startswith(head) or not text.endswith(tail):
+        return False, 0
+    end = len(text) - len(tail)  # the wildcard part must match text[first:end]
+    every = (1 << (end + 1)) - 1  # positions 0..end
+    masks = _masks(text)
+    reach = 1 << first  # bit i: the pattern so far matches text[:i]
+    steps = 0
+    for c in pattern[first : last + 1]:
+        steps += 1
+        if c == "*":
+            reach = every & -(reach & -reach)  # every position from the first reachable one on
+        elif c == "?":
+            reach = (reach << 1) & every
         else:
-            return False
-    while p < len(pattern) and pattern[p] == "*":
-        p += 1
-    return p == len(pattern)
+            mask = masks.get(c)
+            if mask is None:
+                mask = masks[c] = _positions(c, text)
+            reach = ((reach & mask) << 1) & every
+        if not reach:
+            return False, steps
+    return bool(reach >> end & 1), steps
+
+
+@functools.lru_cache(maxsize=4)
+def _masks(text: str) -> dict[str, int]:
+    """The position masks of ``text``, by character, filled as patterns need them.
+
+    One evaluation matches one request value against many patterns: each
+    mask costs a pass over the value, so it is made once, not per pattern.
+    ``_decide`` empties the cache when it is done, so values do not linger.
+    """
+    return {}
+
+
+def _positions(char: str, text: str) -> int:
+    """An integer with bit i set where ``text[i] == char``."""
+    code = ord(char)
+    if code <= 0xFF:
+        # One byte per character for bytes.translate: a character outside
+        # Latin-1 (never a policy's literal, section 1) becomes "?", which no
+        # pattern holds as a literal, so it only ever meets the wildcards.
+        table = bytearray(b"0" * 256)
+        table[code] = ord("1")
+        return int(text.encode("latin-1", "replace").translate(table)[::-1] or b"0", 2)
+    mask = 0  # not a policy's character: the slow way, for completeness
+    i = text.find(char)
+    while i >= 0:
+        mask |= 1 << i
+        i = text.find(char, i + 1)
+    return mask
 
 
 def _arn_match(value: str, pattern: str) -> bool:
@@ -955,6 +1064,21 @@ def _not(value: bool | None) -> bool | None:
 
 
 def _decide(
+    policy: Policy,
+    caller: str,
+    caller_account: str,
+    action: str,
+    resource: str | None,
+    context: Mapping[str, object],
+    unknown: frozenset[str],
+) -> Decision:
+    try:
+        return _decide_statements(policy, caller, caller_account, action, resource, context, unknown)
+    finally:
+        _masks.cache_clear()  # the request's values are done with (serve: other threads just rebuild)
+
+
+def _decide_statements(
     policy: Policy,
     caller: str,
     caller_account: str,

@@ -1,8 +1,9 @@
 """The thin client: with KMSCLI_SESSION set, ``kmscli`` hands the whole call to the session's agent.
 
 Starting the interpreter is most of a small call's cost, so this module loads
-only C modules (``_socket``, ``_signal``) besides ``os`` and ``sys``, which the
-interpreter has loaded anyway: not the ``socket`` and ``signal`` wrappers
+only C modules (``_socket``, ``_signal``, and ``time``, built into the
+interpreter) besides ``os`` and ``sys``, which the interpreter has loaded
+anyway: not the ``socket`` and ``signal`` wrappers
 (enum), not json, and never Typer, Rich or cryptography, which the agent
 holds warm. The client sends argv, a filtered environment, its stdin,
 stdout, stderr and working directory, then waits for the exit code.
@@ -14,6 +15,7 @@ import _signal
 import _socket
 import os
 import sys
+import time  # built into the interpreter: no import cost
 
 from . import protocol as P
 
@@ -26,6 +28,8 @@ ENV_PREFIXES = (b"KMSCLI_", b"LC_", b"XDG_", b"TYPER_", b"_TYPER_")
 ENV_EXCLUDED = frozenset((b"KMSCLI_SESSION", b"KMSCLI_PASSPHRASE"))
 SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
 SECRET_HEX = 2 * P.SECRET_BYTES
+#: How long to wait for room in a busy agent's queue (its listen backlog) before giving up.
+QUEUE_WAIT_S = 30.0
 
 ENDED = ("the session has ended (it expired, was locked, or its agent stopped); "
          "run 'eval \"$(kmscli unlock)\"' again, or unset KMSCLI_SESSION to use a passphrase")
@@ -82,10 +86,13 @@ def connect(path: str) -> _socket.socket:
             folder, _, name = path.rpartition("/")
             dfd = os.open(folder or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             address = f"/proc/self/fd/{dfd}/{name}"
-        sock.connect(address)
+        _connect_queued(sock, address, path)
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
         sock.close()
         raise Ended() from None
+    except Refused:
+        sock.close()
+        raise
     except OSError as e:
         sock.close()
         raise Refused(f"cannot reach the session agent at {path}: {e.strerror}") from None
@@ -98,6 +105,31 @@ def connect(path: str) -> _socket.socket:
         sock.close()
         raise Refused(f"the session socket {path} belongs to another user; refusing to use it")
     return sock
+
+
+def _connect_queued(sock: _socket.socket, address: str, path: str) -> None:
+    """Connect, waiting (bounded) while the agent's queue is full.
+
+    The agent runs at most a few workers and leaves further connections in its
+    listen queue; a blocking connect to a full queue would wait forever, so the
+    connect is non-blocking (EAGAIN when full: a Unix socket's connect never
+    is in progress) and retried until QUEUE_WAIT_S, then refused with a reason.
+    """
+    sock.setblocking(False)
+    deadline = time.monotonic() + QUEUE_WAIT_S
+    pause = 0.001
+    while True:
+        try:
+            sock.connect(address)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise Refused(f"the session agent at {path} is busy: its queue of waiting requests stayed full "
+                              f"for {QUEUE_WAIT_S:.0f} s; try again later, or unset KMSCLI_SESSION to use a "
+                              "passphrase", "SessionAgentException") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+    sock.setblocking(True)
 
 
 def send(sock: _socket.socket, secret: bytes, args: list[str]) -> None:

@@ -9,7 +9,8 @@ every forked worker starts warm, then serves until the session ends: ``lock``,
 The parent never reads a request: a worker does, so a malformed or hostile
 request can at worst crash that worker. The parent only accepts, checks the
 peer's uid, forks, watches for the client hanging up (to stop its worker) and
-reaps.
+reaps. At most MAX_WORKERS run at once; further connections wait, unforked,
+in the listen queue.
 """
 
 from __future__ import annotations
@@ -36,7 +37,15 @@ GRACE_S = 2.0
 #: The TTL clock (CLOCK_BOOTTIME) runs on while the machine sleeps, epoll's timer does not:
 #: wake at least this often so a suspended laptop's session ends on time.
 POLL_MAX_S = 5.0
-LISTEN_BACKLOG = 128
+#: Workers running at once. Each is a fork of a 40 MB process: a flood of
+#: connections (any process of the user can connect, secret or not) must not
+#: become hundreds of processes and gigabytes. 8 keeps two cores busy with
+#: room for clients that wait on their pipes.
+MAX_WORKERS = 8
+#: Connections waiting for a worker, queued by the kernel (nothing is forked for
+#: them); beyond it a client's connect fails with EAGAIN and the client retries
+#: for a while, then says the agent is busy (client.QUEUE_WAIT_S).
+LISTEN_BACKLOG = 64
 #: The signals that end the session in the agent and interrupt the command in a worker.
 AGENT_SIGNALS = frozenset((signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
 MAX_CONFIG_BYTES = 64 * 1024
@@ -178,6 +187,7 @@ class Agent:
     by_conn: dict[int, Worker] = field(default_factory=dict)  # by connection fd
     spare: Spare | None = None
     wakeup: tuple[int, int] = (-1, -1)
+    accepting: bool = True  # the listener is watched for connections (fewer than MAX_WORKERS run)
 
     def serve(self) -> None:
         assert self.listener is not None
@@ -228,6 +238,20 @@ class Agent:
             self._accept()
         if self.spare is None and self.listener is not None and not self.workers:
             self._new_spare()  # while nobody waits, not while a worker needs the CPU
+        self._pace()
+
+    def _pace(self) -> None:
+        """Watch the listener only while a worker may start; otherwise connections wait in its queue.
+
+        Level-triggered epoll would report a waiting connection on every
+        poll, so at the cap the listener's events are switched off, not ignored.
+        """
+        if self.listener is None:
+            return
+        accepting = len(self.workers) < MAX_WORKERS
+        if accepting != self.accepting:
+            self.epoll.modify(self.listener.fileno(), select.EPOLLIN if accepting else 0)
+            self.accepting = accepting
 
     def _dispatch(self, fd: int) -> None:
         if fd == self.wakeup[0]:
@@ -242,7 +266,7 @@ class Agent:
 
     def _accept(self) -> None:
         assert self.listener is not None
-        while True:
+        while len(self.workers) < MAX_WORKERS:  # a handed-over spare counts: it is a worker then
             try:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):

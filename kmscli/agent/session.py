@@ -31,6 +31,8 @@ AGENT_START_TIMEOUT_S = 30.0
 AGENT_ANSWER_TIMEOUT_S = 5.0
 SOCKET_SUFFIX = ".sock"
 RUNTIME_ENV = "KMSCLI_RUNTIME_DIR"
+#: Where systemd-logind makes each user's runtime folder (XDG_RUNTIME_DIR's usual value).
+RUN_USER = Path("/run/user")
 SHELLS = ("sh", "bash", "zsh", "fish")
 
 # A bare number is seconds; with units, every part names its unit ("1h30" is refused, not guessed).
@@ -97,20 +99,65 @@ def runtime_dir(create: bool = True) -> Path | None:
 
 
 def _platform_runtime_dir(create: bool) -> Path:
-    import warnings
+    """``$XDG_RUNTIME_DIR/kmscli``, else ``/run/user/<uid>/kmscli``, else ``<tmp>/runtime-<uid>/kmscli``.
 
-    from platformdirs import user_runtime_dir
+    The last is a predictable name in a folder everyone can write: another
+    user can make ``/tmp/runtime-<uid>`` first (theirs, open to them, or a
+    symlink to a folder of theirs) and so see, replace or block our sockets.
+    It is used only after checking it is ours and private (_check_runtime_base).
+    """
+    uid = os.getuid()
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(xdg):  # the XDG spec: a relative value is invalid and ignored
+        return Path(xdg) / "kmscli"
+    run_user = RUN_USER / str(uid)
+    if _private_problem(run_user) is None:
+        return run_user / "kmscli"
+    import tempfile
 
-    # platformdirs warns (on stderr) when it falls back from XDG_RUNTIME_DIR to
-    # a folder under /tmp; the fallback is checked below, the warning is noise.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    base = Path(tempfile.gettempdir()) / f"runtime-{uid}"
+    _check_runtime_base(base, create)
+    return base / "kmscli"
+
+
+def _check_runtime_base(base: Path, create: bool) -> None:
+    """Make ``base`` 0700 if it is missing; refuse it, naming it, unless it is a private folder of ours."""
+    if create:
         try:
-            return Path(user_runtime_dir("kmscli", ensure_exists=create))
+            os.mkdir(base, 0o700)  # never follows a symlink: one in its place is EEXIST
+        except FileExistsError:
+            pass  # checked below, whoever made it
         except OSError as e:
             raise errors.SessionAgentException(
-                f"no private runtime folder for session sockets ({e}); set {RUNTIME_ENV} to a folder only you can use"
+                f"cannot create the session folder {base}: {e.strerror}; set {RUNTIME_ENV} (or XDG_RUNTIME_DIR) "
+                "to a folder only you can use"
             ) from None
+    problem = _private_problem(base)
+    if problem is not None and not (problem == "is missing" and not create):
+        raise errors.SessionAgentException(
+            f"refusing the session folder {base}: it {problem}, and only a folder of yours that nobody else "
+            f"can enter is safe for session sockets; remove it, or set {RUNTIME_ENV} (or XDG_RUNTIME_DIR) "
+            "to a private folder"
+        )
+
+
+def _private_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a private folder of ours, or None. lstat: a symlink is never followed."""
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as e:
+        return f"cannot be checked ({e.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a folder"
+    if st.st_uid != os.getuid():
+        return f"belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
+    if st.st_mode & 0o077:
+        return f"is open to group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
 
 
 def _check_private_dir(folder: Path) -> None:

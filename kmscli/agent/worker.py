@@ -29,6 +29,15 @@ SERVED, REJECTED = 0, 3
 REQUEST_TIMEOUT_S = 10.0
 #: How long a refused client may go on sending before its worker gives up on it.
 DRAIN_S = 1.0
+#: Commands a session never runs, by command path, and why: each needs the
+#: passphrase itself (SPEC), because what it does would outlive the session.
+#: Matched by name, whether or not this version has the command.
+NOT_THROUGH_A_SESSION = {
+    ("passwd",): "it changes the passphrase and the vault key",
+    ("unlock",): "a session cannot start another session with a fresh TTL",
+    ("init",): "it makes a new vault, which takes its own passphrase",
+    ("audit", "restart"): "it starts a new audit log",
+}
 _FD_SIZE = array.array("i").itemsize
 
 
@@ -154,6 +163,7 @@ def _run(conn: socket.socket, fields: list[bytes], fds: list[int], peer: tuple[i
         raise P.ProtocolError(f"a run request carries {P.RUN_FDS} descriptors, not {len(fds)}")
     stdio, argv, env = _split_run(fields)
     _authenticate(fields[2], served)
+    _refuse_outliving(argv)
     served.shared.touch()
     owned = list(fds)
     fds.clear()  # _execute closes them; serve() must not close the numbers again
@@ -175,6 +185,60 @@ def _authenticate(secret: bytes, served: Any) -> None:
         raise errors.InvalidSessionException(
             f"{refusal}; run 'eval \"$(kmscli unlock)\"' again, or unset KMSCLI_SESSION to use a passphrase"
         )
+
+
+def _refuse_outliving(argv: list[str]) -> None:
+    """Refuse the commands of NOT_THROUGH_A_SESSION (the service refuses them too: defence in depth).
+
+    The thin client runs ``init`` and ``unlock`` itself, but any process holding
+    the session string can send the agent any argv, so the worker decides from
+    the argv it is about to run, parsed as the CLI will parse it.
+    """
+    try:
+        path, wants_help = command_path(argv)
+    except Exception as e:  # an unreadable argv must not slip through: fail closed
+        raise errors.KMSInternalException(
+            f"the session agent could not tell which command this is ({e!r}); run it without KMSCLI_SESSION"
+        ) from None
+    why = NOT_THROUGH_A_SESSION.get(path)
+    if why is not None and not wants_help:
+        command = "kmscli " + " ".join(path)
+        raise errors.InvalidSessionException(
+            f"'{command}' needs the passphrase and never runs through a session ({why}); "
+            f"run it without KMSCLI_SESSION (env -u KMSCLI_SESSION {command} ...)"
+        )
+
+
+def command_path(argv: list[str]) -> tuple[tuple[str, ...], bool]:
+    """The command names ``kmscli ARGV`` runs (``("audit", "restart")``), and whether it asks only for --help.
+
+    Click's own parser reads the options of each group, so global options
+    before the command (``--vault X passwd``, ``--vault=X``, ``--``) are skipped
+    exactly as the CLI skips them, and names resolve as click resolves them
+    (exactly: it has no prefixes or aliases). A name the tree does not have
+    ends the path as written.
+    """
+    from typer.core import TyperGroup
+
+    from ..cli.app import click_command
+
+    cmd: Any = click_command()
+    ctx: Any = None
+    args = list(argv)
+    path: list[str] = []
+    while True:
+        # resilient_parsing: no callback runs and a usage error stops the parse
+        # (click would then refuse to run anything at all).
+        settings = {**cmd.context_settings, "resilient_parsing": True}  # as make_context builds it
+        ctx = cmd.context_class(cmd, info_name=path[-1] if path else "kmscli", parent=ctx, **settings)
+        opts, rest, _order = cmd.make_parser(ctx).parse_args(args=args)
+        if not isinstance(cmd, TyperGroup) or not rest:
+            return tuple(path), bool(opts.get("help"))
+        name, sub, args = cmd.resolve_command(ctx, rest)  # click's own lookup, normalization and all
+        path.append(name if name is not None else rest[0])
+        if sub is None:
+            return tuple(path), False
+        cmd = sub
 
 
 def _split_run(fields: list[bytes]) -> tuple[list[str], list[str], dict[str, str]]:
