@@ -125,7 +125,7 @@ class Kms:
             raise errors.AlreadyExistsException(
                 f"a vault already exists at {self.store.path}; kmscli never overwrites one"
             )
-        self._require_passphrase("init")
+        self._require_passphrase("init", "CreateVault")
         from .vault.store import check_private_folder
 
         check_private_folder(self.audit_path.parent, "the audit log")
@@ -181,7 +181,7 @@ class Kms:
         without its record. Not an AWS operation: sessions are local.
         """
         # A session must not mint a longer-lived session of itself.
-        self._require_passphrase("unlock")
+        self._require_passphrase("unlock", "Unlock")
 
         def unlock(ov: OpenVault, call: _Call) -> dict[str, Any]:
             session_id = start_session(ov.vault_key, ov.header.raw)
@@ -204,7 +204,7 @@ class Kms:
         """
         from .crypto import primitives as P
 
-        self._require_passphrase("passwd")
+        self._require_passphrase("passwd", "ChangePassphrase")
         request: dict[str, Any] = {}
         if kdf is not None:
             request.update(kdfMemoryKiB=kdf.memory_kib, kdfTime=kdf.time_cost, kdfParallelism=kdf.parallelism)
@@ -810,7 +810,7 @@ class Kms:
         a log the vault cannot vouch for, so it must be the owner's. The new
         log's first record is keyed and names the vault's last known head.
         """
-        self._require_passphrase("audit restart")
+        self._require_passphrase("audit restart", "RestartAuditLog")
         call = _Call("RestartAuditLog", {})
         self._open_recording(call, check_log=False)  # the KDF runs before the lock
         with self.store.locked():
@@ -843,14 +843,18 @@ class Kms:
     # =================================================================
     # Machinery
     # =================================================================
-    def _require_passphrase(self, command: str) -> None:
-        """Refuse a call that must come from the owner's passphrase, never from a session."""
-        if not isinstance(self.keys, PassphraseKeySource):
-            raise errors.InvalidSessionException(
-                f"'{command}' needs the vault's passphrase and never runs through a session; "
-                "run it without KMSCLI_SESSION (the passphrase comes from --passphrase-file, "
-                "KMSCLI_PASSPHRASE or the terminal)"
-            )
+    def _require_passphrase(self, command: str, event: str) -> None:
+        """Refuse (and record, when the session opens the vault) a call only the passphrase may make."""
+        if isinstance(self.keys, PassphraseKeySource):
+            return
+        refusal = errors.InvalidSessionException(
+            f"'{command}' needs the vault's passphrase and never runs through a session; "
+            "run it without KMSCLI_SESSION (the passphrase comes from --passphrase-file, "
+            "KMSCLI_PASSPHRASE or the terminal)"
+        )
+        with contextlib.suppress(errors.KmsError):
+            self._record(self.store.open(self.keys), _Call(event, {}), refusal)
+        raise refusal
 
     @contextlib.contextmanager
     def _refusing(self, event: str, request: dict[str, Any]) -> Iterator[None]:
@@ -1233,7 +1237,9 @@ class Kms:
 
         if document is None:
             return policy_mod.default_policy(account)
-        parsed = policy_mod.parse(document)
+        # A principal that can never match this vault (another partition or
+        # account, a malformed ARN) is refused now, not silently never matched.
+        parsed = policy_mod.parse(document, account=account)
         # With the key's ARN, a statement scoped to this very key counts as access, as in AWS.
         resource = ids.key_arn(account, key_id)
         if not bypass and policy_mod.would_lock_out(parsed, self.caller.arn(account), account, resource=resource):

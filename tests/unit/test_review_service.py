@@ -95,6 +95,10 @@ def test_passwd_and_unlock_and_restart_refuse_a_session(svc: Kms) -> None:
         with pytest.raises(errors.InvalidSessionException, match="never runs through a session"):
             call()
     assert svc.store.path.read_bytes() == before
+    refused = [(e["eventName"], e["errorCode"], e["keyed"]) for e in audit_events(svc)[-3:]]
+    assert refused == [("ChangePassphrase", "InvalidSessionException", True),
+                       ("RestartAuditLog", "InvalidSessionException", True),
+                       ("Unlock", "InvalidSessionException", True)]
 
 
 def test_passwd_rotates_the_vault_key_and_the_chain_key(svc: Kms) -> None:
