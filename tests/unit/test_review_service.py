@@ -182,3 +182,16 @@ def test_store_resolves_the_real_path_once(tmp_path: Path) -> None:
     store = VaultStore(tmp_path / "link" / "vault.kms")
     assert store.path == real / "vault.kms"
     assert store.lock_path == real / "vault.kms.lock"
+
+
+def test_a_deny_naming_a_principal_of_another_partition_is_refused(svc: Kms) -> None:
+    """The review: such a Deny never matches, so it was accepted and protected nothing."""
+    key = svc.CreateKey()["KeyMetadata"]["KeyId"]
+    before = svc.GetKeyPolicy(KeyId=key)["Policy"]
+    deny = {"Effect": "Deny", "Principal": {"AWS": "arn:aws-cn:iam::111122223333:user/alice"},
+            "Action": "kms:Decrypt", "Resource": "*"}
+    with pytest.raises(errors.MalformedPolicyDocumentException, match="arn:aws-cn"):
+        svc.PutKeyPolicy(KeyId=key, Policy=policy(deny))
+    with pytest.raises(errors.MalformedPolicyDocumentException, match="arn:aws-cn"):
+        svc.CreateKey(Policy=policy(deny))
+    assert svc.GetKeyPolicy(KeyId=key)["Policy"] == before
