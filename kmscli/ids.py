@@ -17,9 +17,12 @@ REGION = "local"
 ALIAS_PREFIX = "alias/"
 RESERVED_ALIAS_PREFIX = "alias/aws/"
 ALIAS_MAX = 256
-_ALIAS_RE = re.compile(r"^alias/[A-Za-z0-9/_-]+$")
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_ARN_RE = re.compile(r"^arn:aws:kms:local:(?P<account>\d{12}):(?P<kind>key|alias)/(?P<rest>.+)$")
+# Every pattern here is used with fullmatch, never match with "$": "$" also
+# matches before a trailing newline, so "alias/app\n" would pass as "alias/app"
+# and be stored with the newline.
+_ALIAS_RE = re.compile(r"alias/[A-Za-z0-9/_-]+")
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_ARN_RE = re.compile(r"arn:aws:kms:local:(?P<account>[0-9]{12}):(?P<kind>key|alias)/(?P<rest>.+)")
 TAG_KEY_MAX = 128
 TAG_VALUE_MAX = 256
 DESCRIPTION_MAX = 8192
@@ -33,7 +36,7 @@ def new_key_id() -> str:
 
 
 def is_key_id(text: str) -> bool:
-    return bool(_UUID_RE.match(text))
+    return bool(_UUID_RE.fullmatch(text))
 
 
 def key_arn(account: str, key_id: str) -> str:
@@ -65,7 +68,7 @@ def parse_key_ref(text: str) -> KeyRef:
         raise errors.NotFoundException(f"Invalid keyId '{_clip(text)}': give a key id, alias/NAME, or an ARN")
     if text.startswith(ALIAS_PREFIX):
         return KeyRef(given=text, alias=text)
-    m = _ARN_RE.match(text)
+    m = _ARN_RE.fullmatch(text)
     if m:
         rest = m.group("rest")
         if m.group("kind") == "key":
@@ -90,7 +93,7 @@ def validate_alias_name(name: str) -> str:
         raise errors.ValidationException(f"alias name must start with the prefix \"alias/\" (got '{_clip(name)}')")
     if len(name) > ALIAS_MAX:
         raise errors.ValidationException(f"alias name must be at most {ALIAS_MAX} characters (got {len(name)})")
-    if name == ALIAS_PREFIX or not _ALIAS_RE.match(name):
+    if name == ALIAS_PREFIX or not _ALIAS_RE.fullmatch(name):
         raise errors.ValidationException(
             f"alias name '{_clip(name)}' may contain only letters, digits, '/', '_' and '-' after \"alias/\""
         )
@@ -151,14 +154,14 @@ def _clip(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-_SIZE_RE = re.compile(r"^(\d{1,15})\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"([0-9]{1,15})[ \t]*([KMGT]?)(?:i?B)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 AUDIT_MAX_SIZE_MIN = 1 << 10
 
 
 def parse_size(text: str, what: str) -> int:
     """A byte count such as ``1048576``, ``512K``, ``64M``, ``1GiB`` (binary units)."""
-    m = _SIZE_RE.match(text.strip())
+    m = _SIZE_RE.fullmatch(text.strip())
     if not m:
         raise errors.ValidationException(f"{what} takes a size such as 65536, 512K, 64M or 1G (got '{_clip(text)}')")
     n = int(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from datetime import datetime, timedelta
@@ -15,12 +14,12 @@ from . import common, output
 
 app = common.new_app("Read the audit log and prove it has not been tampered with.")
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?")
 
 
 def parse_since(text: str, now: datetime) -> datetime:
     """An ISO 8601 time (UTC unless it says otherwise) or a duration ago: 90s, 15m, 2h, 7d, 1h30m."""
-    m = _DURATION.match(text)
+    m = _DURATION.fullmatch(text)  # the whole string: "2h\n" is not a duration
     if text and m and any(m.groups()):
         d, h, mi, s = (int(g or 0) for g in m.groups())
         try:
@@ -56,7 +55,7 @@ def show(
     if json_ or not output.is_tty(sys.stdout):
         for r in records:
             # backslashreplace: a record may quote bytes that were never text (a KEY from argv).
-            line = json.dumps(r, separators=(",", ":"), ensure_ascii=False)
+            line = output.json_line(r)
             output.write_stdout(line.encode("utf-8", "backslashreplace").decode("utf-8") + "\n")
         return
     rows = []

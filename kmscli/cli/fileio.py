@@ -3,6 +3,28 @@
 An output file is written to a temporary file beside it (0600, never through a
 symlink) and renamed into place only when the command has fully succeeded, so
 a failed decrypt leaves nothing behind and a reader never sees half a file.
+
+What ``-o PATH`` does with what is already at PATH (see :func:`_open_existing`):
+
+- nothing, or a regular file: a new file takes its place (temporary + rename);
+- ``-``, ``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``
+  (however spelled, or reached through links): that open descriptor, written
+  where it already points (a shell's ``>``, ``>>`` or ``>(...)``);
+- a symlink, FIFO, socket or device in a folder that others can write (group
+  or world writable, like the sticky /tmp, or owned by another user): refused,
+  exit 2. Anyone there could have put it there, to read the output (a FIFO),
+  or to have it written over a device or someone else's file (root writing
+  ``-o /tmp/x`` once overwrote a block device through a planted link). Nothing
+  is opened first, so a planted FIFO cannot make kmscli wait either;
+- in the user's own folders (writable by the user or root alone), what is
+  there was put there by them: a device, FIFO or socket (``/dev/null``, a
+  named pipe) is written to as ``cat > PATH`` would, since renaming a file over
+  it would replace the node itself (as root: /dev/null); a symlink is followed
+  to a device, FIFO or socket the same way, link by link, as long as every
+  link and the node sit in such folders; a symlink that leads to a regular
+  file or nowhere is replaced by the new file, never written through (the
+  link may lead anywhere, and the temporary file and the rename must be in
+  the folder the user named).
 """
 
 from __future__ import annotations
@@ -16,7 +38,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .. import errors
-from .output import is_tty, stdout_reason
+from .output import broken_pipe, is_tty, stdout_reason
 
 
 def open_input(path: str | None) -> tuple[BinaryIO, int | None]:
@@ -62,13 +84,14 @@ class _Sink:
     """The destination's writer: an I/O error becomes the documented exit 2, not a crash.
 
     A full disk or an I/O error while writing ``-o`` (or stdout) is the user's
-    output being unwritable (SPEC: exit 2). A broken pipe stays what it is,
-    so the CLI can exit quietly as ``head`` expects.
+    output being unwritable (SPEC: exit 2). A broken pipe ends the command
+    quietly with exit 141, as ``head`` expects (output.broken_pipe).
     """
 
-    def __init__(self, raw: Any, where: str) -> None:
+    def __init__(self, raw: Any, where: str, *, stdout: bool = False) -> None:
         self._raw = raw
         self._where = where
+        self._stdout = stdout
 
     def _fail(self, e: OSError) -> errors.UsageError:
         return errors.UsageError(f"cannot write {self._where}: {stdout_reason(e)}")
@@ -77,7 +100,7 @@ class _Sink:
         try:
             return self._raw.write(data)
         except BrokenPipeError:
-            raise
+            raise broken_pipe(self._stdout) from None
         except OSError as e:
             raise self._fail(e) from None
 
@@ -85,7 +108,7 @@ class _Sink:
         try:
             self._raw.flush()
         except BrokenPipeError:
-            raise
+            raise broken_pipe(self._stdout) from None
         except OSError as e:
             raise self._fail(e) from None
 
@@ -107,7 +130,8 @@ class Output:
     """
 
     def __init__(self, path: str | None, *, binary: bool) -> None:
-        self.path = None if path in (None, "-") else Path(path)
+        descriptor = None if path in (None, "-") else names_descriptor(path)
+        self.path = None if path in (None, "-") or descriptor == 1 else Path(path)
         self._tmp: Path | None = None
         if self.path is None:
             if binary and is_tty(sys.stdout):
@@ -117,17 +141,14 @@ class Output:
             # With PYTHONUNBUFFERED=1 this is a raw FileIO whose write() may be
             # partial: every writer in kmscli loops on the count it returns.
             grow_pipe(sys.stdout.buffer)
-            self.stream: Any = _Sink(sys.stdout.buffer, "to standard output")
+            self.stream: Any = _Sink(sys.stdout.buffer, "to standard output", stdout=True)
             return
         where = f"the output {self.path}"
         if path is not None and path.endswith(os.sep):
             # Path() drops the trailing slash; "dir/" must not become a file named "dir".
             raise errors.UsageError(f"-o {path} names a folder; give a file name (e.g. {path}out.kms)")
-        fd = _open_special(self.path)
+        fd = _dup(descriptor, self.path) if descriptor is not None else _open_existing(self.path)
         if fd is not None:
-            # A device, FIFO or socket (/dev/null, /dev/stdout, a named pipe): written
-            # to as `cat > PATH` would. Renaming a file over it would replace the
-            # device node itself (as root: /dev/null).
             if binary and os.isatty(fd):
                 os.close(fd)
                 raise errors.UsageError(
@@ -170,21 +191,128 @@ class Output:
 _TEMP_RE = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}\.tmp")
 
 
-def _open_special(path: Path) -> int | None:
-    """Open ``path`` for writing if it exists and is not a regular file; None for a regular or new file."""
+#: Names of one of this process's descriptors, once the folder part is resolved:
+#: /dev/stdin, /dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N, /proc/<our pid>/fd/N.
+_DESCRIPTOR_RE = re.compile(r"/dev/std(?P<std>in|out|err)|(?:/dev/fd|/proc/(?:self|thread-self|(?P<pid>[0-9]+))/fd)"
+                            r"/(?P<fd>[0-9]{1,9})")
+_STD = {"in": 0, "out": 1, "err": 2}
+#: Symbolic links followed at most, as the kernel's own limit (ELOOP).
+_MAX_LINKS = 40
+
+
+def names_descriptor(path: str) -> int | None:
+    """The descriptor ``path`` names (/dev/stdout is 1), whatever the spelling; None for any other path.
+
+    Such a name is written through a copy of the descriptor, never opened:
+    Linux would reopen the file it points to at offset 0 (losing ``>>``), and
+    for a regular file the name looks like one to replace by renaming.
+    """
+    head, name = os.path.split(path)
     try:
-        st = os.stat(path)
-    except OSError:
-        return None  # missing (or unreachable: creating the temporary file will say why)
-    if stat.S_ISDIR(st.st_mode):
-        raise errors.UsageError(f"cannot write the output {path}: it is a folder")
-    if stat.S_ISREG(st.st_mode):
+        folder = os.path.realpath(head or ".")
+    except (OSError, ValueError):
         return None
+    m = _DESCRIPTOR_RE.fullmatch("/" + os.path.join(folder, name).lstrip("/"))
+    if m is None or (m.group("pid") is not None and int(m.group("pid")) != os.getpid()):
+        return None
+    return _STD[m.group("std")] if m.group("std") else int(m.group("fd"))
+
+
+def _dup(descriptor: int, path: Path) -> int:
+    import fcntl
+
     try:
-        fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        return fcntl.fcntl(descriptor, fcntl.F_DUPFD_CLOEXEC, 3)
     except OSError as e:
         raise errors.UsageError(f"cannot write the output {path}: {e.strerror}") from None
-    if stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by a regular file since the stat: never write into it
+
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def kind_of(mode: int) -> str:
+    """What a non-regular file is, for messages: "a FIFO (named pipe)", "a block device", ..."""
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
+
+
+def shared_folder(folder: str | Path) -> str | None:
+    """Why others can put files in ``folder`` ("writable by others (mode 1777)"), or None if only we and root can.
+
+    Group-writable counts: the group's other members are others. The folder
+    is the one the name really lives in (links in the folder part followed).
+    """
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None  # creating the temporary file there will say what is wrong
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"owned by another user (uid {st.st_uid})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "others" if st.st_mode & stat.S_IWOTH else "its group"
+        return f"writable by {who} (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _refuse(path: Path, hop: str | None, mode: int, why: str) -> errors.UsageError:
+    """Refuse ``-o path`` because of what sits at it (or at ``hop``, a link on the way) in a shared folder."""
+    what = f"it is {kind_of(mode)}" if hop is None else f"it is a link to {hop}, {kind_of(mode)}"
+    folder = os.path.dirname(hop if hop is not None else str(path)) or "."
+    return errors.UsageError(
+        f"refusing to write the output {path}: {what} in {folder}, a folder {why}, so anyone could have put it "
+        "there to read or redirect what kmscli writes; remove it if it is yours, or write elsewhere"
+    )
+
+
+def _open_existing(path: Path) -> int | None:
+    """What to write for ``-o path``: an open descriptor for a device, FIFO or socket the user owns
+    (see the module's docstring), None to write a new file in its place; refuses what others could plant."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None  # missing (or unreachable: creating the temporary file will say why)
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        raise errors.UsageError(f"cannot write the output {path}: it is a folder")
+    why = shared_folder(path.parent)
+    if why is not None:
+        raise _refuse(path, None, st.st_mode, why)
+    if not stat.S_ISLNK(st.st_mode):
+        return _open_node(path, path)
+    hop = str(path)
+    for _ in range(_MAX_LINKS):
+        try:
+            hop = os.path.join(os.path.dirname(hop), os.readlink(hop))
+        except OSError as e:
+            raise errors.UsageError(f"cannot write the output {path}: {e.strerror}") from None
+        descriptor = names_descriptor(hop)
+        if descriptor is not None:  # /dev/stdout or /dev/fd/N behind a link of the user's
+            return _dup(descriptor, path)
+        try:
+            st = os.lstat(hop)
+        except OSError:
+            return None  # a link to nothing: replaced
+        if stat.S_ISREG(st.st_mode):
+            return None  # a link to a regular file: replaced, never written through
+        if stat.S_ISDIR(st.st_mode):
+            raise errors.UsageError(f"cannot write the output {path}: it is a link to a folder")
+        why = shared_folder(os.path.dirname(hop) or ".")
+        if why is not None:
+            raise _refuse(path, hop, st.st_mode, why)
+        if not stat.S_ISLNK(st.st_mode):
+            return _open_node(Path(hop), path)
+    raise errors.UsageError(f"cannot write the output {path}: too many levels of symbolic links")
+
+
+def _open_node(node: Path, path: Path) -> int | None:
+    """Open a device, FIFO or socket the user put in their own folder, as ``cat > PATH`` would."""
+    try:
+        # O_NOFOLLOW: the node was not a link when looked at; if it became one, refuse.
+        fd = os.open(node, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise errors.UsageError(f"cannot write the output {path}: {e.strerror}") from None
+    if stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by a regular file since the lstat: never write into it
         os.close(fd)
         return None
     return fd

@@ -20,13 +20,19 @@ _VALUE_OPTIONS = frozenset(("--vault", "--audit-log", "--passphrase-file"))
 _LOCAL_COMMANDS = frozenset(("unlock", "init"))
 _RANDOM_FORMATS = ("base64", "hex", "raw")
 _RANDOM_MAX = 1024
+#: The exit status once the reader of stdout has gone (``kmscli ... | head``):
+#: what a shell reports for a process that SIGPIPE ended (128 + 13), as ``cat``
+#: ends there; with no message. Every path ends so: here, and output.broken_pipe.
+EXIT_BROKEN_PIPE = 141
 
 
 def main(argv: list[str] | None = None) -> int:
+    no_core_files()
     args = sys.argv[1:] if argv is None else argv
     code = _fast(args)
     if code is not None:
         return code
+    not_dumpable()
     token = os.environ.get("KMSCLI_SESSION")
     command = command_name(args)
     if token and command not in _LOCAL_COMMANDS:
@@ -48,6 +54,46 @@ def run_local(args: list[str]) -> int:
     return run(args)
 
 
+def no_core_files() -> None:
+    """No core file from this process or its children: it may hold a passphrase, a vault key, plaintext.
+
+    RLIMIT_CORE 0, hard limit too, so nothing started later can raise it again.
+    About 0.2 ms (the resource module), paid by every call, the fast ones too.
+    """
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, OSError, ValueError):
+        pass  # not a Unix, or a sandbox that forbids it: nothing better to do
+
+
+#: prctl(2) option: clear the "dumpable" flag.
+_PR_SET_DUMPABLE = 4
+
+
+def not_dumpable() -> None:
+    """On Linux, clear the dumpable flag: no core dump even to a piped handler, no ptrace or /proc/PID/mem.
+
+    RLIMIT_CORE 0 alone does not stop a core_pattern that is a pipe (apport
+    and systemd-coredump decide for themselves), and it leaves the process's
+    memory readable by the user's other processes. Importing ctypes costs
+    about 3 ms, so ``--version`` and ``random`` (which never hold a passphrase,
+    a session token or a vault key) skip it; every other call pays it: the
+    CLI's imports alone take some 80 ms, the session client's round trip
+    through its agent more. The flag resets at exec, so the ``$EDITOR`` that
+    ``kmscli edit`` starts is an ordinary process again.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (ImportError, OSError, AttributeError):
+        pass  # no libc prctl (musl without it, a sandbox): RLIMIT_CORE still holds
+
+
 def command_name(args: list[str]) -> str | None:
     i = 0
     while i < len(args):
@@ -64,8 +110,7 @@ def _fast(args: list[str]) -> int | None:
     if args in (["--version"], ["-V"]):
         from kmscli import __version__
 
-        sys.stdout.write(f"kmscli {__version__}\n")
-        return 0
+        return _answer(f"kmscli {__version__}\n")
     if args and args[0] == "random":
         return _random(args[1:])
     return None
@@ -84,20 +129,26 @@ def _random(args: list[str]) -> int | None:
     if fmt not in _RANDOM_FORMATS or (fmt == "raw" and os.isatty(1)):
         return None
     data = os.urandom(int(n))
+    if fmt == "raw":
+        return _answer(data)
+    import binascii
+
+    return _answer((binascii.b2a_base64(data, newline=False).decode() if fmt == "base64" else data.hex()) + "\n")
+
+
+def _answer(data: str | bytes) -> int:
+    """Write a fast path's answer to stdout; return the exit code the Typer path gives for the same outcome."""
     try:
-        if fmt == "raw":
+        if isinstance(data, bytes):
             _write_raw(data)
         else:
-            import binascii
-
-            text = binascii.b2a_base64(data, newline=False).decode() if fmt == "base64" else data.hex()
-            sys.stdout.write(text + "\n")
+            sys.stdout.write(data)
             sys.stdout.flush()
     except BrokenPipeError:
         silence_stdout()
-        return 141
+        return EXIT_BROKEN_PIPE
     except OSError as e:
-        return _random_write_error(e)
+        return _stdout_error(e)
     return 0
 
 
@@ -136,7 +187,7 @@ def _write_raw(data: bytes) -> None:
     out.flush()
 
 
-def _random_write_error(e: OSError) -> int:
+def _stdout_error(e: OSError) -> int:
     """The error line the Typer path prints for an unwritable stdout (output.write_stdout)."""
     from kmscli.cli.output import stdout_reason
 

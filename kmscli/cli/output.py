@@ -12,17 +12,86 @@
    bars only on a terminal.
 5. Nothing secret is ever printed to stderr: not passphrases, not key material,
    not plaintext.
+6. Text that kmscli did not write itself (descriptions, tags, alias names,
+   paths, audit records) never reaches a terminal as Rich markup or as control
+   characters, which could redraw the screen, hide text or send the terminal
+   escape sequences: every table cell, message and error line is escaped here,
+   the one writer (``[/x]`` shows as itself, ESC as ``\\x1b``; JSON on a
+   terminal as ``\\u001b``). In a pipe, every tab-separated field has
+   backslash, tab, newline, CR and the other control characters written as
+   ``\\\\``, ``\\t``, ``\\n``, ``\\r`` and ``\\xHH``, so one record stays one
+   line with one field per column, and the escaping can be undone (as in
+   PostgreSQL's COPY text format).
+7. A reader that goes away (``kmscli keys list | head -1``) ends the command
+   quietly with exit 141, as SIGPIPE ends ``cat``: see :func:`broken_pipe`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from typer import Exit
+
 from .. import errors
+from .main import EXIT_BROKEN_PIPE, silence_stdout
+
+#: Never written raw into a table cell, a tab-separated field, a message, or
+#: JSON on a terminal: C0 and C1 controls and DEL (ESC starts escape sequences;
+#: U+009B is a one-character CSI to some terminals), the bidirectional marks,
+#: overrides and isolates (they reorder what follows on the screen: "Trojan
+#: Source"), and the line and paragraph separators (line breaks to some viewers).
+_CONTROLS = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_CONTROL_RE = re.compile(f"[{_CONTROLS}]")
+_CONTROL_OR_BACKSLASH_RE = re.compile(f"[{_CONTROLS}\\\\]")
+#: JSON text keeps its layout (newlines, indentation); json.dumps has escaped
+#: C0 controls inside strings already, but not DEL, C1 or the others above.
+_JSON_CONTROL_RE = re.compile(f"(?![\\t\\n])[{_CONTROLS}]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\\": "\\\\"}
+
+
+class OutputClosed(Exit):
+    """The reader of our output went away; the command ends quietly with exit 141.
+
+    Raised instead of the ``BrokenPipeError``: Typer's main turns an EPIPE
+    OSError into exit 1 before ``app.run`` could see it, while an ``Exit`` is
+    returned as its code (by ``app.run`` too, and by the session agent's worker).
+    The name is what the audit log records when a call stops after its output began.
+    """
+
+
+def broken_pipe(stdout: bool = True) -> OutputClosed:
+    """The exception for a closed pipe; stdout goes to /dev/null first, so the final flush stays quiet too."""
+    if stdout:
+        silence_stdout()
+    return OutputClosed(EXIT_BROKEN_PIPE)
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = m.group()
+    named = _NAMED.get(c)
+    if named is not None:
+        return named
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def printable(text: str, *, backslash: bool = True) -> str:
+    """``text`` with every control character shown as an escape (``\\t``, ``\\n``, ``\\x1b``, ``\\u202e``).
+
+    With ``backslash`` a backslash is doubled, so the escaping can be undone
+    (tables, tab-separated fields); messages leave it alone, as prose quoting
+    a path or an already escaped value reads better without.
+    """
+    return (_CONTROL_OR_BACKSLASH_RE if backslash else _CONTROL_RE).sub(_escape_char, text)
+
+
+def _json_safe(text: str) -> str:
+    """JSON text with the characters a terminal would act on written as ``\\uXXXX``: the same JSON value."""
+    return _JSON_CONTROL_RE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def is_tty(stream: Any) -> bool:
@@ -34,24 +103,32 @@ def is_tty(stream: Any) -> bool:
 
 def message(text: str) -> None:
     """A line for the person at the terminal, on stderr."""
-    sys.stderr.write(f"kmscli: {text}\n")
+    sys.stderr.write(f"kmscli: {printable(text, backslash=False)}\n")
     sys.stderr.flush()
 
 
 def error_line(name: str, text: str) -> str:
-    return f"kmscli: {name}: {' '.join(text.split())}"
+    """``kmscli: Name: message`` on one line, with no control character left raw."""
+    return f"kmscli: {printable(name, backslash=False)}: {printable(' '.join(text.split()), backslash=False)}"
 
 
 def write_stdout(text: str) -> None:
     """Write data to stdout; a full disk or an I/O error is the documented exit 2, not a crash.
 
-    A broken pipe is left to propagate: the CLI then exits quietly, as ``head`` expects.
+    On a terminal, the characters a terminal would act on are written as
+    ``\\uXXXX`` (what is written here is JSON or kmscli's own text, for which
+    that is the same value); a pipe gets the text unchanged. A broken pipe
+    ends the command quietly (:func:`broken_pipe`).
     """
+    _write(_json_safe(text) if is_tty(sys.stdout) else text)
+
+
+def _write(text: str) -> None:
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:
-        raise
+        raise broken_pipe() from None
     except OSError as e:
         raise errors.UsageError(f"cannot write to standard output: {stdout_reason(e)}") from None
 
@@ -63,40 +140,70 @@ def stdout_reason(e: OSError) -> str:
 
 
 def emit_json(obj: Any) -> None:
-    write_stdout(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    # ensure_ascii=False keeps non-ASCII text readable; _json_safe still escapes
+    # DEL, C1 and the other invisible controls, in a pipe as well: a jq or a
+    # pager downstream may show them on a terminal.
+    write_stdout(_json_safe(json.dumps(obj, indent=2, ensure_ascii=False)) + "\n")
+
+
+def json_line(obj: Any) -> str:
+    """One compact JSON line (JSON Lines), with the invisible controls escaped as in :func:`emit_json`."""
+    return _json_safe(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
 
 def emit_line(text: str) -> None:
     write_stdout(text + "\n")
 
 
-def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A Rich table on a terminal; tab-separated lines (no header) in a pipe."""
-    if not is_tty(sys.stdout):
-        write_stdout("".join("\t".join("" if v is None else str(v) for v in row) + "\n" for row in rows))
-        return
-    from rich.console import Console
-    from rich.table import Table
+def _cell(value: Any) -> str:
+    return "" if value is None else printable(str(value))
 
-    t = Table(title=title, show_lines=False, header_style="bold")
+
+def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A Rich table on a terminal; tab-separated lines (no header) in a pipe, fields escaped (rule 6)."""
+    if not is_tty(sys.stdout):
+        write_stdout("".join("\t".join(_cell(v) for v in row) + "\n" for row in rows))
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    # Text cells are never parsed as markup (a "[/x]" in a description once
+    # crashed the table) nor given emoji or highlighting.
+    t = Table(title=Text(title) if title is not None else None, show_lines=False, header_style="bold")
     for c in columns:
-        t.add_column(c, overflow="fold")
+        t.add_column(Text(c), overflow="fold")
     for row in rows:
-        t.add_row(*["" if v is None else str(v) for v in row])
-    Console(no_color=bool(os.environ.get("NO_COLOR"))).print(t)
+        t.add_row(*[Text(_cell(v)) for v in row])
+    _print_rich(t)
 
 
 def fields(pairs: Sequence[tuple[str, Any]]) -> None:
-    """A two-column view of one object: aligned on a terminal, tab-separated otherwise."""
+    """A two-column view of one object: aligned on a terminal, tab-separated otherwise; escaped as tables are."""
     if not is_tty(sys.stdout):
-        write_stdout("".join(f"{k}\t{'' if v is None else v}\n" for k, v in pairs))
+        write_stdout("".join(f"{_cell(k)}\t{_cell(v)}\n" for k, v in pairs))
         return
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column(overflow="fold")
     for k, v in pairs:
-        t.add_row(k, "" if v is None else str(v))
-    Console(no_color=bool(os.environ.get("NO_COLOR"))).print(t)
+        t.add_row(Text(_cell(k)), Text(_cell(v)))
+    _print_rich(t)
+
+
+def _print_rich(renderable: Any) -> None:
+    """Render for this terminal, then write through :func:`_write`.
+
+    Rendering into a string keeps one writer for stdout: Rich's own writer
+    answers a broken pipe with exit 1, and an I/O error with a traceback.
+    """
+    import io
+
+    from rich.console import Console
+
+    # Rich sizes the table as before: COLUMNS, else the terminal on a standard stream.
+    buffer = io.StringIO()
+    Console(file=buffer, force_terminal=True, no_color=bool(os.environ.get("NO_COLOR"))).print(renderable)
+    _write(buffer.getvalue())

@@ -25,15 +25,75 @@ MAX_PASSPHRASE_BYTES = 64 * 1024
 
 
 def read_passphrase_file(path: str, what: str = "passphrase") -> bytes:
-    """The first line of ``path``, without its line ending."""
+    """The first line of ``path``, without its line ending, once the file is known to be the user's alone.
+
+    Whoever can write the file chooses the passphrase (a new vault's, at
+    ``init`` and ``passwd``) or swaps it for one they know; so a file another
+    user owns, or that group or others may write, is refused (exit 2), as is
+    anything but a regular file: a FIFO or a device could feed anything, or
+    make kmscli wait forever. The checks are made with fstat on the open
+    descriptor, so the file checked is the file read. A symlink is followed:
+    the file it leads to is what gets checked, and a link to the user's own
+    private file is as good as the file (a planted link to someone else's file
+    fails the owner check). The one exception to "regular file" is a pipe the
+    shell opened for this process, ``--passphrase-file <(pass show kms)``
+    (/dev/fd/N): nobody else can write into it, and it is how password
+    managers hand over a secret without a file.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_PASSPHRASE_BYTES + 1)
+        # O_NONBLOCK: opening a FIFO nobody writes to would otherwise wait forever.
+        fd = os.open(path, flags)
     except OSError as e:
         raise errors.UsageError(f"cannot read the {what} file {path}: {e.strerror}") from None
+    try:
+        _check_passphrase_file(fd, path, what)
+        os.set_blocking(fd, True)  # a pipe's writer may not have written yet
+        data = b""
+        while len(data) <= MAX_PASSPHRASE_BYTES:
+            chunk = os.read(fd, MAX_PASSPHRASE_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as e:
+        raise errors.UsageError(f"cannot read the {what} file {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_PASSPHRASE_BYTES:
         raise errors.UsageError(f"the {what} file {path} is larger than 64 KiB; it should hold one line")
     return data.split(b"\n", 1)[0].rstrip(b"\r")
+
+
+def _check_passphrase_file(fd: int, path: str, what: str) -> None:
+    import stat
+
+    st = os.fstat(fd)
+    if stat.S_ISFIFO(st.st_mode) and _names_own_descriptor(path):
+        pass  # <(command): checked below like a file (a pipe is the caller's, mode 0600)
+    elif not stat.S_ISREG(st.st_mode):
+        from .fileio import kind_of
+
+        raise errors.UsageError(
+            f"the {what} file {path} is {kind_of(st.st_mode)}, not a regular file; "
+            f"put the {what} in a file only you can read and write (chmod 600)"
+        )
+    if st.st_uid not in (os.geteuid(), 0):
+        raise errors.UsageError(
+            f"the {what} file {path} belongs to another user (uid {st.st_uid}), who could change it; "
+            f"use a file of your own, readable and writable by you alone (chmod 600)"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "others" if st.st_mode & stat.S_IWOTH else "its group"
+        raise errors.UsageError(
+            f"the {what} file {path} is writable by {who} (mode {stat.S_IMODE(st.st_mode):o}), who could change "
+            f"the {what}; run chmod 600 {path}"
+        )
+
+
+def _names_own_descriptor(path: str) -> bool:
+    from .fileio import names_descriptor
+
+    return names_descriptor(path) is not None
 
 
 def _tty_prompt(prompt: str) -> bytes:

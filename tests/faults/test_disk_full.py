@@ -210,7 +210,8 @@ def _hooks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     hook(audit, "_write", lambda fd, *a: _fd_path(fd))
     hook(audit, "_sync", lambda fd, *a: _fd_path(fd))
     real_init = fileio._Sink.__init__
-    monkeypatch.setattr(fileio._Sink, "__init__", lambda self, raw, where: real_init(self, _FaultyRaw(raw), where))
+    monkeypatch.setattr(fileio._Sink, "__init__",
+                        lambda self, raw, where, **kw: real_init(self, _FaultyRaw(raw), where, **kw))
     yield
     INJECT.at = 0
 
