@@ -787,8 +787,10 @@ class Kms:
                 raise errors.AuditVerificationException(problem)
         except errors.KmsError as e:
             # A damaged log may refuse the record too; the verdict matters more than its record.
-            with contextlib.suppress(errors.KmsError):
-                self._record(ov, call, e)
+            # A missing one is not started afresh by it: that would only hide what happened.
+            if log.exists():
+                with contextlib.suppress(errors.KmsError):
+                    self._record(ov, call, e)
             raise
         call.response.update(records=report.records, files=report.files, unauthenticated=report.unkeyed)
         self._record(ov, call)
