@@ -245,8 +245,14 @@ def outcome(reply: list[bytes]) -> int:
                         "KMSInternalException", 1))
 
 
+def _printable(text: str) -> str:
+    """Controls and invisible format characters shown escaped, as output.printable does (no import here)."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+                   for c in text)
+
+
 def fail(e: Refused) -> int:
     """One line, as kmscli.cli.output.error_line writes it."""
-    sys.stderr.write(f"kmscli: {e.name}: {' '.join(str(e).split())}\n")
+    sys.stderr.write(f"kmscli: {e.name}: {_printable(' '.join(str(e).split()))}\n")
     sys.stderr.flush()
     return e.code
