@@ -78,8 +78,11 @@ EXIT_MEANINGS: dict[int, str] = {
     5: "Cannot unlock: wrong passphrase, expired or invalid session, no passphrase source and no terminal.",
     6: "Ciphertext invalid, tampered with, truncated, made under another key or with another encryption context.",
     7: "Denied by the key policy.",
-    8: "Vault or audit file missing, unreadable or corrupt; an audit log that fails verification.",
+    8: "Vault or audit file missing, unreadable, corrupt or unsafe (another user could write it or its folder); "
+       "an audit log that fails verification, was cut or rolled back, or a vault older than its log.",
     9: "Already exists.",
+    10: "Remote KMS (--endpoint) unreachable, or it refused the credentials; reserved for remote mode, which "
+        "this version does not have yet.",
 }
 #: Codes that ``kmscli.cli.app.run`` returns besides those of the errors.
 EXIT_OTHER: dict[int, str] = {
