@@ -18,8 +18,8 @@ _kmscli_spec() {
             vals=' --kdf-memory=none --kdf-time=none --kdf-parallelism=none --vault=file --audit-log=file --passphrase-file=file '
             reps='  ' args='' ;;
         'passwd')
-            cmds='  ' opts='--new-passphrase-file --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --new-passphrase-file=file --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --debug -h|--help'
+            vals=' --new-passphrase-file=file --kdf-memory=none --kdf-time=none --kdf-parallelism=none --vault=file --audit-log=file --passphrase-file=file '
             reps='  ' args='' ;;
         'unlock')
             cmds='  ' opts='--ttl --idle --shell --vault --audit-log --passphrase-file --debug -h|--help'
@@ -138,7 +138,7 @@ _kmscli_spec() {
             vals=' --vault=file --audit-log=file --passphrase-file=file '
             reps='  ' args='alias file' ;;
         'audit')
-            cmds=' show verify ' opts='-h|--help'
+            cmds=' show verify head restart ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'audit show')
@@ -146,6 +146,14 @@ _kmscli_spec() {
             vals=' --key=alias -k=alias --operation=none --since=none --vault=file --audit-log=file --passphrase-file=file '
             reps='  ' args='' ;;
         'audit verify')
+            cmds='  ' opts='--strict --head --vault --audit-log --passphrase-file --debug -h|--help'
+            vals=' --head=none --vault=file --audit-log=file --passphrase-file=file '
+            reps='  ' args='' ;;
+        'audit head')
+            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            reps='  ' args='' ;;
+        'audit restart')
             cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file '
             reps='  ' args='' ;;

@@ -14,7 +14,7 @@ function __kmscli_cmds --argument-names path
         case 'policy'
             echo get put
         case 'audit'
-            echo show verify
+            echo show verify head restart
     end
 end
 
@@ -26,7 +26,7 @@ function __kmscli_vopts --argument-names path
         case 'init'
             echo --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file
         case 'passwd'
-            echo --new-passphrase-file --vault --audit-log --passphrase-file
+            echo --new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file
         case 'unlock'
             echo --ttl --idle --shell --vault --audit-log --passphrase-file
         case 'lock'
@@ -82,6 +82,10 @@ function __kmscli_vopts --argument-names path
         case 'audit show'
             echo --key -k --operation --since --vault --audit-log --passphrase-file
         case 'audit verify'
+            echo --head --vault --audit-log --passphrase-file
+        case 'audit head'
+            echo --vault --audit-log --passphrase-file
+        case 'audit restart'
             echo --vault --audit-log --passphrase-file
     end
 end
@@ -165,7 +169,7 @@ complete -c kmscli -f
 
 # kmscli
 complete -c kmscli -n '__kmscli_at \'\'' -a init -d 'Create a new vault (refuses to overwrite one).'
-complete -c kmscli -n '__kmscli_at \'\'' -a passwd -d 'Change the vault passphrase without re-encrypting any key.'
+complete -c kmscli -n '__kmscli_at \'\'' -a passwd -d 'Change the passphrase (and KDF settings) and rotate the vault key; needs the current passphrase, never a session.'
 complete -c kmscli -n '__kmscli_at \'\'' -a unlock -d 'Unlock the vault for a while: prints \'export KMSCLI_SESSION=...\' for eval; later calls skip the passphrase and the KDF.'
 complete -c kmscli -n '__kmscli_at \'\'' -a lock -d 'End the session in KMSCLI_SESSION, or without one every session of this vault.'
 complete -c kmscli -n '__kmscli_at \'\'' -a encrypt -d 'Envelope-encrypt any amount of data under a master key.'
@@ -178,26 +182,29 @@ complete -c kmscli -n '__kmscli_at \'\'' -a alias -d 'Create, repoint, delete an
 complete -c kmscli -n '__kmscli_at \'\'' -a policy -d 'Read and replace key policies (AWS IAM JSON grammar).'
 complete -c kmscli -n '__kmscli_at \'\'' -a audit -d 'Read the audit log and prove it has not been tampered with.'
 complete -c kmscli -n '__kmscli_at \'\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'\'' -l version -s V -d 'Print the version and exit.'
 complete -c kmscli -n '__kmscli_at \'\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli init
-complete -c kmscli -n '__kmscli_at \'init\'' -l kdf-memory -x -d 'Argon2id memory in MiB (8..4096; default 512).'
-complete -c kmscli -n '__kmscli_at \'init\'' -l kdf-time -x -d 'Argon2id passes (1..16; default 2).'
-complete -c kmscli -n '__kmscli_at \'init\'' -l kdf-parallelism -x -d 'Argon2id lanes (1..16; default 4).'
+complete -c kmscli -n '__kmscli_at \'init\'' -l kdf-memory -x -d 'Argon2id memory in MiB (8..1024; default 512).'
+complete -c kmscli -n '__kmscli_at \'init\'' -l kdf-time -x -d 'Argon2id passes (1..8; default 2; memory x passes <= 2048).'
+complete -c kmscli -n '__kmscli_at \'init\'' -l kdf-parallelism -x -d 'Argon2id lanes (1..8; default 4).'
 complete -c kmscli -n '__kmscli_at \'init\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'init\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'init\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'init\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'init\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'init\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli passwd
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l new-passphrase-file -r -F -d 'Read the new passphrase from the first line of PATH [env: KMSCLI_NEW_PASSPHRASE_FILE; KMSCLI_NEW_PASSPHRASE holds the passphrase itself].'
+complete -c kmscli -n '__kmscli_at \'passwd\'' -l kdf-memory -x -d 'Argon2id memory in MiB (8..1024; default 512).'
+complete -c kmscli -n '__kmscli_at \'passwd\'' -l kdf-time -x -d 'Argon2id passes (1..8; default 2; memory x passes <= 2048).'
+complete -c kmscli -n '__kmscli_at \'passwd\'' -l kdf-parallelism -x -d 'Argon2id lanes (1..8; default 4).'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'passwd\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'passwd\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -s h -l help -d 'Show this message and exit.'
@@ -207,14 +214,14 @@ complete -c kmscli -n '__kmscli_at \'unlock\'' -l ttl -x -d 'How long the sessio
 complete -c kmscli -n '__kmscli_at \'unlock\'' -l idle -x -d 'End the session after this long without a call (default: only --ttl).'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -l shell -x -a 'sh bash zsh fish' -d 'Print for a POSIX shell (sh, bash, zsh; default) or fish.'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'unlock\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'unlock\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli lock
 complete -c kmscli -n '__kmscli_at \'lock\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'lock\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'lock\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'lock\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'lock\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'lock\'' -s h -l help -d 'Show this message and exit.'
@@ -226,7 +233,7 @@ complete -c kmscli -n '__kmscli_at \'encrypt\'' -l in -s i -r -F -d 'Read from I
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l out -s o -r -F -d 'Write to OUT (\'-\' = stdout, default); replaced only on success, mode 0600.'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l armor -s a -d 'Write ASCII armor instead of binary.'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'encrypt\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'encrypt\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -s h -l help -d 'Show this message and exit.'
@@ -237,7 +244,7 @@ complete -c kmscli -n '__kmscli_at \'decrypt\'' -l context -s c -x -d 'Encryptio
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l in -s i -r -F -d 'Read from IN (\'-\' = stdin, default).'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l out -s o -r -F -d 'Write to OUT (\'-\' = stdout, default); replaced only on success, mode 0600.'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'decrypt\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'decrypt\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -s h -l help -d 'Show this message and exit.'
@@ -251,7 +258,7 @@ complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l in -s i -r -F -d 'Read from
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l out -s o -r -F -d 'Write to OUT (\'-\' = stdout, default); replaced only on success, mode 0600.'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l armor -s a -d 'Write ASCII armor instead of binary.'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -s h -l help -d 'Show this message and exit.'
@@ -263,7 +270,7 @@ complete -c kmscli -n '__kmscli_at \'datakey\'' -l context -s c -x -d 'Encryptio
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l no-plaintext -d 'Return only the encrypted copy.'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l json -d 'Print the AWS KMS JSON response shape.'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'datakey\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'datakey\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -s h -l help -d 'Show this message and exit.'
@@ -272,7 +279,7 @@ complete -c kmscli -n '__kmscli_arg \'datakey\' 0' -a '(__kmscli_aliases)' -d 'K
 # kmscli random
 complete -c kmscli -n '__kmscli_at \'random\'' -l format -s f -x -a 'base64 hex raw' -d 'Output encoding (default base64).'
 complete -c kmscli -n '__kmscli_at \'random\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'random\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'random\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'random\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'random\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'random\'' -s h -l help -d 'Show this message and exit.'
@@ -301,7 +308,7 @@ complete -c kmscli -n '__kmscli_at \'keys create\'' -l policy -r -F -d 'Key poli
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l bypass-policy-lockout-safety-check -d 'Accept a policy that would lock you out of changing it.'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l json -d 'Print the AWS KMS JSON response shape.'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'keys create\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys create\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -s h -l help -d 'Show this message and exit.'
@@ -310,7 +317,7 @@ complete -c kmscli -n '__kmscli_at \'keys create\'' -s h -l help -d 'Show this m
 complete -c kmscli -n '__kmscli_at \'keys list\'' -l all -s a -d 'Include keys pending deletion.'
 complete -c kmscli -n '__kmscli_at \'keys list\'' -l json -d 'Print the AWS KMS JSON response shape.'
 complete -c kmscli -n '__kmscli_at \'keys list\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'keys list\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys list\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys list\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys list\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys list\'' -s h -l help -d 'Show this message and exit.'
@@ -318,7 +325,7 @@ complete -c kmscli -n '__kmscli_at \'keys list\'' -s h -l help -d 'Show this mes
 # kmscli keys describe
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l json -d 'Print the AWS KMS JSON response shape.'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'keys describe\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys describe\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -s h -l help -d 'Show this message and exit.'
@@ -326,7 +333,7 @@ complete -c kmscli -n '__kmscli_arg \'keys describe\' 0' -a '(__kmscli_aliases)'
 
 # kmscli keys enable
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'keys enable\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys enable\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -s h -l help -d 'Show this message and exit.'
@@ -334,7 +341,7 @@ complete -c kmscli -n '__kmscli_arg \'keys enable\' 0' -a '(__kmscli_aliases)' -
 
 # kmscli keys disable
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'keys disable\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys disable\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -s h -l help -d 'Show this message and exit.'
@@ -344,7 +351,7 @@ complete -c kmscli -n '__kmscli_arg \'keys disable\' 0' -a '(__kmscli_aliases)' 
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l days -x -d 'Waiting period in days (7..30).'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l json -d 'Print the AWS KMS JSON response shape.'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -s h -l help -d 'Show this message and exit.'
@@ -352,7 +359,7 @@ complete -c kmscli -n '__kmscli_arg \'keys schedule-delete\' 0' -a '(__kmscli_al
 
 # kmscli keys cancel-delete
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -s h -l help -d 'Show this message and exit.'
@@ -360,7 +367,7 @@ complete -c kmscli -n '__kmscli_arg \'keys cancel-delete\' 0' -a '(__kmscli_alia
 
 # kmscli keys set-description
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -s h -l help -d 'Show this message and exit.'
@@ -368,7 +375,7 @@ complete -c kmscli -n '__kmscli_arg \'keys set-description\' 0' -a '(__kmscli_al
 
 # kmscli keys tag
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'keys tag\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys tag\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -s h -l help -d 'Show this message and exit.'
@@ -376,7 +383,7 @@ complete -c kmscli -n '__kmscli_arg \'keys tag\' 0' -a '(__kmscli_aliases)' -d '
 
 # kmscli keys untag
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'keys untag\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys untag\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -s h -l help -d 'Show this message and exit.'
@@ -384,7 +391,7 @@ complete -c kmscli -n '__kmscli_arg \'keys untag\' 0' -a '(__kmscli_aliases)' -d
 
 # kmscli keys rotate
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -s h -l help -d 'Show this message and exit.'
@@ -396,7 +403,7 @@ complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l disable -d 'Stop rotati
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l days -x -d 'Rotation period (90..2560, default 365).'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l min-decrypt-version -x -d 'Refuse to decrypt ciphertexts sealed with material older than version N.'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -s h -l help -d 'Show this message and exit.'
@@ -405,7 +412,7 @@ complete -c kmscli -n '__kmscli_arg \'keys rotation\' 0' -a '(__kmscli_aliases)'
 # kmscli keys rotations
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l json -d 'Print the AWS KMS JSON response shape.'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -s h -l help -d 'Show this message and exit.'
@@ -420,7 +427,7 @@ complete -c kmscli -n '__kmscli_at \'alias\'' -s h -l help -d 'Show this message
 
 # kmscli alias create
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'alias create\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'alias create\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -s h -l help -d 'Show this message and exit.'
@@ -428,7 +435,7 @@ complete -c kmscli -n '__kmscli_arg \'alias create\' 1' -a '(__kmscli_aliases)' 
 
 # kmscli alias update
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'alias update\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'alias update\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -s h -l help -d 'Show this message and exit.'
@@ -437,7 +444,7 @@ complete -c kmscli -n '__kmscli_arg \'alias update\' 1' -a '(__kmscli_aliases)' 
 
 # kmscli alias delete
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'alias delete\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'alias delete\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -s h -l help -d 'Show this message and exit.'
@@ -447,7 +454,7 @@ complete -c kmscli -n '__kmscli_arg \'alias delete\' 0' -a '(__kmscli_aliases)' 
 complete -c kmscli -n '__kmscli_at \'alias list\'' -l key -s k -x -a '(__kmscli_aliases)' -d 'Only aliases of this key.'
 complete -c kmscli -n '__kmscli_at \'alias list\'' -l json -d 'Print the AWS KMS JSON response shape.'
 complete -c kmscli -n '__kmscli_at \'alias list\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'alias list\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'alias list\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'alias list\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'alias list\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'alias list\'' -s h -l help -d 'Show this message and exit.'
@@ -459,7 +466,7 @@ complete -c kmscli -n '__kmscli_at \'policy\'' -s h -l help -d 'Show this messag
 
 # kmscli policy get
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'policy get\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'policy get\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -s h -l help -d 'Show this message and exit.'
@@ -468,7 +475,7 @@ complete -c kmscli -n '__kmscli_arg \'policy get\' 0' -a '(__kmscli_aliases)' -d
 # kmscli policy put
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l bypass-policy-lockout-safety-check -d 'Accept a policy that would lock you out of changing it.'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'policy put\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'policy put\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -s h -l help -d 'Show this message and exit.'
@@ -478,6 +485,8 @@ complete -c kmscli -n '__kmscli_arg \'policy put\' 1' -F -d '[FILE|-]'
 # kmscli audit
 complete -c kmscli -n '__kmscli_at \'audit\'' -a show -d 'Show audit records: a table on a terminal, JSON lines otherwise.'
 complete -c kmscli -n '__kmscli_at \'audit\'' -a verify -d 'Check the log for edits, deletions, reordering and insertions.'
+complete -c kmscli -n '__kmscli_at \'audit\'' -a head -d 'Print the chain head SEQ:MAC: keep it where only you can write, then check with verify --head.'
+complete -c kmscli -n '__kmscli_at \'audit\'' -a restart -d 'After a log was lost or damaged: move its files aside and start a new log that says so (needs the passphrase, never a session).'
 complete -c kmscli -n '__kmscli_at \'audit\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli audit show
@@ -486,14 +495,30 @@ complete -c kmscli -n '__kmscli_at \'audit show\'' -l operation -x -d 'Only this
 complete -c kmscli -n '__kmscli_at \'audit show\'' -l since -x -d 'Only records at or after TIME (ISO 8601, or a duration ago such as 2h).'
 complete -c kmscli -n '__kmscli_at \'audit show\'' -l json -d 'Print JSON lines even on a terminal.'
 complete -c kmscli -n '__kmscli_at \'audit show\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'audit show\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'audit show\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'audit show\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'audit show\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'audit show\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli audit verify
+complete -c kmscli -n '__kmscli_at \'audit verify\'' -l strict -d 'Also fail on records written without the vault key (failed unlocks, which anyone could have written).'
+complete -c kmscli -n '__kmscli_at \'audit verify\'' -l head -x -d 'Also prove the log still holds the record \'kmscli audit head\' printed earlier.'
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
-complete -c kmscli -n '__kmscli_at \'audit verify\'' -l audit-log -r -F -d 'Audit log [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'audit verify\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli audit head
+complete -c kmscli -n '__kmscli_at \'audit head\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'audit head\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'audit head\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'audit head\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'audit head\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli audit restart
+complete -c kmscli -n '__kmscli_at \'audit restart\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'audit restart\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'audit restart\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'audit restart\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'audit restart\'' -s h -l help -d 'Show this message and exit.'

@@ -36,7 +36,7 @@ _kmscli() {
     typeset -A opt_args
     _arguments -C -S \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)--version[Print the version and exit.]' \
@@ -49,7 +49,7 @@ _kmscli() {
     (command)
         local -a commands=(
         'init:Create a new vault (refuses to overwrite one).'
-        'passwd:Change the vault passphrase without re-encrypting any key.'
+        'passwd:Change the passphrase (and KDF settings) and rotate the vault key; needs the current passphrase, never a session.'
         'unlock:Unlock the vault for a while: prints '\''export KMSCLI_SESSION=...'\'' for eval; later calls skip the passphrase and the KDF.'
         'lock:End the session in KMSCLI_SESSION, or without one every session of this vault.'
         'encrypt:Envelope-encrypt any amount of data under a master key.'
@@ -86,11 +86,11 @@ _kmscli() {
 
 _kmscli_init() {
     _arguments -S \
-        '--kdf-memory=[Argon2id memory in MiB (8..4096; default 512).]:MIB: ' \
-        '--kdf-time=[Argon2id passes (1..16; default 2).]:N: ' \
-        '--kdf-parallelism=[Argon2id lanes (1..16; default 4).]:N: ' \
+        '--kdf-memory=[Argon2id memory in MiB (8..1024; default 512).]:MIB: ' \
+        '--kdf-time=[Argon2id passes (1..8; default 2; memory x passes <= 2048).]:N: ' \
+        '--kdf-parallelism=[Argon2id lanes (1..8; default 4).]:N: ' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -100,8 +100,11 @@ _kmscli_init() {
 _kmscli_passwd() {
     _arguments -S \
         '--new-passphrase-file=[Read the new passphrase from the first line of PATH \[env: KMSCLI_NEW_PASSPHRASE_FILE; KMSCLI_NEW_PASSPHRASE holds the passphrase itself\].]:PATH:_files' \
+        '--kdf-memory=[Argon2id memory in MiB (8..1024; default 512).]:MIB: ' \
+        '--kdf-time=[Argon2id passes (1..8; default 2; memory x passes <= 2048).]:N: ' \
+        '--kdf-parallelism=[Argon2id lanes (1..8; default 4).]:N: ' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -114,7 +117,7 @@ _kmscli_unlock() {
         '--idle=[End the session after this long without a call (default: only --ttl).]:DURATION: ' \
         '--shell=[Print for a POSIX shell (sh, bash, zsh; default) or fish.]:sh|bash|zsh|fish:(sh bash zsh fish)' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -124,7 +127,7 @@ _kmscli_unlock() {
 _kmscli_lock() {
     _arguments -S \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -144,7 +147,7 @@ _kmscli_encrypt() {
         '(--armor -a)--armor[Write ASCII armor instead of binary.]' \
         '(--armor -a)-a[Write ASCII armor instead of binary.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -162,7 +165,7 @@ _kmscli_decrypt() {
         '(--out -o)--out=[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
         '(--out -o)-o+[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -184,7 +187,7 @@ _kmscli_reencrypt() {
         '(--armor -a)--armor[Write ASCII armor instead of binary.]' \
         '(--armor -a)-a[Write ASCII armor instead of binary.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -200,7 +203,7 @@ _kmscli_datakey() {
         '--no-plaintext[Return only the encrypted copy.]' \
         '--json[Print the AWS KMS JSON response shape.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -213,7 +216,7 @@ _kmscli_random() {
         '(--format -f)--format=[Output encoding (default base64).]:base64|hex|raw:(base64 hex raw)' \
         '(--format -f)-f+[Output encoding (default base64).]:base64|hex|raw:(base64 hex raw)' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -278,7 +281,7 @@ _kmscli_keys_create() {
         '--bypass-policy-lockout-safety-check[Accept a policy that would lock you out of changing it.]' \
         '--json[Print the AWS KMS JSON response shape.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -291,7 +294,7 @@ _kmscli_keys_list() {
         '(--all -a)-a[Include keys pending deletion.]' \
         '--json[Print the AWS KMS JSON response shape.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -302,7 +305,7 @@ _kmscli_keys_describe() {
     _arguments -S \
         '--json[Print the AWS KMS JSON response shape.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -313,7 +316,7 @@ _kmscli_keys_describe() {
 _kmscli_keys_enable() {
     _arguments -S \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -324,7 +327,7 @@ _kmscli_keys_enable() {
 _kmscli_keys_disable() {
     _arguments -S \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -337,7 +340,7 @@ _kmscli_keys_schedule_delete() {
         '--days=[Waiting period in days (7..30).]:N: ' \
         '--json[Print the AWS KMS JSON response shape.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -348,7 +351,7 @@ _kmscli_keys_schedule_delete() {
 _kmscli_keys_cancel_delete() {
     _arguments -S \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -359,7 +362,7 @@ _kmscli_keys_cancel_delete() {
 _kmscli_keys_set_description() {
     _arguments -S \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -371,7 +374,7 @@ _kmscli_keys_set_description() {
 _kmscli_keys_tag() {
     _arguments -S \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -383,7 +386,7 @@ _kmscli_keys_tag() {
 _kmscli_keys_untag() {
     _arguments -S \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -395,7 +398,7 @@ _kmscli_keys_untag() {
 _kmscli_keys_rotate() {
     _arguments -S \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -410,7 +413,7 @@ _kmscli_keys_rotation() {
         '--days=[Rotation period (90..2560, default 365).]:N: ' \
         '--min-decrypt-version=[Refuse to decrypt ciphertexts sealed with material older than version N.]:N: ' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -422,7 +425,7 @@ _kmscli_keys_rotations() {
     _arguments -S \
         '--json[Print the AWS KMS JSON response shape.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -462,7 +465,7 @@ _kmscli_alias() {
 _kmscli_alias_create() {
     _arguments -S \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -474,7 +477,7 @@ _kmscli_alias_create() {
 _kmscli_alias_update() {
     _arguments -S \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -486,7 +489,7 @@ _kmscli_alias_update() {
 _kmscli_alias_delete() {
     _arguments -S \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -500,7 +503,7 @@ _kmscli_alias_list() {
         '(--key -k)-k+[Only aliases of this key.]:KEY:_kmscli_aliases' \
         '--json[Print the AWS KMS JSON response shape.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -535,7 +538,7 @@ _kmscli_policy() {
 _kmscli_policy_get() {
     _arguments -S \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -547,7 +550,7 @@ _kmscli_policy_put() {
     _arguments -S \
         '--bypass-policy-lockout-safety-check[Accept a policy that would lock you out of changing it.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -569,6 +572,8 @@ _kmscli_audit() {
         local -a commands=(
         'show:Show audit records: a table on a terminal, JSON lines otherwise.'
         'verify:Check the log for edits, deletions, reordering and insertions.'
+        'head:Print the chain head SEQ:MAC: keep it where only you can write, then check with verify --head.'
+        'restart:After a log was lost or damaged: move its files aside and start a new log that says so (needs the passphrase, never a session).'
         )
         _describe -t commands 'kmscli audit command' commands && ret=0 ;;
     (argument)
@@ -576,6 +581,8 @@ _kmscli_audit() {
         case $words[1] in
         (show) _kmscli_audit_show && ret=0 ;;
         (verify) _kmscli_audit_verify && ret=0 ;;
+        (head) _kmscli_audit_head && ret=0 ;;
+        (restart) _kmscli_audit_restart && ret=0 ;;
         esac ;;
     esac
     return ret
@@ -589,7 +596,7 @@ _kmscli_audit_show() {
         '--since=[Only records at or after TIME (ISO 8601, or a duration ago such as 2h).]:TIME: ' \
         '--json[Print JSON lines even on a terminal.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
@@ -598,8 +605,30 @@ _kmscli_audit_show() {
 
 _kmscli_audit_verify() {
     _arguments -S \
+        '--strict[Also fail on records written without the vault key (failed unlocks, which anyone could have written).]' \
+        '--head=[Also prove the log still holds the record '\''kmscli audit head'\'' printed earlier.]:SEQ\:MAC: ' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
-        '--audit-log=[Audit log \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]'
+}
+
+_kmscli_audit_head() {
+    _arguments -S \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]'
+}
+
+_kmscli_audit_restart() {
+    _arguments -S \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
