@@ -546,6 +546,7 @@ class AuditLog:
         before_write: Callable[[list[str], list[ChainHead]], None] | None = None,
         next_key: bytes | None = None,
         switch_at: int | None = None,
+        catch_up: Callable[[], list[str] | None] | None = None,
         now: datetime | None = None,
         event_ids: list[str] | None = None,
     ) -> list[ChainHead]:
@@ -559,6 +560,10 @@ class AuditLog:
         appended (the next command completes an append a crash cut short).
         From ``records[switch_at]`` on, records are sealed under ``next_key``
         (``passwd`` starts the new vault key's chain key inside its own write).
+        ``catch_up()`` also runs under the lock, first: it returns the lines of a
+        vault write this log may lack (a writer killed between its vault's
+        rename and its append), which are appended before ``records``, so a
+        caller that opened the vault earlier never chains past them.
         Raises AuditLogException, with nothing appended, when the records
         cannot be written; an exception from ``before_write`` propagates, with
         nothing appended.
@@ -571,16 +576,20 @@ class AuditLog:
         recs = [_prepare(r, now, i) for r, i in zip(records, ids, strict=True)]
         try:
             with self._exclusive():
-                return self._append_locked(recs, ring, before_write, next_key, switch_at)
+                return self._append_locked(recs, ring, before_write, next_key, switch_at, catch_up)
         except OSError as e:
             raise AuditLogException(f"cannot append to the audit log {self.path}: {_oserror(e)}") from None
 
     def _append_locked(self, recs: list[dict[str, Any]], ring: KeyRing | None,
                        before_write: Callable[[list[str], list[ChainHead]], None] | None,
-                       next_key: bytes | None, switch_at: int | None) -> list[ChainHead]:
+                       next_key: bytes | None, switch_at: int | None,
+                       catch_up: Callable[[], list[str] | None] | None = None) -> list[ChainHead]:
         fd, created = self._open_live()
         try:
             size = _repair_tail(fd)
+            missing = catch_up() if catch_up is not None else None
+            if missing:
+                size += self._complete_into(fd, size, missing)[0]
             last = self._last_before_append(fd, size)
             if last is None:
                 seq, prev = 1, genesis_link(ring.key_for(1) if ring else None, self.vault_id)
@@ -723,37 +732,43 @@ class AuditLog:
         were sealed. Returns how many were appended (0 when the log already
         holds them or does not end where they begin: the caller decides).
         """
-        recs = [parse_line(line.encode("ascii"), strict=False) for line in lines]
-        if recs[0][SEQ_FIELD] != 1 and not self.exists():
+        first = parse_line(lines[0].encode("ascii"), strict=False)
+        if first[SEQ_FIELD] != 1 and not self.exists():
             return 0  # a deleted log is not recreated here: the caller reports it
         try:
             with self._exclusive():
                 fd, created = self._open_live()
                 try:
                     size = _repair_tail(fd)
-                    last = self._last_before_append(fd, size)
-                    last_seq = last[SEQ_FIELD] if last is not None else 0
-                    last_mac = last[MAC_FIELD] if last is not None else None
-                    todo = None
-                    for i, rec in enumerate(recs):
-                        if rec[SEQ_FIELD] == last_seq + 1 and (last_mac is None or rec[PREV_FIELD] == last_mac):
-                            todo = i
-                            break
-                        if rec[SEQ_FIELD] == last_seq and rec[MAC_FIELD] == last_mac:
-                            todo = i + 1
-                            break
-                    if todo is None or todo >= len(recs):
-                        return 0
-                    if created:
+                    _, added = self._complete_into(fd, size, lines)
+                    if added and created:
                         self._fsync_folder()
-                    data = "".join(line + "\n" for line in lines[todo:]).encode("ascii")
-                    _write_line(fd, data, size)
-                    _sync(fd)
-                    return len(lines) - todo
+                    return added
                 finally:
                     os.close(fd)
         except OSError as e:
             raise AuditLogException(f"cannot append to the audit log {self.path}: {_oserror(e)}") from None
+
+    def _complete_into(self, fd: int, size: int, lines: list[str]) -> tuple[int, int]:
+        """Append the lines a crash kept out, where the log ends among them; return (bytes, records) added."""
+        recs = [parse_line(line.encode("ascii"), strict=False) for line in lines]
+        last = self._last_before_append(fd, size)
+        last_seq = last[SEQ_FIELD] if last is not None else 0
+        last_mac = last[MAC_FIELD] if last is not None else None
+        todo = None
+        for i, rec in enumerate(recs):
+            if rec[SEQ_FIELD] == last_seq + 1 and (last_mac is None or rec[PREV_FIELD] == last_mac):
+                todo = i
+                break
+            if rec[SEQ_FIELD] == last_seq and rec[MAC_FIELD] == last_mac:
+                todo = i + 1
+                break
+        if todo is None or todo >= len(recs):
+            return 0, 0
+        data = "".join(line + "\n" for line in lines[todo:]).encode("ascii")
+        _write_line(fd, data, size)
+        _sync(fd)
+        return len(data), len(lines) - todo
 
     def retire(self, suffix: str) -> list[str]:
         """Rename every file of the log to NAME + suffix (under the writers' lock); return the new names."""

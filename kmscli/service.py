@@ -21,7 +21,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -1004,9 +1004,12 @@ class Kms:
         if problem is None:
             return None
         lines = (ov.body.get("audit_head") or {}).get("lines")
-        if lines and log.complete(lines):
-            return self._log_problem(ov, log.tail())
-        return problem
+        if not lines:
+            return problem
+        # Under the log's lock: either a crash kept these records out (they are
+        # appended now), or their writer was still appending them a moment ago.
+        log.complete(lines)
+        return self._log_problem(ov, log.tail())
 
     def _log_problem(self, ov: OpenVault, tail: Any) -> str | None:
         from . import audit
@@ -1132,8 +1135,26 @@ class Kms:
             ov.pending.append(record)
             return None
         record["additionalEventData"] = {audit.GENERATION_FIELD: ov.body.get("generation", 0)}
-        return self._audit_log(ov).append_at(record, self._ring(ov), now=datetime.now(UTC),
-                                             event_id=call.event_id or audit.new_event_id())
+        return self._audit_log(ov).append_batch(
+            [record], self._ring(ov), catch_up=lambda: self._lines_of_a_newer_write(ov),
+            event_ids=[call.event_id or audit.new_event_id()])[-1]
+
+    def _lines_of_a_newer_write(self, ov: OpenVault) -> list[str] | None:
+        """Under the log's lock: the records of a vault write made since ``ov`` was read, if any.
+
+        A writer holds the log's lock from its vault's rename to its append, so
+        a newer vault seen here is either fully logged already or its writer
+        died in between: then its records go first, never forked from by ours.
+        """
+        if not self.store.changed_since(ov):
+            return None
+        from .vault.store import FixedKeySource
+
+        try:
+            newer = self.store.open(FixedKeySource(ov.vault_key))
+        except errors.KmsError:
+            return None  # rewritten under another key (passwd): the append refuses a stale key itself
+        return (newer.body.get("audit_head") or {}).get("lines")
 
     def _make_record(self, ov: OpenVault | None, call: _Call, error: errors.KmsError | None,
                      event_type: str) -> dict[str, Any]:

@@ -133,6 +133,12 @@ class OpenVault:
     body: dict[str, Any]
     #: Audit records that go to the log with the next write (None: records are appended at once).
     pending: list[dict[str, Any]] | None = None
+    #: Which file this was read from (inode, size, mtime), to notice a write since.
+    file_id: tuple[int, int, int] | None = None
+
+
+def file_id(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class KeySource:
@@ -187,6 +193,7 @@ class VaultStore:
         # through two paths still take the same lock.
         self.path = Path(os.path.realpath(path))
         self.lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
+        self.last_read_id: tuple[int, int, int] | None = None
 
     # -- reading ---------------------------------------------------------
     def read_bytes(self) -> bytes:
@@ -201,6 +208,7 @@ class VaultStore:
             raise errors.VaultFileError(f"cannot open the vault {self.path}: {e.strerror}") from None
         try:
             st = os.fstat(fd)
+            self.last_read_id = file_id(st)
             check_private_file(st, self.path, "the vault")
             if st.st_size > F.HEADER_SIZE + F.MAX_BODY_SIZE + 64:
                 raise errors.VaultCorruptException("the vault file is larger than kmscli allows (64 MiB)")
@@ -220,7 +228,15 @@ class VaultStore:
         data = self.read_bytes()
         header = F.parse_header(data)
         vault_key = keys.vault_key(header)
-        return OpenVault(header=header, vault_key=vault_key, body=F.open_body(data, header, vault_key))
+        return OpenVault(header=header, vault_key=vault_key, body=F.open_body(data, header, vault_key),
+                         file_id=self.last_read_id)
+
+    def changed_since(self, ov: OpenVault) -> bool:
+        """Whether the vault file was replaced since ``ov`` was read (every write renames a new file in)."""
+        try:
+            return file_id(os.stat(self.path)) != ov.file_id
+        except OSError:
+            return True
 
     # -- writing ---------------------------------------------------------
     @contextlib.contextmanager

@@ -10,9 +10,12 @@ the test sharing one vault:
   and SIGKILLs itself just before or just after the N-th, N drawn from the
   number of steps three operations take (measured first), so every step of
   the write paths gets its turn;
-* by the **clock**: the test SIGKILLs the other child after a random delay,
+* at a **random moment of its work**: the test waits until the other child
+  has acknowledged a random number (0..2) of operations, then SIGKILLs it
+  after a random fraction of the time one operation took in calibration,
   which can land inside a system call (a torn audit line, a half-written
-  temporary file).
+  temporary file). Waiting for acknowledged work first, not for a fixed
+  delay, means the kill lands inside an operation however slow the machine.
 
 The children run the real CLI code in process (``kmscli.cli.app.run``, forked
 from the test after the imports, so a call costs milliseconds, not an
@@ -30,6 +33,7 @@ import multiprocessing
 import os
 import random
 import re
+import select
 import signal
 import stat
 import time
@@ -47,6 +51,9 @@ from tests.conftest import PASSPHRASE, Runner, ok
 ROUNDS = {"vault": 45, "audit": 30, "decrypt": 40}  # two kills a round: 230 in all
 PLAINTEXT_SIZE = (5 << 20) // 2  # 2.5 MiB: three chunks, so a kill can leave a partial one
 TARGETS = ("out-a.txt", "out-b.txt", "out-c.txt")
+#: Seconds after which a child counts as hung: a guard against hangs only, never
+#: what a round waits for (a round waits for a child's acknowledgements or death).
+HANG_GUARD_S = 300.0
 _CTX = multiprocessing.get_context("fork")
 
 
@@ -92,6 +99,7 @@ def _child(scenario: str, work: str, ack: int, fault_at: int, after: bool, ops: 
     key_id = Path(work, "key_id").read_text()
     own: list[str] = []  # keys this child made: a key takes at most 50 aliases
     n = 0
+    real_write(ack, b'{"ready": true}\n')  # set up: the test may now count this child's work
     while ops == 0 or n < ops:
         n += 1
         if scenario == "vault":
@@ -131,6 +139,7 @@ class Crash:
         self.acks: list[dict] = []
         self.kills = Counter[str]()
         self.steps: dict[str, int] = {}
+        self.op_seconds: dict[str, float] = {}  # one operation's wall time on this machine, now
 
     def start(self, scenario: str, fault_at: int, after: bool, ops: int = 0) -> tuple[multiprocessing.Process, int]:
         r, w = os.pipe()
@@ -140,9 +149,23 @@ class Crash:
         os.close(w)
         return p, r
 
-    def collect(self, r: int) -> list[dict]:
+    def wait_lines(self, r: int, count: int, head: bytes = b"") -> bytes:
+        """Read from ``r`` until ``head`` and what follows hold ``count`` complete lines
+        (or end of input); return ``head`` and what was read."""
+        got = bytearray(head)
+        deadline = time.monotonic() + HANG_GUARD_S
+        while got.count(b"\n") < count:
+            assert time.monotonic() < deadline, f"no {count} lines from a child in {HANG_GUARD_S} s: {bytes(got)!r}"
+            if select.select([r], [], [], 1.0)[0]:
+                chunk = os.read(r, 65536)
+                if not chunk:
+                    break
+                got += chunk
+        return bytes(got)
+
+    def collect(self, r: int, head: bytes = b"") -> list[dict]:
         with os.fdopen(r, "rb") as f:
-            lines = f.read().splitlines(keepends=True)
+            lines = (head + f.read()).splitlines(keepends=True)
         got = [json.loads(line) for line in lines if line.endswith(b"\n")]  # a kill never splits one write
         failed = [g for g in got if "failed" in g]
         assert not failed, failed
@@ -151,11 +174,15 @@ class Crash:
     def calibrate(self, scenario: str) -> int:
         """How many I/O steps three operations of ``scenario`` take."""
         p, r = self.start(scenario, 0, False, ops=3)
-        p.join(60)
+        head = self.wait_lines(r, 1)  # "ready": time the three operations, not the fork
+        start = time.monotonic()
+        head = self.wait_lines(r, 1 + 3, head)
+        self.op_seconds[scenario] = (time.monotonic() - start) / 3
+        p.join(HANG_GUARD_S)
         if p.is_alive():  # hung: never leave it behind
             p.kill()
             p.join()
-        got = self.collect(r)
+        got = self.collect(r, head)
         assert p.exitcode == 0, got
         self.acks += [g for g in got if "args" in g]
         self.steps[scenario] = got[-1]["steps"]
@@ -163,18 +190,25 @@ class Crash:
 
     def round(self, scenario: str) -> None:
         steps = self.steps[scenario]
-        faulty = self.start(scenario, self.rng.randint(1, steps), self.rng.random() < 0.5)
+        at = self.rng.randint(1, steps)
+        faulty = self.start(scenario, at, self.rng.random() < 0.5)
         timed = self.start(scenario, 0, False)
-        time.sleep(self.rng.uniform(0.0, 0.15))
+        # "ready" and then 0..2 acknowledged operations: the child is now inside its next one
+        head = {timed[1]: self.wait_lines(timed[1], 1 + self.rng.randint(0, 2))}
+        time.sleep(self.rng.uniform(0.0, self.op_seconds[scenario]))
         timed[0].kill()
-        faulty[0].join(20)
-        if faulty[0].is_alive():  # the fault point was never reached (a shorter path): kill by the clock
+        # The fault point is always reached: the step count goes on across operations,
+        # so a child whose operations take fewer steps than calibration's only needs more of them.
+        faulty[0].join(HANG_GUARD_S)
+        hung = faulty[0].is_alive()
+        if hung:  # never leave it behind
             faulty[0].kill()
         for p, r in (faulty, timed):
-            p.join(20)
+            p.join(HANG_GUARD_S)
             assert p.exitcode == -signal.SIGKILL, p.exitcode
             self.kills[scenario] += 1
-            self.acks += [g for g in self.collect(r) if "args" in g]
+            self.acks += [g for g in self.collect(r, head.get(r, b"")) if "args" in g]
+        assert not hung, f"the child to die at I/O step {at} of {scenario} still ran after {HANG_GUARD_S} s"
 
 
 def _warm_imports() -> None:
@@ -205,17 +239,29 @@ def open_vault(vault: Path) -> tuple[dict, bytes]:
 
 
 def check_audit(vault: Path) -> str:
-    """The log verifies against the vault's head, or fails only on a torn last line. Returns which."""
+    """The log verifies against the vault's chain key and head; returns how.
+
+    "intact"; "torn" when it fails only on a torn last line (the next append
+    removes it); "completed" when it lacked only the records of the vault's
+    last write (a kill between the vault's rename and the log's append) and
+    verifies once they are appended from the vault, as the next command does.
+    """
     body, vault_key = open_vault(vault)
     log = audit.AuditLog(vault.with_name("audit.jsonl"), vault_id=body["vault_id"])
     head = body["audit_head"]
-    stored = audit.ChainHead(**head) if head else None
+    # The vault keeps more than the head itself ("lines"): take the head's own fields.
+    stored = audit.ChainHead(file_index=head["file_index"], seq=head["seq"], mac=head["mac"]) if head else None
+    key = audit.chain_key(vault_key)
     try:
-        log.verify(audit.chain_key(vault_key), stored)
+        log.verify(key, stored)
     except AuditVerificationException as e:
         lines = vault.with_name("audit.jsonl").read_bytes().split(b"\n")
-        assert re.fullmatch(rf"line {len(lines)}: .*torn final line.*", str(e)), str(e)
-        return "torn"
+        if re.fullmatch(rf"line {len(lines)}: .*torn final line.*", str(e)):
+            return "torn"
+        assert "records were removed from the end" in str(e), str(e)
+        assert log.complete(head["lines"]) > 0, str(e)
+        log.verify(key, stored)
+        return "completed"
     return "intact"
 
 
@@ -231,10 +277,11 @@ def test_vault_writes(crash: Crash, vault: Path, figures: Callable[[str], None],
         assert keys <= set(body["keys"]), (seed, sorted(keys - set(body["keys"])))
         assert set(aliases) <= set(body["aliases"]), (seed, sorted(set(aliases) - set(body["aliases"])))
         if i % 5 == 4:
-            torn += check_audit(vault) == "torn"
-    torn += check_audit(vault) == "torn"
+            torn += check_audit(vault) != "intact"
+    torn += check_audit(vault) != "intact"
     figures(f"crash/vault: {crash.kills['vault']} kills ({steps} I/O steps per 3 operations), "
-            f"{len(keys)} keys and {len(aliases)} aliases acknowledged and present, torn audit tails seen: {torn}")
+            f"{len(keys)} keys and {len(aliases)} aliases acknowledged and present, "
+            f"torn audit tails or logs completed from the vault seen: {torn}")
     assert crash.kills["vault"] >= 2 * ROUNDS["vault"]
 
 
@@ -244,8 +291,8 @@ def test_audit_appends(crash: Crash, vault: Path, figures: Callable[[str], None]
     for i in range(ROUNDS["audit"]):
         crash.round("audit")
         if i % 5 == 4:
-            torn += check_audit(vault) == "torn"
-    torn += check_audit(vault) == "torn"
+            torn += check_audit(vault) != "intact"
+    torn += check_audit(vault) != "intact"
     # Every acknowledged operation has its record, by the process that made it.
     names = {"encrypt": "Encrypt", "keys": "DescribeKey", "datakey": "GenerateDataKeyWithoutPlaintext"}
     acked = Counter((a["pid"], names[a["args"][0]]) for a in crash.acks)
@@ -256,7 +303,7 @@ def test_audit_appends(crash: Crash, vault: Path, figures: Callable[[str], None]
     assert not missing, (seed, missing)
     figures(f"crash/audit: {crash.kills['audit']} kills ({steps} I/O steps per 3 operations), "
             f"{sum(acked.values())} acknowledged operations all recorded, {len(records)} records, "
-            f"torn audit tails seen: {torn}")
+            f"torn audit tails or logs completed from the vault seen: {torn}")
     assert crash.kills["audit"] >= 2 * ROUNDS["audit"]
 
 
