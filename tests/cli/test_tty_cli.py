@@ -1,12 +1,18 @@
-"""The passphrase prompt on the controlling terminal, driven through a real pseudo-terminal."""
+"""The passphrase prompt on the controlling terminal, driven through a real pseudo-terminal.
+
+``run_on_tty`` types an answer when its prompt shows and reads until the
+terminal closes: nothing here waits a fixed time, and its clock (and the
+``timeout=`` below) only guards against a hang.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 from tests.conftest import CHEAP_KDF, clean_env, kmscli_command
-from tests.ttyrun import run_on_tty
+from tests.ttyrun import HANG_GUARD_S, run_on_tty
 
 
 def test_init_asks_twice_on_the_terminal(tmp_path: Path) -> None:
@@ -56,7 +62,8 @@ def test_binary_ciphertext_refused_on_terminal(tmp_path: Path) -> None:
 
     env = clean_env(KMSCLI_VAULT=str(tmp_path / "v" / "vault.kms"), KMSCLI_PASSPHRASE="pw")
     for args in (["init", *CHEAP_KDF], ["keys", "create", "--alias", "alias/t"]):
-        subprocess.run([*kmscli_command(), *args], env=env, check=True, capture_output=True)
+        subprocess.run([*kmscli_command(), *args], env=env, check=True, capture_output=True,
+                       timeout=HANG_GUARD_S)
     code, screen = run_on_tty(["encrypt", "--key", "alias/t"], env, [], stdin_data=b"secret")
     assert code == 2, screen
     assert b"ValidationException" in screen and b"--armor" in screen
@@ -72,7 +79,8 @@ def test_progress_bar_on_terminal_for_big_inputs(tmp_path: Path) -> None:
 
     env = clean_env(KMSCLI_VAULT=str(tmp_path / "v" / "vault.kms"), KMSCLI_PASSPHRASE="pw")
     for args in (["init", *CHEAP_KDF], ["keys", "create", "--alias", "alias/t"]):
-        subprocess.run([*kmscli_command(), *args], env=env, check=True, capture_output=True)
+        subprocess.run([*kmscli_command(), *args], env=env, check=True, capture_output=True,
+                       timeout=HANG_GUARD_S)
     big = tmp_path / "big"
     big.write_bytes(os.urandom(1 << 20) * 24)
     code, screen = run_on_tty(["encrypt", "--key", "alias/t", "-i", str(big), "-o", str(tmp_path / "a")], env, [])
@@ -81,10 +89,14 @@ def test_progress_bar_on_terminal_for_big_inputs(tmp_path: Path) -> None:
     # Size unknown (a FIFO): the bar appears once enough has flowed.
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    feeder = threading.Thread(target=lambda: fifo.write_bytes(big.read_bytes()))
+    feeder = threading.Thread(target=lambda: fifo.write_bytes(big.read_bytes()), daemon=True)
     feeder.start()
     code, screen = run_on_tty(["encrypt", "--key", "alias/t", "-i", str(fifo), "-o", str(tmp_path / "b")], env, [])
-    feeder.join()
+    if feeder.is_alive() and code != 0:  # kmscli failed before reading it all: release the writer
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    feeder.join(HANG_GUARD_S)
+    assert not feeder.is_alive()
     assert code == 0, screen
     assert b"encrypting" in screen
     # Small inputs draw nothing.

@@ -14,6 +14,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 COMPLETIONS = REPO / "completions"
 MAN_PAGE = REPO / "man" / "kmscli.1"
+#: Seconds after which a shell or tool run here counts as hung: a guard against
+#: hangs only, far beyond what any run takes on a loaded CI machine. No test
+#: passes or fails by how fast something finished.
+HANG_GUARD_S = 300
 
 
 def load_generator() -> ModuleType:
@@ -50,4 +54,32 @@ def shell_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}", HOME=str(tmp_path), TERM="dumb")
     env.pop("XDG_CONFIG_HOME", None)
     env.update(extra)
+    return env
+
+
+def patient_shell_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """``shell_env`` with a ``timeout`` first on PATH that gives kmscli the hang guard instead of 3 s.
+
+    The completions run ``timeout 3 kmscli ... alias list`` so that TAB never
+    hangs; on a loaded machine kmscli's start-up and unlock alone can take 3 s,
+    and the aliases would silently be missing. Tests of *what* is listed use
+    this environment, so that no machine is too slow for them; the 3 s cap
+    itself is proven with the real ``timeout`` by
+    ``test_a_slow_kmscli_cannot_hang_tab``. The shim insists on being asked for
+    3 s, so a completion that stopped passing its cap would fail here too.
+    """
+    real = shutil.which("timeout") or shutil.which("gtimeout")
+    assert real is not None, "no timeout(1) on PATH"
+    shim_dir = tmp_path / "patient-bin"
+    shim_dir.mkdir(exist_ok=True)
+    shim = shim_dir / "timeout"
+    shim.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = 3 ] || exit 125  # the completion no longer asks for its 3 s cap\n'
+        "shift\n"
+        f'exec {real} {HANG_GUARD_S} "$@"\n'
+    )
+    shim.chmod(0o755)
+    env = shell_env(tmp_path, **extra)
+    env["PATH"] = f"{shim_dir}{os.pathsep}{env['PATH']}"
     return env

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .conftest import COMPLETIONS
+from .conftest import COMPLETIONS, HANG_GUARD_S
 
 #: Word-break characters of readline that can occur inside a kmscli word unquoted.
 BREAKS = "=:"
@@ -48,7 +48,7 @@ def bash_complete(lines: list[str], env: dict[str, str], cwd: Path, wordbreaks: 
         text=True,
         env=env,
         cwd=cwd,
-        timeout=120,
+        timeout=HANG_GUARD_S,
         stdin=subprocess.DEVNULL,
     )
     assert r.returncode == 0, r.stderr
@@ -69,7 +69,7 @@ def fish_complete(lines: list[str], env: dict[str, str], cwd: Path) -> list[list
         text=True,
         env=env,
         cwd=cwd,
-        timeout=120,
+        timeout=HANG_GUARD_S,
         stdin=subprocess.DEVNULL,
     )
     assert r.returncode == 0, r.stderr
@@ -138,7 +138,7 @@ def zsh_complete(lines: list[str], env: dict[str, str], cwd: Path, tmp: Path) ->
         text=True,
         env=env,
         cwd=cwd,
-        timeout=120,
+        timeout=HANG_GUARD_S,
         stdin=subprocess.DEVNULL,
     )
     assert r.returncode == 0, r.stderr
@@ -147,10 +147,13 @@ def zsh_complete(lines: list[str], env: dict[str, str], cwd: Path, tmp: Path) ->
     return [[w for w in chunk.split("\n") if w] for chunk in chunks]
 
 
-def interactive_bash(keys: str, env: dict[str, str], cwd: Path, expect: str, timeout: float = 20) -> str:
+def interactive_bash(keys: str, env: dict[str, str], cwd: Path, expect: str,
+                     timeout: float = HANG_GUARD_S) -> str:
     """Type ``keys`` into an interactive bash on a pseudo-terminal; return what it shows once ``expect`` appears.
 
     This is readline itself deciding word boundaries and inserting the completion.
+    It waits for what the screen shows, never for a time; ``timeout`` only guards
+    against a hang.
     """
     import pty
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import HANG_GUARD_S, REPO
 
 REGENERATE = "run .venv/bin/python scripts/gen_docs.py and commit the result"
 
@@ -35,7 +35,7 @@ def test_check_mode_exits_0_when_current_and_1_when_stale(tmp_path: Path) -> Non
             [sys.executable, str(script), "--check"],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=HANG_GUARD_S,
             env={**os.environ, "PYTHONHASHSEED": seed},
         )
         assert r.returncode == 0, r.stderr
@@ -46,7 +46,7 @@ def test_check_mode_exits_0_when_current_and_1_when_stale(tmp_path: Path) -> Non
         [sys.executable, str(tmp_path / "scripts" / "gen_docs.py"), "--check"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=HANG_GUARD_S,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
     assert r.returncode == 1, r.stderr

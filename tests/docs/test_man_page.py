@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import need
+from .conftest import HANG_GUARD_S, need
 
 SECTIONS = [
     "NAME",
@@ -47,7 +47,8 @@ def source(page: Path) -> str:
 def rendered(page: Path) -> str:
     need("man", "man-db")
     env = {**os.environ, "MANWIDTH": "80", "MAN_KEEP_FORMATTING": "", "LANG": "C.UTF-8"}
-    r = subprocess.run(["man", "--warnings", "-l", str(page)], capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(["man", "--warnings", "-l", str(page)], capture_output=True, text=True, env=env,
+                       timeout=HANG_GUARD_S)
     assert r.returncode == 0, r.stderr
     assert r.stderr == "", f"man --warnings complains:\n{r.stderr}"
     return re.sub(r".\x08", "", r.stdout)  # no overstrike, should a pager setting ask for it
@@ -59,7 +60,7 @@ def test_man_renders_without_warnings(rendered: str) -> None:
 
 def test_groff_finds_nothing_to_warn_about(page: Path) -> None:
     need("groff", "groff-base")
-    r = subprocess.run(["groff", "-man", "-ww", "-z", str(page)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["groff", "-man", "-ww", "-z", str(page)], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
@@ -117,5 +118,6 @@ def test_hyphens_and_backslashes_are_escaped(source: str) -> None:
 
 @pytest.mark.skipif(shutil.which("mandoc") is None, reason="mandoc is not installed (optional second linter)")
 def test_mandoc_lint(page: Path) -> None:
-    r = subprocess.run(["mandoc", "-Tlint", "-Wwarning", str(page)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["mandoc", "-Tlint", "-Wwarning", str(page)], capture_output=True, text=True,
+                       timeout=HANG_GUARD_S)
     assert r.returncode == 0, r.stdout + r.stderr

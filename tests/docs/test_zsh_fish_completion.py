@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import COMPLETIONS, need, shell_env
+from .conftest import COMPLETIONS, HANG_GUARD_S, need, patient_shell_env, shell_env
 from .shells import fish_complete, zsh_complete
 
 
@@ -30,7 +30,7 @@ def aliased(kms, vault: Path) -> Path:
 
 def _syntax(shell: str, package: str, path: Path) -> None:
     need(shell, package)
-    r = subprocess.run([shell, "-n", str(path)], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([shell, "-n", str(path)], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
@@ -87,9 +87,9 @@ def test_zsh_completes_alias_names(aliased: Path, tmp_path: Path, workdir: Path)
         "kmscli keys describe alias/z",
         f"kmscli --vault {aliased} --passphrase-file {pf} alias delete ",
     ]
-    env = shell_env(tmp_path, KMSCLI_VAULT=str(aliased), KMSCLI_PASSPHRASE=PASSPHRASE)
+    env = patient_shell_env(tmp_path, KMSCLI_VAULT=str(aliased), KMSCLI_PASSPHRASE=PASSPHRASE)
     got = zsh_complete(lines[:3], env, workdir, tmp_path)
-    got += zsh_complete(lines[3:], shell_env(tmp_path), workdir, tmp_path)
+    got += zsh_complete(lines[3:], patient_shell_env(tmp_path), workdir, tmp_path)
     assert [sorted(g) for g in got] == [
         ["alias/app", "alias/zeta"],
         ["alias/app", "alias/zeta"],
@@ -140,7 +140,7 @@ def test_fish_completes_alias_names(aliased: Path, tmp_path: Path, workdir: Path
     need("fish", "fish")
     pf = tmp_path / "pass"
     pf.write_text(PASSPHRASE + "\n")
-    env = shell_env(tmp_path, KMSCLI_VAULT=str(aliased), KMSCLI_PASSPHRASE=PASSPHRASE)
+    env = patient_shell_env(tmp_path, KMSCLI_VAULT=str(aliased), KMSCLI_PASSPHRASE=PASSPHRASE)
     got = fish_complete(
         [
             "kmscli encrypt --key ",
@@ -152,7 +152,7 @@ def test_fish_completes_alias_names(aliased: Path, tmp_path: Path, workdir: Path
         workdir,
     )
     got += fish_complete(
-        [f"kmscli --vault {aliased} --passphrase-file {pf} alias delete "], shell_env(tmp_path), workdir
+        [f"kmscli --vault {aliased} --passphrase-file {pf} alias delete "], patient_shell_env(tmp_path), workdir
     )
     assert [sorted(g) for g in got] == [
         ["alias/app", "alias/zeta"],
