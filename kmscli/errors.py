@@ -19,6 +19,8 @@ EXIT_CIPHERTEXT = 6
 EXIT_DENIED = 7
 EXIT_FILE = 8
 EXIT_EXISTS = 9
+#: Reserved by the SPEC for remote mode (--endpoint): no error of this version carries it.
+EXIT_REMOTE = 10
 
 
 class KmsError(Exception):
