@@ -2,6 +2,11 @@
 
 Vaults in tests use ``--kdf-memory 8 --kdf-time 1``: the defaults are never
 weakened, the cheap parameters are simply written into each test vault's header.
+
+No test passes or fails by how fast the machine is: tests wait for events
+(a prompt, a line, a process state), and every timeout is ``HANG_GUARD_S``,
+a guard against hangs far beyond what any command takes on a shared CI
+machine ten times slower than a laptop.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import pytest
 
 PASSPHRASE = "correct horse battery staple"
 CHEAP_KDF = ["--kdf-memory", "8", "--kdf-time", "1", "--kdf-parallelism", "1"]
+#: Seconds after which a subprocess or a wait counts as hung. A guard only: waiting
+#: ends as soon as what is awaited happens, so a long guard costs nothing.
+HANG_GUARD_S = 300.0
 
 
 def kmscli_command() -> list[str]:
@@ -54,10 +62,11 @@ def kms(env: dict[str, str]) -> Runner:
     """Run kmscli with the test's environment; stdin is empty unless ``input`` is given.
 
     ``prefix`` runs it under another command, e.g. ``("faketime", "-f", "+8d")``.
+    ``timeout`` is a hang guard only.
     """
 
     def run(*args: str, input: bytes | None = None, env_update: dict[str, str] | None = None,
-            env_remove: tuple[str, ...] = (), timeout: float = 60,
+            env_remove: tuple[str, ...] = (), timeout: float = HANG_GUARD_S,
             prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
         e = dict(env)
         e.update(env_update or {})

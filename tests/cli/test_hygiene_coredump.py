@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Runner, kmscli_command, ok
+from tests.conftest import HANG_GUARD_S, Runner, kmscli_command, ok
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")
 
@@ -41,7 +41,7 @@ def waiting(argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
         yield proc
     finally:
         proc.kill()
-        proc.communicate(timeout=60)
+        proc.communicate(timeout=HANG_GUARD_S)
 
 
 def blocked_in(what: str, pid: int) -> bool:
@@ -56,11 +56,12 @@ def blocked_in(what: str, pid: int) -> bool:
     return state == "S" and "pipe" in wchan and what in wchan
 
 
-def wait_until_blocked(proc: subprocess.Popen, deadline_s: float = 120) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not blocked_in("read", proc.pid):
+def wait_until_blocked(proc: subprocess.Popen, what: str = "read", guard_s: float = HANG_GUARD_S) -> None:
+    """Poll until ``proc`` sleeps in a pipe ``what``; ``guard_s`` is a hang guard, never a speed limit."""
+    deadline = time.monotonic() + guard_s
+    while not blocked_in(what, proc.pid):
         assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "kmscli never reached the read of its input"
+        assert time.monotonic() < deadline, f"kmscli never reached the {what} of its pipe in {guard_s:.0f} s"
         time.sleep(0.05)
 
 
@@ -73,7 +74,7 @@ def core_limit(pid: int) -> tuple[str, str]:
 
 def memory_readable(pid: int) -> bool:
     r = subprocess.run([*NO_PTRACE, sys.executable, "-c", READ_MEM, f"/proc/{pid}/mem"], capture_output=True,
-                       timeout=60)
+                       timeout=HANG_GUARD_S)
     assert r.returncode in (0, 13), r.stderr
     return r.returncode == 0
 
@@ -112,11 +113,8 @@ def test_fast_paths_set_the_core_limit_too(env: dict[str, str]) -> None:
                             start_new_session=True)
     os.close(w)
     try:
-        deadline = time.monotonic() + 120
-        while not blocked_in("write", proc.pid):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until_blocked(proc, "write")
         assert core_limit(proc.pid) == ("0", "0")
     finally:
         os.close(r)  # kmscli's write fails with EPIPE: it ends, quietly
-        assert proc.wait(timeout=60) == 141
+        assert proc.wait(timeout=HANG_GUARD_S) == 141

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Runner, kmscli_command, ok
+from tests.conftest import HANG_GUARD_S, Runner, kmscli_command, ok
 
 EXIT_BROKEN_PIPE = 141
 
@@ -25,7 +25,7 @@ def into_closed_pipe(args: list[str], env: dict[str, str], stdin: bytes = b"") -
     os.close(r)
     try:
         return subprocess.run([*kmscli_command(), *args], input=stdin, stdout=w, stderr=subprocess.PIPE, env=env,
-                              timeout=120, start_new_session=True)
+                              timeout=HANG_GUARD_S, start_new_session=True)
     finally:
         os.close(w)
 
@@ -78,4 +78,4 @@ def test_through_a_session_too(kms: Runner, env: dict[str, str], key: str, ciphe
             r = into_closed_pipe(args, session_env)
             assert (r.returncode, r.stderr) == (EXIT_BROKEN_PIPE, b""), (args, r.stderr)
     finally:
-        subprocess.run([*kmscli_command(), "lock"], env=session_env, capture_output=True, timeout=60)
+        subprocess.run([*kmscli_command(), "lock"], env=session_env, capture_output=True, timeout=HANG_GUARD_S)

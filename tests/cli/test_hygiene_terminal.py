@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from kmscli.cli import output
-from tests.conftest import Runner, fails, kmscli_command, ok
+from tests.conftest import HANG_GUARD_S, Runner, fails, kmscli_command, ok
 
 #: A description with everything a terminal or a TSV reader could trip on.
 HOSTILE = "a[/x]b[bold]c\x1b[31mRED\x1b[2J\x07\x08\x9b31m\u202eevil\u2028\tT\nN\rR\\z"
@@ -112,28 +112,42 @@ def test_tsv_fields_escape_tabs_newlines_and_backslashes(monkeypatch: pytest.Mon
 
 
 # -- through the real binary ---------------------------------------------------------------
-def on_terminal(args: list[str], env: dict[str, str], timeout: float = 120) -> tuple[int, bytes, bytes]:
-    """Run kmscli with stdout on a pseudo-terminal; return the exit code, the screen and stderr."""
+def on_terminal(args: list[str], env: dict[str, str], guard_s: float = HANG_GUARD_S) -> tuple[int, bytes, bytes]:
+    """Run kmscli with stdout on a pseudo-terminal; return the exit code, the screen and stderr.
+
+    The screen is read until the terminal reports that nothing holds it any
+    more (EIO), which comes only after its last bytes: no clock decides when
+    the output is complete. ``guard_s`` is a hang guard: a child still running
+    then is killed and the test fails, showing the screen.
+    """
     master, slave = pty.openpty()
     proc = subprocess.Popen([*kmscli_command(), *args], stdin=subprocess.DEVNULL, stdout=slave,
                             stderr=subprocess.PIPE, env={**env, "COLUMNS": "300"})
     os.close(slave)
-    screen = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if select.select([master], [], [], 0.5)[0]:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: every writer has closed the terminal
-                break
-            if not chunk:
-                break
-            screen += chunk
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    _, err = proc.communicate(timeout=timeout)
-    return proc.returncode, screen, err
+    screen = bytearray()
+    deadline = time.monotonic() + guard_s
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"kmscli {' '.join(args)} still running after {guard_s:.0f} s; screen: {bytes(screen)!r}"
+            if select.select([master], [], [], min(left, 1.0))[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer has closed the terminal, all output read
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            elif proc.poll() is not None:
+                break  # kmscli is gone, yet something it left behind holds the terminal, quietly
+    except BaseException:
+        proc.kill()  # hung, or the test is torn down: never leave the child behind
+        proc.communicate()
+        raise
+    finally:
+        os.close(master)
+    _, err = proc.communicate(timeout=guard_s)
+    return proc.returncode, bytes(screen), err
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Runner, fails, ok
+from tests.conftest import HANG_GUARD_S, Runner, fails, ok
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 ARN = re.compile(r"^arn:aws:kms:local:\d{12}:key/[0-9a-f-]{36}$")
@@ -262,6 +262,7 @@ def test_full_stdout_is_exit_2(kms: Runner, vault: Path, env: dict[str, str], ar
 
     ok(kms("keys", "create"))
     with open("/dev/full", "wb") as full:
-        r = subprocess.run([*kmscli_command(), *args], stdout=full, stderr=subprocess.PIPE, env=env, timeout=30)
+        r = subprocess.run([*kmscli_command(), *args], stdout=full, stderr=subprocess.PIPE, env=env,
+                           timeout=HANG_GUARD_S)
     assert r.returncode == 2, r.stderr
     assert r.stderr.decode().strip() == "kmscli: ValidationException: cannot write to standard output: the disk is full"

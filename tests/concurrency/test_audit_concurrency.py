@@ -15,21 +15,25 @@ import pytest
 
 from kmscli.audit import AuditLog, ChainHead, chain_key
 from kmscli.errors import AuditVerificationException
+from tests.conftest import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = chain_key(b"\x07" * 32)
 VAULT_ID = "vault-concurrency"
 
-# A writer: waits for a common start time, appends N records, prints each head it got back.
+# A writer: says "ready", waits until the gate (a pipe) closes, appends N records (forever if
+# N < 0), prints each head it got back. Gate "-": no waiting.
 WRITER = r"""
-import json, os, sys, time
+import json, os, sys
 from kmscli.audit import AuditLog
-path, vault_id, key_hex, n, start, tag, max_bytes, unkeyed_every = sys.argv[1:]
-n, start, max_bytes, unkeyed_every = int(n), float(start), int(max_bytes), int(unkeyed_every)
+path, vault_id, key_hex, n, gate, tag, max_bytes, unkeyed_every = sys.argv[1:]
+n, max_bytes, unkeyed_every = int(n), int(max_bytes), int(unkeyed_every)
 key = bytes.fromhex(key_hex)
 log = AuditLog(path, vault_id=vault_id, max_bytes=max_bytes)
-while time.time() < start:
-    time.sleep(0.0005)
+if gate != "-":
+    os.write(1, b"ready\n")
+    while os.read(int(gate), 1):  # EOF once the test closes its end: every writer starts at once
+        pass
 i = 0
 while n < 0 or i < n:
     rec = {"eventName": "Encrypt", "userIdentity": {"userName": tag}, "requestParameters": {"keyId": tag, "i": i}}
@@ -42,12 +46,24 @@ while n < 0 or i < n:
 """
 
 
-def writer(path: Path, n: int, start: float, tag: str, max_bytes: int = 64 << 20, unkeyed_every: int = 0):
-    args = [str(path), VAULT_ID, KEY.hex(), str(n), repr(start), tag, str(max_bytes), str(unkeyed_every)]
+def writer(path: Path, n: int, tag: str, max_bytes: int = 64 << 20, unkeyed_every: int = 0,
+           gate: int | None = None) -> subprocess.Popen:
+    """Start a writer; with ``gate`` (a pipe's read end) it prints "ready" and waits for the pipe to close."""
+    args = [str(path), VAULT_ID, KEY.hex(), str(n), "-" if gate is None else str(gate), tag, str(max_bytes),
+            str(unkeyed_every)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        [sys.executable, "-c", WRITER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        pass_fds=() if gate is None else (gate,),
     )
+
+
+def read_line(p: subprocess.Popen) -> bytes:
+    """The writer's next line; it must come (a writer that died instead shows its stderr)."""
+    assert p.stdout is not None and p.stderr is not None
+    line = p.stdout.readline()
+    assert line.endswith(b"\n"), (line, p.wait(HANG_GUARD_S), p.stderr.read().decode())
+    return line
 
 
 def on_disk(path: Path) -> dict[int, ChainHead]:
@@ -81,8 +97,18 @@ def heads_of(out: bytes) -> list[ChainHead]:
 def test_eight_processes_append_at_once(tmp_path: Path, max_bytes: int, unkeyed_every: int) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, vault_id=VAULT_ID)
-    start = time.time() + 0.5  # every process is up and waiting before any starts
-    procs = [writer(path, 50, start, f"p{p}", max_bytes, unkeyed_every) for p in range(8)]
+    # A start barrier that counts processes, not seconds: all eight are up and
+    # waiting on the gate before it opens, however slowly they started.
+    gate, opener = os.pipe()
+    try:
+        procs = [writer(path, 50, f"p{p}", max_bytes, unkeyed_every, gate=gate) for p in range(8)]
+    finally:
+        os.close(gate)
+    try:
+        for p in procs:
+            assert read_line(p) == b"ready\n"
+    finally:
+        os.close(opener)  # EOF on the gate: all start at once
     # Readers while the writers run: each snapshot is a consistent prefix of the chain.
     seen = 0
     while any(p.poll() is None for p in procs):
@@ -112,6 +138,11 @@ def test_eight_processes_append_at_once(tmp_path: Path, max_bytes: int, unkeyed_
         assert mine == list(range(50))
 
 
+#: Appends each killed writer has acknowledged at least: 24 writers times this many
+#: records of about 440 bytes fill more than three 8 KiB files, however slow the machine.
+MIN_APPENDS = 5
+
+
 def test_sigkill_at_random_moments_never_breaks_the_chain(tmp_path: Path) -> None:
     """Kill writers (two at a time, in tight append loops, rotating often) at seeded random moments."""
     rng = random.Random(20261201)
@@ -120,14 +151,13 @@ def test_sigkill_at_random_moments_never_breaks_the_chain(tmp_path: Path) -> Non
     acked: list[ChainHead] = []
     kills = 0
     for _ in range(12):
-        procs = [writer(path, -1, 0, f"k{kills + j}", max_bytes=8 << 10) for j in range(2)]
-        for p in procs:  # wait until each one is appending
-            assert p.stdout is not None
-            first = p.stdout.readline()
-            assert first.endswith(b"\n"), p.stderr.read().decode() if p.stderr else ""
-            acked.append(ChainHead(*json.loads(first)))
+        procs = [writer(path, -1, f"k{kills + j}", max_bytes=8 << 10) for j in range(2)]
         for p in procs:
-            time.sleep(rng.uniform(0, 0.03))
+            # Kill after a seeded number of acknowledged appends (work, not seconds), while
+            # the other writer appends too; the jitter varies where in an append it lands.
+            for _ in range(rng.randrange(MIN_APPENDS, 3 * MIN_APPENDS)):
+                acked.append(ChainHead(*json.loads(read_line(p))))
+            time.sleep(rng.uniform(0, 0.003))
             p.send_signal(signal.SIGKILL)
             kills += 1
         for p in procs:

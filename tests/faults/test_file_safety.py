@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kmscli.cli import fileio
-from tests.conftest import CHEAP_KDF, PASSPHRASE, Runner, clean_env, fails, kmscli_command, ok
+from tests.conftest import CHEAP_KDF, HANG_GUARD_S, PASSPHRASE, Runner, clean_env, fails, kmscli_command, ok
 from tests.faults._inproc import one_error_line, run_cli
 
 NOBODY = 65534
@@ -173,7 +173,7 @@ def test_output_to_a_device_or_fifo_writes_to_it_and_never_replaces_it(
     reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
     try:
         ok(kms("encrypt", "--key", key, "--armor", "-o", str(fifo), input=b"y"))
-        assert reader.communicate(timeout=30)[0].startswith(b"-----BEGIN KMSCLI ENCRYPTED MESSAGE-----")
+        assert reader.communicate(timeout=HANG_GUARD_S)[0].startswith(b"-----BEGIN KMSCLI ENCRYPTED MESSAGE-----")
     finally:
         if reader.poll() is None:  # kmscli never opened the FIFO: do not leave cat waiting on it
             reader.kill()
@@ -204,7 +204,8 @@ k $K datakey alias/a --json > /dev/null
 k $K passwd
 KMSCLI_PASSPHRASE=second k $K audit verify
 """
-    r = subprocess.run(["sh", "-c", script], env=env, capture_output=True, start_new_session=True, timeout=120)
+    r = subprocess.run(["sh", "-c", script], env=env, capture_output=True, start_new_session=True,
+                       timeout=HANG_GUARD_S)
     assert r.returncode == 0, r.stderr.decode()
     files = [p for p in home.rglob("*") if p.is_file()] + [p for p in out.iterdir()]
     names = {p.name for p in files}

@@ -9,12 +9,11 @@ import signal
 import socket
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Runner, fails, kmscli_command, ok
+from tests.conftest import HANG_GUARD_S, Runner, fails, kmscli_command, ok
 from tests.session.conftest import Unlocker, agent_pid, alive, socket_of, wait_until
 
 
@@ -29,7 +28,7 @@ def children(pid: int) -> list[int]:
 def connect(token: str) -> socket.socket:
     path = socket_of(token)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(15)
+    sock.settimeout(HANG_GUARD_S)
     dfd = os.open(os.path.dirname(path), os.O_PATH)
     try:
         sock.connect(f"/proc/self/fd/{dfd}/{os.path.basename(path)}")
@@ -73,7 +72,7 @@ def test_sixteen_clients_at_once(kms: Runner, session: dict[str, str], env: dict
     for p in procs:
         assert p.stdout is not None and p.stderr is not None
         out, err = p.stdout.read(), p.stderr.read()
-        assert p.wait(60) == 0, err
+        assert p.wait(HANG_GUARD_S) == 0, err
         outputs.append(out)
     for i, ct in enumerate(outputs):
         assert ok(kms("decrypt", "--context", f"n={i}", input=ct, env_update=session)).stdout == f"message {i}".encode()
@@ -87,7 +86,7 @@ def test_a_64_mib_stream_through_the_agent(session: dict[str, str], env: dict[st
     digest = hashlib.sha256(data.read_bytes()).hexdigest()
     kmscli = kmscli_command()[0]
     r = subprocess.run(f"{kmscli} encrypt --key alias/app < {data} | {kmscli} decrypt | sha256sum", shell=True,
-                       capture_output=True, env={**env, **session}, timeout=300)
+                       capture_output=True, env={**env, **session}, timeout=HANG_GUARD_S)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0].decode() == digest
 
@@ -102,19 +101,9 @@ def slow_client(session: dict[str, str], env: dict[str, str], *args: str) -> sub
     return proc
 
 
-def test_a_client_killed_mid_stream_stops_its_worker_only(kms: Runner, session: dict[str, str],
-                                                         env: dict[str, str]) -> None:
-    agent = agent_pid(session["KMSCLI_SESSION"])
-    assert agent is not None
-    proc = slow_client(session, env, "encrypt", "--key", "alias/app")
-    assert wait_until(lambda: len(children(agent)) >= 1)
-    busy = set(children(agent))
-    proc.kill()
-    proc.wait(10)
-    # the worker is interrupted, then killed if it lingers; the agent itself lives on
-    assert wait_until(lambda: not any(alive(c) for c in busy if c in children(agent) and _working(c)), 10)
-    assert alive(agent)
-    ok(kms("encrypt", "--key", "alias/app", input=b"after", env_update=session))
+def workers(agent: int) -> set[int]:
+    """The agent's children serving a client (holding its pipes); the idle spare holds none."""
+    return {c for c in children(agent) if _working(c)}
 
 
 def _working(pid: int) -> bool:
@@ -125,14 +114,54 @@ def _working(pid: int) -> bool:
         return False
 
 
+def catches(pid: int, sig: int) -> bool:
+    """True once ``pid`` has its own handler for ``sig`` (the kernel's SigCgt mask)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(mask & (1 << (sig - 1)))
+
+
+def wait_mid_request(proc: subprocess.Popen, agent: int) -> set[int]:
+    """Wait until ``proc``'s request runs in a worker and the client waits for it; return the workers.
+
+    The thin client installs its SIGINT/SIGTERM/SIGHUP handlers (SIGHUP last)
+    after sending the request, just before it waits for the answer: from then
+    on a signal is forwarded to the worker, not the default action.
+    """
+    assert wait_until(lambda: proc.poll() is not None or (bool(workers(agent)) and catches(proc.pid, signal.SIGHUP)))
+    assert proc.poll() is None, proc.communicate()
+    return workers(agent)
+
+
+def test_a_client_killed_mid_stream_stops_its_worker_only(kms: Runner, session: dict[str, str],
+                                                         env: dict[str, str]) -> None:
+    agent = agent_pid(session["KMSCLI_SESSION"])
+    assert agent is not None
+    proc = slow_client(session, env, "encrypt", "--key", "alias/app")
+    busy = wait_mid_request(proc, agent)
+    proc.kill()
+    proc.wait(HANG_GUARD_S)
+    # the worker is interrupted, then killed if it lingers; the agent itself lives on
+    assert wait_until(lambda: not busy & workers(agent))
+    assert alive(agent)
+    ok(kms("encrypt", "--key", "alias/app", input=b"after", env_update=session))
+
+
 def test_ctrl_c_on_the_client_interrupts_the_worker(kms: Runner, session: dict[str, str], env: dict[str, str],
                                                     tmp_path: Path) -> None:
     out = tmp_path / "out.kms"
+    agent = agent_pid(session["KMSCLI_SESSION"])
+    assert agent is not None
     proc = slow_client(session, env, "encrypt", "--key", "alias/app", "-o", str(out))
-    time.sleep(0.5)
+    wait_mid_request(proc, agent)
+    # mid-stream: the worker has its temporary output open, which the interrupt must clean up
+    assert wait_until(lambda: proc.poll() is not None or bool(list(tmp_path.glob(".out.kms.*"))))
     proc.send_signal(signal.SIGINT)
-    proc.wait(20)  # stdin stays open: only the interrupt can end the command
-    _, err = proc.communicate(timeout=20)
+    proc.wait(HANG_GUARD_S)  # stdin stays open (communicate would close it): only the interrupt can end it
+    _, err = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == 130, err  # as kmscli without a session ends on Ctrl-C
     assert b"Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".out.kms.*"))  # cleaned up as in-process
@@ -140,11 +169,13 @@ def test_ctrl_c_on_the_client_interrupts_the_worker(kms: Runner, session: dict[s
 
 
 def test_sigterm_on_the_client_ends_it_by_that_signal(session: dict[str, str], env: dict[str, str]) -> None:
+    agent = agent_pid(session["KMSCLI_SESSION"])
+    assert agent is not None
     proc = slow_client(session, env, "encrypt", "--key", "alias/app")
-    time.sleep(0.5)
+    wait_mid_request(proc, agent)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(20)
-    proc.communicate(timeout=20)
+    proc.wait(HANG_GUARD_S)  # stdin stays open (communicate would close it): only the signal can end it
+    proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == -signal.SIGTERM
 
 
@@ -207,7 +238,7 @@ def _frame(fields: list[bytes]) -> bytes:
 
 def test_a_long_socket_path_works(kms: Runner, unlock: Unlocker, tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 60)
-    s = unlock("--ttl", "60", env_update={"KMSCLI_RUNTIME_DIR": str(deep)})
+    s = unlock("--ttl", "300", env_update={"KMSCLI_RUNTIME_DIR": str(deep)})
     assert len(socket_of(s["KMSCLI_SESSION"])) > 108
     ok(kms("keys", "list", env_update=s))
     ok(kms("lock", env_update=s))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CHEAP_KDF, PASSPHRASE, Runner, fails, kmscli_command, ok
+from tests.conftest import CHEAP_KDF, HANG_GUARD_S, PASSPHRASE, Runner, fails, kmscli_command, ok
 from tests.session.conftest import Unlocker, agent_pid, alive, socket_of, wait_until
 
 NO_PASS = ("KMSCLI_PASSPHRASE",)
@@ -33,7 +34,7 @@ def test_round_trip_through_a_session_without_any_passphrase(kms: Runner, unlock
 
 
 def test_unlock_prints_the_export_line_for_sh_and_fish(kms: Runner, unlock: Unlocker, runtime_dir: Path) -> None:
-    s = unlock("--ttl", "90")
+    s = unlock("--ttl", "300")
     token = s["KMSCLI_SESSION"]
     assert token.startswith(f"kms1:{runtime_dir}/")
     r = ok(kms("unlock", "--shell", "fish"))
@@ -94,22 +95,80 @@ def test_forged_session_is_refused_even_with_a_passphrase(kms: Runner, unlock: U
     ok(kms("keys", "list", env_update={"KMSCLI_SESSION": token}))
 
 
+#: The first TTL (seconds) a TTL test tries. A TTL check is conclusive only when
+#: the calls it depends on took less than the TTL; when they did not (a slow
+#: machine), the test tries again with a TTL fitted to the time they took.
+FIRST_TTL = 2
+
+
+def longer_ttl(ttl: int, work: float) -> int:
+    """The next TTL to try after calls that took ``work`` seconds made ``ttl`` too short to tell."""
+    longer = max(2 * ttl, math.ceil(2 * work))
+    assert longer <= HANG_GUARD_S, f"calls took {work:.0f} s: the machine is hung"
+    return longer
+
+
+def sleep_until(moment: float) -> None:
+    """Wait until time.monotonic() reaches ``moment``: for a TTL to pass, never for work to get done."""
+    while (left := moment - time.monotonic()) > 0:
+        time.sleep(left)
+
+
 def test_the_absolute_ttl_ends_the_session(kms: Runner, unlock: Unlocker) -> None:
-    s = unlock("--ttl", "2s")
-    pid = agent_pid(s["KMSCLI_SESSION"])
-    ok(kms("keys", "list", env_update=s))
-    time.sleep(2.3)
+    """Valid before its TTL, refused after it, whatever the machine's speed.
+
+    The agent sets its deadline (now + TTL) while ``unlock`` runs: no earlier
+    than ``began`` and no later than ``unlocked``. A call that ends before
+    ``began + ttl`` was checked before the deadline, so it must succeed; a call
+    that starts after ``unlocked + ttl`` comes after it, so it must be refused.
+    """
+    ttl = FIRST_TTL
+    while True:
+        began = time.monotonic()
+        s = unlock("--ttl", f"{ttl}s", short_lived=True)
+        unlocked = time.monotonic()
+        pid = agent_pid(s["KMSCLI_SESSION"])  # a probe: no request, no effect on the TTL
+        r = kms("keys", "list", env_update=s)
+        took = time.monotonic() - began
+        if took < ttl:  # conclusive: all of it happened before the deadline
+            ok(r)
+            break
+        ttl = longer_ttl(ttl, took)
+    sleep_until(unlocked + ttl)
     fails(kms("keys", "list", env_update=s), 5, "InvalidSessionException")
-    assert pid is not None and wait_until(lambda: not alive(pid), 5)
+    assert pid is not None and wait_until(lambda: not alive(pid))
     assert not os.path.exists(socket_of(s["KMSCLI_SESSION"]))
 
 
 def test_the_idle_ttl_ends_an_unused_session(kms: Runner, unlock: Unlocker) -> None:
-    s = unlock("--ttl", "1h", "--idle", "2")
-    for _ in range(3):  # each call restarts the idle clock
-        time.sleep(1.0)
-        ok(kms("keys", "list", env_update=s))
-    time.sleep(2.5)
+    """Each call restarts the idle clock; once unused for the idle TTL, the session ends.
+
+    The agent counts idle time from its last request's activity (or its start),
+    which lies between the previous call's start and end: a call that ends
+    less than ``idle`` after the previous one began must succeed. Calls spaced
+    ``idle / 4`` apart span more than ``idle`` in all, so the session outlives
+    its idle TTL only because each call restarted the clock.
+    """
+    idle = FIRST_TTL
+    while True:
+        previous = time.monotonic()  # before the agent starts its idle clock, inside unlock
+        s = unlock("--ttl", "1h", "--idle", str(idle), short_lived=True)
+        for _ in range(5):
+            time.sleep(idle / 4)
+            started = time.monotonic()
+            r = kms("keys", "list", env_update=s)
+            gap = time.monotonic() - previous
+            if gap >= idle:  # too slow to tell
+                break
+            ok(r)
+            previous = started
+        else:
+            break  # conclusive: every call came within the idle TTL, and each one succeeded
+        idle = longer_ttl(idle, gap - idle / 4)
+    # Unused now: the agent ends the session (its socket goes) no sooner than idle after the last call began.
+    sock = socket_of(s["KMSCLI_SESSION"])
+    assert wait_until(lambda: not os.path.exists(sock)), "the idle session never ended"
+    assert time.monotonic() - previous >= idle
     fails(kms("keys", "list", env_update=s), 5, "InvalidSessionException")
 
 
@@ -217,7 +276,7 @@ def test_audit_records_carry_the_clients_pid_and_uid(kms: Runner, unlock: Unlock
     s = unlock()
     proc = subprocess.Popen([*kmscli_command(), "encrypt", "--key", "alias/app"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**env, **s})
-    out, err = proc.communicate(b"data", timeout=60)
+    out, err = proc.communicate(b"data", timeout=HANG_GUARD_S)
     assert proc.returncode == 0, err
     last = json.loads((vault.parent / "audit.jsonl").read_text().splitlines()[-1])
     assert last["eventName"] == "Encrypt"

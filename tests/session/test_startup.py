@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Runner, clean_env, fails, kmscli_command, ok
+from tests.conftest import HANG_GUARD_S, Runner, clean_env, fails, kmscli_command, ok
 from tests.session.conftest import Unlocker
 
 HEAVY = ("typer", "rich", "cryptography", "pydantic", "argon2", "platformdirs", "click")
@@ -19,7 +19,7 @@ HEAVY = ("typer", "rich", "cryptography", "pydantic", "argon2", "platformdirs", 
 def imported(args: list[str], env: dict[str, str], input: bytes = b"") -> set[str]:
     """Top-level packages ``kmscli ARGS`` imports, from ``python -X importtime``."""
     r = subprocess.run([sys.executable, "-X", "importtime", *kmscli_command(), *args], input=input,
-                       capture_output=True, env=env, timeout=60)
+                       capture_output=True, env=env, timeout=HANG_GUARD_S)
     assert r.returncode == 0, r.stderr[-2000:]
     names = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)", r.stderr.decode(), re.M)
     return {n.split(".")[0] for n in names}
@@ -71,9 +71,9 @@ def test_random_to_a_full_disk_fails_as_typer_does(kms: Runner, env: dict[str, s
     for fmt in ("base64", "hex", "raw"):
         with open("/dev/full", "wb") as full:
             fast = subprocess.run([*kmscli_command(), "random", "16", "--format", fmt], stdout=full,
-                                  stderr=subprocess.PIPE, env=env, timeout=60)
+                                  stderr=subprocess.PIPE, env=env, timeout=HANG_GUARD_S)
             slow = subprocess.run([*kmscli_command(), "random", f"-f{fmt}", "16"], stdout=full,
-                                  stderr=subprocess.PIPE, env=env, timeout=60)
+                                  stderr=subprocess.PIPE, env=env, timeout=HANG_GUARD_S)
         assert (fast.returncode, fast.stderr) == (slow.returncode, slow.stderr)
         assert fast.returncode in (1, 2) and fast.stderr.startswith(b"kmscli: ")
 
@@ -81,6 +81,6 @@ def test_random_to_a_full_disk_fails_as_typer_does(kms: Runner, env: dict[str, s
 def test_random_into_a_closed_pipe_is_quiet(env: dict[str, str]) -> None:
     kmscli = kmscli_command()[0]
     r = subprocess.run(f"{kmscli} random 1024 --format hex | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}",
-                       shell=True, executable="/bin/bash", capture_output=True, env=env, timeout=60)
+                       shell=True, executable="/bin/bash", capture_output=True, env=env, timeout=HANG_GUARD_S)
     assert r.stderr == b""
     assert r.stdout.strip() in (b"0", b"141")
