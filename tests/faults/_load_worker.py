@@ -39,6 +39,9 @@ CRYPTO_KEYS = 4
 SIZES = [0, 1, 15, 16, 100, 4096, 65_536, 200_000, (1 << 20) + 1]
 
 
+MIN_OPS = 2
+
+
 def main() -> None:
     role, index, seconds, results, cli_every, seed = sys.argv[1:]
     idx, every = int(index), int(cli_every)
@@ -67,7 +70,9 @@ def main() -> None:
             raise RuntimeError(f"exit {r.returncode}: {r.stderr.decode(errors='replace').strip()}")
         return r.stdout.decode().strip()
 
-    while time.time() < end:
+    # Count work, not seconds: every worker does at least MIN_OPS operations, however slow the
+    # machine, so that each kind (CreateKey, CreateAlias, RoundTrip; CLI and service) happens.
+    while time.time() < end or n < MIN_OPS:
         n += 1
         # Every CLI_EVERY-th operation goes through the real command, and one early one, so that
         # even starved workers make CLI keys (even writers' 1st operation), CLI aliases (odd
@@ -76,7 +81,9 @@ def main() -> None:
         via_cli = n == early or n % every == 0
         try:
             if role == "writer":
-                if not own_keys or (n != early and rng.random() < 0.6):
+                # A writer's 1st operation makes a key and its 2nd an alias (CLI for one of each
+                # pair of writers, the service for the other); after that, chance decides.
+                if not own_keys or (n > MIN_OPS and rng.random() < 0.6):
                     alias = f"alias/load-w{idx}-k{n}" if rng.random() < 0.5 else None
                     if via_cli:
                         key_id = cli_ok(cli("keys", "create", "--description", f"w{idx}-{n}",
