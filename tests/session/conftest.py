@@ -116,3 +116,12 @@ def stop(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except (OSError, ProcessLookupError):
         pass
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (an agent's workers), from /proc."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []

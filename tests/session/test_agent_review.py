@@ -18,18 +18,10 @@ import pytest
 from kmscli import errors
 from kmscli.agent import client, server, session, worker
 from tests.conftest import CHEAP_KDF, PASSPHRASE, Runner, fails, kmscli_command, ok
-from tests.session.conftest import Unlocker, agent_pid, socket_of, wait_until
+from tests.session.conftest import Unlocker, agent_pid, children, socket_of, wait_until
 
 #: More connections than the agent runs workers for and its listen queue holds together.
 FLOOD = 120
-
-
-def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
 
 
 @pytest.fixture

@@ -14,15 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG_GUARD_S, Runner, fails, kmscli_command, ok
-from tests.session.conftest import Unlocker, agent_pid, alive, socket_of, wait_until
-
-
-def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
+from tests.session.conftest import Unlocker, agent_pid, alive, children, socket_of, wait_until
 
 
 def connect(token: str) -> socket.socket:
