@@ -90,10 +90,10 @@ def run(args: list[str]) -> int:
         sys.stderr.write("kmscli: interrupted\n")
         return 130
     except BrokenPipeError:
-        from .main import silence_stdout
+        from .pipes import EXIT_BROKEN_PIPE, silence_stdout
 
         silence_stdout()
-        return 141
+        return EXIT_BROKEN_PIPE
     except Exception as e:  # the last line of defence: one line, exit 1
         if common.STATE.debug:
             import traceback

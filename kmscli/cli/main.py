@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
+from kmscli.cli.pipes import EXIT_BROKEN_PIPE, silence_stdout
+
 #: Global options that take a value: skipped when looking for the command's name.
 _VALUE_OPTIONS = frozenset(("--vault", "--audit-log", "--passphrase-file"))
 #: Commands run here even with a session. ``unlock`` always takes a passphrase:
@@ -20,10 +22,6 @@ _VALUE_OPTIONS = frozenset(("--vault", "--audit-log", "--passphrase-file"))
 _LOCAL_COMMANDS = frozenset(("unlock", "init"))
 _RANDOM_FORMATS = ("base64", "hex", "raw")
 _RANDOM_MAX = 1024
-#: The exit status once the reader of stdout has gone (``kmscli ... | head``):
-#: what a shell reports for a process that SIGPIPE ended (128 + 13), as ``cat``
-#: ends there; with no message. Every path ends so: here, and output.broken_pipe.
-EXIT_BROKEN_PIPE = 141
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,15 +148,6 @@ def _answer(data: str | bytes) -> int:
     except OSError as e:
         return _stdout_error(e)
     return 0
-
-
-def silence_stdout() -> None:
-    """After EPIPE, point stdout at /dev/null so the interpreter's final flush stays quiet."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 def _random_args(args: list[str]) -> tuple[str | None, str | None]:

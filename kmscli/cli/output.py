@@ -38,7 +38,7 @@ from typing import Any
 from typer import Exit
 
 from .. import errors
-from .main import EXIT_BROKEN_PIPE, silence_stdout
+from .pipes import EXIT_BROKEN_PIPE, silence_stdout
 
 #: Never written raw into a table cell, a tab-separated field, a message, or
 #: JSON on a terminal: C0 and C1 controls and DEL (ESC starts escape sequences;

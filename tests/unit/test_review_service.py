@@ -130,10 +130,10 @@ def test_a_call_that_opened_the_vault_before_passwd_cannot_record_under_the_old_
     stale = svc.store.open(svc.keys)
     svc.ChangePassphrase(b"new passphrase")
     before = svc.audit_path.read_bytes()
-    from kmscli.service import _Call
+    from kmscli.service._core import Call
 
     with pytest.raises(errors.AuditLogException, match="another key"):
-        svc._record(stale, _Call("Encrypt", {"keyId": "x"}))
+        svc._record(stale, Call("Encrypt", {"keyId": "x"}))
     assert svc.audit_path.read_bytes() == before
 
 

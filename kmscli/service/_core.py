@@ -1,0 +1,743 @@
+"""The service's shared machinery: open the vault, apply due events, authorize, record.
+
+Every operation family (keys.py, aliases.py, ...) is a mixin over `Core`;
+nothing here knows which operations exist."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from .. import errors, ids
+from ..model import KeyState, iso, parse_iso, utcnow
+from ..vault import format as F
+from ..vault.store import KeySource, OpenVault, PassphraseKeySource, VaultStore
+
+# AWS KMS's limits, from botocore's service model and the KMS quotas page.
+DELETION_WINDOW_MIN, DELETION_WINDOW_MAX, DELETION_WINDOW_DEFAULT = 7, 30, 30
+ROTATION_PERIOD_MIN, ROTATION_PERIOD_MAX, ROTATION_PERIOD_DEFAULT = 90, 2560, 365
+ON_DEMAND_ROTATIONS_MAX = 25
+ALIASES_PER_KEY_MAX = 50
+TAGS_PER_KEY_MAX = 50
+RANDOM_BYTES_MIN, RANDOM_BYTES_MAX = 1, 1024
+DATA_KEY_SPECS = {"AES_256": 32, "AES_128": 16}
+MATERIAL_SIZE = 32
+
+AUDIT_FILE = "audit.jsonl"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the local OS user, as the process (or a socket peer) says."""
+
+    user: str
+    uid: int
+    pid: int
+    host: str
+
+    @classmethod
+    def current(cls) -> Caller:
+        # The name comes from the account database, not $USER/$LOGNAME (which
+        # getpass would trust): policies match on it, and the environment is
+        # the caller's to set. Inside the agent it comes from SO_PEERCRED's uid.
+        uid = os.getuid()
+        try:
+            import pwd
+
+            user = pwd.getpwuid(uid).pw_name
+        except (ImportError, KeyError):  # no passwd entry (containers): fall back to the uid
+            user = str(uid)
+        return cls(user=user, uid=uid, pid=os.getpid(), host=socket.gethostname())
+
+    def arn(self, account: str) -> str:
+        return f"arn:aws:iam::{account}:user/{self.user}"
+
+
+@dataclass
+class Call:
+    """One operation in flight: what the audit record will say about it."""
+
+    event: str
+    request: dict[str, Any]
+    response: dict[str, Any] = field(default_factory=dict)
+    resources: list[str] = field(default_factory=list)
+    #: The alias the caller named the key by, for the kms:RequestAlias condition.
+    alias: str | None = None
+    #: Set once the call's record was appended ahead of its output (decrypt).
+    event_id: str | None = None
+
+
+
+class Core:
+    """The shared machinery of every operation: one vault, one caller, one clock."""
+
+
+    def __init__(
+        self,
+        vault_path: Path,
+        keys: KeySource,
+        *,
+        caller: Caller | None = None,
+        audit_path: Path | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        audit_max_bytes: int | None = None,
+    ) -> None:
+        self.store = VaultStore(vault_path)
+        self.audit_max_bytes = audit_max_bytes
+        self.keys = keys
+        self.caller = caller or Caller.current()
+        #: The log the caller named (--audit-log, KMSCLI_AUDIT_LOG): chooses where
+        #: `init` puts it; afterwards it must be the vault's own (fixed at init).
+        self.requested_audit_path = Path(os.path.abspath(audit_path)) if audit_path is not None else None
+        #: Where the log is before the vault is unlocked: the one named, else beside the real vault.
+        self.audit_path = self.requested_audit_path or self.store.path.with_name(AUDIT_FILE)
+        self.clock = clock
+        self._audit: Any = None
+        self._audit_key: tuple[str, str] = ("", "")
+
+    # =================================================================
+    # Machinery (open, due events, authorize, record)
+    # =================================================================
+    def _require_passphrase(self, command: str, event: str) -> None:
+        """Refuse (and record, when the session opens the vault) a call only the passphrase may make."""
+        if isinstance(self.keys, PassphraseKeySource):
+            return
+        refusal = errors.InvalidSessionException(
+            f"'{command}' needs the vault's passphrase and never runs through a session; "
+            "run it without KMSCLI_SESSION (the passphrase comes from --passphrase-file, "
+            "KMSCLI_PASSPHRASE or the terminal)"
+        )
+        with contextlib.suppress(errors.KmsError):
+            self._record(self.store.open(self.keys), Call(event, {}), refusal)
+        raise refusal
+
+    @contextlib.contextmanager
+    def _refusing(self, event: str, request: dict[str, Any]) -> Iterator[None]:
+        """Record a request refused by validation, before anything else happens.
+
+        Validation comes first, so nothing is done for a bad request; its record
+        is keyed like every other (only a failed unlock may be unkeyed), so the
+        vault is opened for it. When it cannot be unlocked, the failed unlock is
+        what gets recorded; the caller still sees the validation error.
+        """
+        try:
+            yield
+        except errors.KmsError as e:
+            call = Call(event, request)
+            try:
+                ov = self.store.open(self.keys)
+            except errors.UnlockError as u:
+                with contextlib.suppress(errors.KmsError):
+                    self._record(None, call, u)
+                raise e from None
+            except errors.KmsError:
+                raise e from None  # no vault (or an unreadable one): nothing to record in
+            self._record(ov, call, e)
+            raise
+
+    def _read(self, event: str, request: dict[str, Any],
+              fn: Callable[[OpenVault, Call], dict[str, Any]]) -> dict[str, Any]:
+        """Run an operation that changes nothing in the vault: no lock taken."""
+        call = Call(event, request)
+        ov = self._open_recording(call)
+        if self._due_events(ov):
+            # Something fell due: apply it under the lock and write it, then
+            # answer without the lock, so a long stream never blocks writers.
+            with self.store.locked():
+                ov = self._open_recording(call)
+                ov.pending = []
+                if self._apply_due_events(ov):
+                    self._commit(ov)
+                ov.pending = None
+        try:
+            result = fn(ov, call)
+        except errors.KmsError as e:
+            self._record_outcome(ov, call, e)
+            raise
+        except BaseException as e:
+            if call.event_id is not None:  # released output, then died: say so after its record
+                with contextlib.suppress(BaseException):
+                    self._record_outcome(ov, call, errors.KMSInternalException(
+                        f"the call stopped after its output began ({type(e).__name__})"))
+            raise
+        if call.event_id is None:
+            self._record(ov, call)
+        return result
+
+    def _mutate(self, event: str, request: dict[str, Any],
+                fn: Callable[[OpenVault, Call], dict[str, Any]]) -> dict[str, Any]:
+        return self._mutate_call(Call(event, request), fn, write=True)
+
+    def _mutate_call(self, call: Call, fn: Callable[[OpenVault, Call], dict[str, Any]],
+                     write: bool = True) -> dict[str, Any]:
+        """Read-modify-write under the vault's exclusive lock."""
+        # Derive the key before queueing for the lock, so writers wait for
+        # milliseconds of AEAD work rather than for each other's Argon2 runs.
+        self._open_recording(call)
+        with self.store.locked():
+            self.store.remove_stale_temps()
+            ov = self._open_recording(call)
+            ov.pending = []
+            events_changed = self._apply_due_events(ov)
+            try:
+                result = fn(ov, call)
+            except errors.KmsError as e:
+                self._record(ov, call, e)
+                if events_changed:
+                    self._commit(ov)
+                else:
+                    self._flush(ov)
+                raise
+            self._record(ov, call)
+            if write or events_changed:
+                self._commit(ov)
+            else:
+                self._flush(ov)
+        return result
+
+    def _open_recording(self, call: Call, *, check_log: bool = True) -> OpenVault:
+        """Open the vault and check its log; a failed unlock is recorded without the key, then raised.
+
+        The log check refuses (exit 8) a log cut back behind the vault's last
+        write and a vault older than its log, and completes an append that a
+        crash cut off between the vault's write and the log's.
+        """
+        for _attempt in range(100):
+            try:
+                ov = self.store.open(self.keys)
+            except errors.UnlockError as e:
+                try:
+                    self._record(None, call, e)
+                except errors.AuditLogException as a:
+                    # Nothing is released by a failed unlock: say it, not a log problem instead.
+                    raise type(e)(f"{e.message} (the failed attempt could not be recorded: {a.message})") from None
+                raise
+            try:
+                self._check_audit_location(ov)
+            except errors.KmsError as e:
+                self._record_where_it_belongs(ov, call, e)
+                raise
+            if not check_log:
+                return ov
+            problem = self._check_log(ov)
+            if problem is None:
+                return ov
+            if problem.startswith("the vault is older") and self.store.changed_since(ov):
+                # Writers replace the vault before they append its records: a
+                # log newer than the vault we read is a rollback only if that
+                # vault is still the one on disk. Otherwise read the new one.
+                continue
+            raise errors.AuditLogException(problem)
+        raise errors.AuditLogException("the vault kept changing while this call read it (100 times); run it again")
+
+    def _check_audit_location(self, ov: OpenVault) -> None:
+        """The log is the vault's own, fixed at init: naming another one is refused (exit 2)."""
+        from ..vault.store import check_private_folder
+
+        fixed = self._log_path(ov)
+        if self.requested_audit_path is not None and os.path.realpath(self.requested_audit_path) != os.path.realpath(
+            fixed
+        ):
+            raise errors.ValidationException(
+                f"this vault's audit log is {fixed}, fixed when the vault was created; it cannot be sent to "
+                f"{self.requested_audit_path} (drop --audit-log / KMSCLI_AUDIT_LOG)"
+            )
+        check_private_folder(fixed.parent, "the audit log")
+
+    def _record_where_it_belongs(self, ov: OpenVault, call: Call, e: errors.KmsError) -> None:
+        """Record a refusal in the vault's own log (never in the one the caller named)."""
+        saved, self.requested_audit_path = self.requested_audit_path, None
+        try:
+            with contextlib.suppress(errors.KmsError):
+                self._record(ov, call, e)
+        finally:
+            self.requested_audit_path = saved
+
+    def _check_log(self, ov: OpenVault) -> str | None:
+        """What is wrong between the vault and its log (None: nothing), after completing a cut-off append."""
+        log = self._audit_log(ov)
+        problem = self._log_problem(ov, log.tail())
+        if problem is None:
+            return None
+        lines = (ov.body.get("audit_head") or {}).get("lines")
+        if not lines:
+            return problem
+        # Under the log's lock: either a crash kept these records out (they are
+        # appended now), or their writer was still appending them a moment ago.
+        log.complete(lines)
+        return self._log_problem(ov, log.tail())
+
+    def _log_problem(self, ov: OpenVault, tail: Any) -> str | None:
+        from .. import audit
+
+        head = ov.body.get("audit_head")
+        if not head:
+            return None
+        path = self._log_path(ov)
+        hint = ("; if you cannot restore the files, 'kmscli audit restart' starts a new log that records this "
+                "(it needs the passphrase)")
+        last = tail.last_keyed
+        if last is None:
+            return (f"the audit log {path} is missing or holds no record written with the key, but the vault's "
+                    f"last write recorded record {head['seq']}: the log was deleted, cut or replaced{hint}")
+        seq = last[audit.SEQ_FIELD]
+        if not audit.record_mac_ok(self._ring(ov).key_for(seq), last):
+            return (f"the last keyed record of the audit log {path} (record {seq}) was not written under this "
+                    f"vault's key: the log was replaced{hint}")
+        if seq < head["seq"] or (seq == head["seq"] and last[audit.MAC_FIELD] != head["mac"]):
+            return (f"the audit log {path} was cut or rolled back: its last keyed record is record {seq}, "
+                    f"but the vault's last write recorded record {head['seq']}{hint}")
+        generation = (last.get("additionalEventData") or {}).get(audit.GENERATION_FIELD)
+        if isinstance(generation, int) and generation > ov.body.get("generation", 0):
+            return (f"the vault is older than its audit log: the log records vault generation {generation}, "
+                    f"the vault {self.store.path} is at generation {ov.body.get('generation', 0)}: the vault file "
+                    "was rolled back (restored from an older copy); restore the newest copy of the vault")
+        return None
+
+    def _commit(self, ov: OpenVault, create: bool = False) -> None:
+        """Write the vault and append its pending records as one unit (call with the lock held).
+
+        Under the log's lock the records are sealed, the vault is written
+        carrying their lines and its new head, then the lines are appended: a
+        crash in between leaves a vault whose records the next command appends.
+        """
+        records = ov.pending or []
+        ov.pending = None
+        keys = chain_keys_of(ov)
+        rekey = next((k for k in keys if k["from_seq"] is None), None)
+        written = False
+
+        def before_write(lines: list[str], heads: list[Any]) -> None:
+            nonlocal written
+            if rekey is not None:
+                rekey["from_seq"] = heads[-1].seq  # this call's record is the first under the new key
+            last = heads[-1]
+            ov.body["audit_head"] = {"file_index": last.file_index, "seq": last.seq, "mac": last.mac,
+                                     "lines": lines}
+            self.store.write(F.seal_body(ov.header, ov.vault_key, ov.body), create=create)
+            written = True
+
+        ov.body["generation"] = ov.body.get("generation", 0) + 1
+        try:
+            self._audit_log(ov).append_batch(
+                records, self._ring(ov), before_write=before_write,
+                next_key=bytes.fromhex(rekey["key"]) if rekey is not None else None,
+                switch_at=len(records) - 1 if rekey is not None else None,
+            )
+        except errors.AuditLogException as e:
+            if not written:
+                raise
+            raise errors.AuditLogException(
+                f"the vault was written (the change is in place, and the vault holds its audit record), but "
+                f"appending the record to the log failed ({e.message}); the next command appends it"
+            ) from None
+
+    def _flush(self, ov: OpenVault) -> None:
+        """Append pending records that need no vault write (a refused change)."""
+        from .. import audit
+
+        records = ov.pending or []
+        ov.pending = None
+        for r in records:  # no write after all: they saw the generation the vault keeps
+            r["additionalEventData"] = {audit.GENERATION_FIELD: ov.body.get("generation", 0)}
+        if records:
+            self._audit_log(ov).append_batch(records, self._ring(ov))
+
+    def _log_path(self, ov: OpenVault) -> Path:
+        stored = ov.body.get("audit_log")
+        return Path(stored) if stored else self.store.path.with_name(AUDIT_FILE)
+
+    def _ring(self, ov: OpenVault) -> Any:
+        from .. import audit
+
+        return audit.KeyRing(tuple((k["from_seq"], bytes.fromhex(k["key"])) for k in chain_keys_of(ov)
+                                   if k["from_seq"] is not None))
+
+    def _audit_log(self, ov: OpenVault | None) -> Any:
+        from .. import audit
+
+        if ov is None:
+            path, chain_id = self.audit_path, ""
+        else:
+            path = self._log_path(ov)
+            epoch = int(ov.body.get("audit_epoch", 0))
+            # A restarted log is a new chain: its genesis names the epoch, so no
+            # earlier log of the same vault can pass for it.
+            chain_id = ov.body["vault_id"] if epoch == 0 else f"{ov.body['vault_id']}:{epoch}"
+        if self._audit is None or self._audit_key != (str(path), chain_id):
+            size = {"max_bytes": self.audit_max_bytes} if self.audit_max_bytes else {}
+            self._audit = audit.AuditLog(path, vault_id=chain_id, **size)
+            self._audit_key = (str(path), chain_id)
+        return self._audit
+
+    def _record(self, ov: OpenVault | None, call: Call, error: errors.KmsError | None = None,
+                event_type: str = "AwsApiCall") -> Any:
+        """Append the call's audit record (or queue it for the vault's write); fail closed.
+
+        Returns the record's chain head when it was appended now.
+        """
+        from .. import audit
+
+        if ov is None and not isinstance(error, errors.UnlockError):
+            raise AssertionError("only a failed unlock is recorded without the key")
+        record = self._make_record(ov, call, error, event_type)
+        if ov is None:
+            if not self.store.path.exists():
+                return None  # no vault, so no log beside it to write to
+            return self._audit_log(None).append(record, None)
+        if ov.pending is not None:
+            # Written with the vault, under the generation that write makes.
+            record["additionalEventData"] = {audit.GENERATION_FIELD: ov.body.get("generation", 0) + 1}
+            ov.pending.append(record)
+            return None
+        record["additionalEventData"] = {audit.GENERATION_FIELD: ov.body.get("generation", 0)}
+        return self._audit_log(ov).append_batch(
+            [record], self._ring(ov), catch_up=lambda: self._lines_of_a_newer_write(ov),
+            event_ids=[call.event_id or audit.new_event_id()])[-1]
+
+    def _lines_of_a_newer_write(self, ov: OpenVault) -> list[str] | None:
+        """Under the log's lock: the records of a vault write made since ``ov`` was read, if any.
+
+        A writer holds the log's lock from its vault's rename to its append, so
+        a newer vault seen here is either fully logged already or its writer
+        died in between: then its records go first, never forked from by ours.
+        """
+        if not self.store.changed_since(ov):
+            return None
+        from ..vault.store import FixedKeySource
+
+        try:
+            newer = self.store.open(FixedKeySource(ov.vault_key))
+        except errors.KmsError:
+            return None  # rewritten under another key (passwd): the append refuses a stale key itself
+        return (newer.body.get("audit_head") or {}).get("lines")
+
+    def _make_record(self, ov: OpenVault | None, call: Call, error: errors.KmsError | None,
+                     event_type: str) -> dict[str, Any]:
+        account = ov.body["account"] if ov is not None else None
+        identity: dict[str, Any] = {"type": "LocalUser", "userName": self.caller.user, "uid": self.caller.uid,
+                                    "pid": self.caller.pid, "host": self.caller.host}
+        if account is not None:
+            identity.update(accountId=account, arn=self.caller.arn(account))
+        record: dict[str, Any] = {
+            "eventName": call.event,
+            "eventType": event_type,
+            "eventTime": iso(self.clock()),
+            "userIdentity": identity,
+            "requestParameters": call.request,
+            "responseElements": call.response if error is None else None,
+            "readOnly": call.event.startswith(("Describe", "List", "Get")),
+        }
+        if call.resources:
+            record["resources"] = [{"type": "AWS::KMS::Key", "ARN": arn} for arn in call.resources]
+        if error is not None:
+            record.update(errorCode=error.name, errorMessage=error.message)
+        return record
+
+    def _record_before_release(self, ov: OpenVault, call: Call) -> None:
+        """Append the call's (successful) record now, before its output is released."""
+        from .. import audit
+
+        call.event_id = audit.new_event_id()
+        self._record(ov, call)
+
+    def _record_outcome(self, ov: OpenVault, call: Call, error: errors.KmsError) -> None:
+        """Record a failure; after an early record, as a second record that names the first."""
+        if call.event_id is None:
+            self._record(ov, call, error)
+            return
+        first, call.event_id = call.event_id, None
+        call.request = {**call.request, "outcomeOf": first}
+        self._record(ov, call, error)
+
+    # -- keys, state and policy -------------------------------------------
+    def _resolve(self, ov: OpenVault, call: Call, key_ref: str) -> dict[str, Any]:
+        ref = ids.parse_key_ref(key_ref)
+        account = ov.body["account"]
+        if ref.account is not None and ref.account != account:
+            raise errors.NotFoundException(f"'{key_ref}' names another account than this vault's ({account})")
+        key_id = ref.key_id
+        if ref.alias is not None:
+            alias = ov.body["aliases"].get(ref.alias)
+            if alias is None:
+                raise errors.NotFoundException(
+                    f"Alias {ids.alias_arn(account, ref.alias)} is not found; see 'kmscli alias list'"
+                )
+            key_id = alias["TargetKeyId"]
+        key = ov.body["keys"].get(key_id)
+        if key is None:
+            raise errors.NotFoundException(
+                f"Key '{ids.key_arn(account, key_id or '')}' does not exist; see 'kmscli keys list --all'"
+            )
+        call.response.setdefault("keyId", key["KeyId"])
+        arn = ids.key_arn(account, key["KeyId"])
+        if arn not in call.resources:
+            call.resources.append(arn)
+        if ref.alias is not None and call.alias is None:
+            call.alias = ref.alias
+        return key
+
+    def _key(self, ov: OpenVault, call: Call, key_ref: str, action: str,
+             conditions: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resolve a KEY argument and check the caller may do ``action`` with it."""
+        key = self._resolve(ov, call, key_ref)
+        self._authorize(ov, call, key, action, conditions)
+        return key
+
+    def _authorize(self, ov: OpenVault, call: Call, key: dict[str, Any], action: str,
+                   conditions: dict[str, Any] | None = None) -> None:
+        from .. import policy as policy_mod
+
+        account = ov.body["account"]
+        principal = self.caller.arn(account)
+        context: dict[str, Any] = {
+            "aws:CurrentTime": iso(self.clock()),
+            "aws:PrincipalArn": principal,
+            "aws:username": self.caller.user,
+            "kms:CallerAccount": account,
+            "kms:KeySpec": "SYMMETRIC_DEFAULT",
+            "kms:KeyUsage": "ENCRYPT_DECRYPT",
+            "kms:KeyOrigin": "AWS_KMS",
+        }
+        if call.alias is not None:
+            context["kms:RequestAlias"] = call.alias
+        context.update(conditions or {})
+        request = policy_mod.Request(principal=principal, account=account, action=action,
+                                     resource=ids.key_arn(account, key["KeyId"]), context=context)
+        decision = policy_mod.evaluate(policy_mod.parse(key["Policy"]), request)
+        if not decision.allowed:
+            raise errors.AccessDeniedException(
+                f"User: {principal} is not authorized to perform: {action} on resource: "
+                f"{ids.key_arn(account, key['KeyId'])} because of the key policy"
+            )
+
+    def _checked_policy(self, document: str | None, account: str, bypass: bool, key_id: str) -> str:
+        from .. import policy as policy_mod
+
+        if document is None:
+            return policy_mod.default_policy(account)
+        # A principal that can never match this vault (another partition or
+        # account, a malformed ARN) is refused now, not silently never matched.
+        parsed = policy_mod.parse(document, account=account)
+        # With the key's ARN, a statement scoped to this very key counts as access, as in AWS.
+        resource = ids.key_arn(account, key_id)
+        if not bypass and policy_mod.would_lock_out(parsed, self.caller.arn(account), account, resource=resource):
+            raise errors.MalformedPolicyDocumentException(
+                "the new key policy will not allow you to update the key policy in the future; "
+                "add a statement allowing kms:PutKeyPolicy, or pass --bypass-policy-lockout-safety-check"
+            )
+        return document
+
+    def _ciphertext_key(self, ov: OpenVault, call: Call, header: Any, asserted: str | None, action: str,
+                        context: dict[str, str], extra: dict[str, Any] | None = None
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The key and material a ciphertext names, after every check that applies."""
+        key = ov.body["keys"].get(header.key_id)
+        if key is None:  # destroyed, or another vault's: indistinguishable from garbage
+            raise errors.InvalidCiphertextException()
+        if asserted is not None:
+            wanted = self._resolve(ov, call, asserted)
+            if wanted["KeyId"] != key["KeyId"]:
+                raise errors.IncorrectKeyException()
+        arn = ids.key_arn(ov.body["account"], key["KeyId"])
+        if arn not in call.resources:
+            call.resources.append(arn)
+        call.response["keyId"] = key["KeyId"]
+        self._authorize(ov, call, key, action, {**context_conditions(context), **(extra or {})})
+        self._require_enabled(ov, key)
+        material = next((m for m in key["Materials"] if m["Version"] == header.material_version), None)
+        if material is None:
+            raise errors.InvalidCiphertextException()
+        if material["Version"] < key["Rotation"]["MinDecryptVersion"]:
+            raise errors.KMSInvalidStateException(
+                f"{arn} no longer decrypts ciphertexts sealed with key material version {material['Version']} "
+                f"(minimum {key['Rotation']['MinDecryptVersion']}); reencrypt them with a lower minimum first"
+            )
+        return key, material
+
+    def _require_enabled(self, ov: OpenVault, key: dict[str, Any]) -> None:
+        state = key["KeyState"]
+        if state == KeyState.DISABLED:
+            raise errors.DisabledException(f"{self._arn(ov, key)} is disabled.")
+        if state == KeyState.PENDING_DELETION:
+            raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
+
+    def _require_not_pending(self, ov: OpenVault, key: dict[str, Any]) -> None:
+        if key["KeyState"] == KeyState.PENDING_DELETION:
+            raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
+
+    def _check_alias_quota(self, ov: OpenVault, key_id: str) -> None:
+        count = sum(1 for a in ov.body["aliases"].values() if a["TargetKeyId"] == key_id)
+        if count >= ALIASES_PER_KEY_MAX:
+            raise errors.LimitExceededException(f"a key can have at most {ALIASES_PER_KEY_MAX} aliases")
+
+    def _arn(self, ov: OpenVault, key: dict[str, Any]) -> str:
+        return ids.key_arn(ov.body["account"], key["KeyId"])
+
+    def _metadata(self, ov: OpenVault, key: dict[str, Any]) -> dict[str, Any]:
+        from ..model import key_metadata
+
+        return key_metadata(ov.body["account"], key)
+
+    # -- time-based events ------------------------------------------------
+    def _due_events(self, ov: OpenVault) -> bool:
+        now = self.clock()
+        for key in ov.body["keys"].values():
+            if key["KeyState"] == KeyState.PENDING_DELETION and parse_iso(key["DeletionDate"]) <= now:
+                return True
+            if self._rotation_due(key, now):
+                return True
+        return False
+
+    def _rotation_due(self, key: dict[str, Any], now: datetime) -> bool:
+        rot = key["Rotation"]
+        return (key["KeyState"] == KeyState.ENABLED and rot["Enabled"] and rot["NextRotationDate"] is not None
+                and parse_iso(rot["NextRotationDate"]) <= now)
+
+    def _apply_due_events(self, ov: OpenVault) -> bool:
+        """Destroy keys past their window, rotate keys past their period; record each."""
+        changed = False
+        now = self.clock()
+        for key in list(ov.body["keys"].values()):
+            if key["KeyState"] == KeyState.PENDING_DELETION and parse_iso(key["DeletionDate"]) <= now:
+                key_id = key["KeyId"]
+                del ov.body["keys"][key_id]
+                gone = sorted(n for n, a in ov.body["aliases"].items() if a["TargetKeyId"] == key_id)
+                for name in gone:
+                    del ov.body["aliases"][name]
+                call = Call("DeleteKey", {"keyId": key_id},
+                             {"keyId": key_id, "deletionDate": key["DeletionDate"], "aliasesDeleted": gone},
+                             [ids.key_arn(ov.body["account"], key_id)])
+                self._record(ov, call, event_type="AwsServiceEvent")
+                changed = True
+            elif self._rotate_if_due(ov, key):
+                changed = True
+        return changed
+
+    def _rotate_if_due(self, ov: OpenVault, key: dict[str, Any]) -> bool:
+        now = self.clock()
+        if not self._rotation_due(key, now):
+            return False
+        # However many periods were missed, a key rotates once (SPEC).
+        material = self._add_material(key, "AUTOMATIC")
+        key["Rotation"]["NextRotationDate"] = iso(now + timedelta(days=key["Rotation"]["PeriodInDays"]))
+        call = Call("RotateKey", {"keyId": key["KeyId"]},
+                     {"keyId": key["KeyId"], "keyMaterialId": material["KeyMaterialId"]},
+                     [ids.key_arn(ov.body["account"], key["KeyId"])])
+        self._record(ov, call, event_type="AwsServiceEvent")
+        return True
+
+    def _add_material(self, key: dict[str, Any], rotation_type: str) -> dict[str, Any]:
+        from ..crypto import primitives as P
+
+        material = new_material(key["Materials"][-1]["Version"] + 1, iso(self.clock()), rotation_type,
+                                 P.random_bytes(MATERIAL_SIZE))
+        key["Materials"].append(material)
+        return material
+
+
+# -- helpers --------------------------------------------------------------
+class RecordFirst:
+    """A writer that runs ``before`` (the call's audit record) just before the first byte passes through."""
+
+    def __init__(self, writer: Any, before: Callable[[], None]) -> None:
+        self._writer = writer
+        self._before: Callable[[], None] | None = before
+
+    def write(self, data: Any) -> Any:
+        if self._before is not None:
+            before, self._before = self._before, None
+            before()
+        return self._writer.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+
+def new_material(version: int, created: str, rotation_type: str | None, secret: bytes) -> dict[str, Any]:
+    import hashlib
+
+    return {
+        "Version": version,
+        # An identifier, not a secret: a hash of the material under a label.
+        "KeyMaterialId": hashlib.sha256(b"kmscli key material id\x00" + secret).hexdigest(),
+        "Material": base64.b64encode(secret).decode(),
+        "CreationDate": created,
+        "RotationType": rotation_type,
+    }
+
+
+def material_bytes(material: dict[str, Any]) -> bytes:
+    return base64.b64decode(material["Material"])
+
+
+def tag_dict(tags: list[dict[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for t in tags:
+        ids.validate_tag(t["TagKey"], t["TagValue"])
+        out[t["TagKey"]] = t["TagValue"]
+    if len(out) > TAGS_PER_KEY_MAX:
+        raise errors.TagException(f"a key can have at most {TAGS_PER_KEY_MAX} tags (got {len(out)})")
+    return out
+
+
+def context_of(ec: dict[str, str] | None) -> dict[str, str]:
+    from ..crypto import stream
+
+    context = dict(ec or {})
+    stream.encode_context(context)  # validates: local limits named in docs/format.md
+    return context
+
+
+def context_conditions(context: dict[str, str]) -> dict[str, Any]:
+    cond: dict[str, Any] = {f"kms:EncryptionContext:{k}": v for k, v in context.items()}
+    cond["kms:EncryptionContextKeys"] = sorted(context)
+    return cond
+
+
+def check_range(name: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise errors.ValidationException(f"{name} must be between {lo} and {hi} (got {value})")
+
+
+def check_policy_name(name: str) -> None:
+    if name != "default":
+        raise errors.ValidationException(f"the only key policy name is 'default' (got '{name}')")
+
+
+def chain_key_hex(vault_key: bytes) -> str:
+    from .. import audit
+
+    return audit.chain_key(vault_key).hex()
+
+
+def chain_keys_of(ov: OpenVault) -> list[dict[str, Any]]:
+    """The vault's audit chain keys by first record; a vault from 0.1.0 has one, derived from its key."""
+    keys = ov.body.get("chain_keys")
+    if not keys:
+        keys = ov.body["chain_keys"] = [{"from_seq": 1, "key": chain_key_hex(ov.vault_key)}]
+    return keys  # type: ignore[no-any-return]
+
+
+def parse_witness(text: str) -> tuple[int, str]:
+    import re
+
+    m = re.fullmatch(r"([1-9][0-9]{0,17}):([0-9a-f]{64})", text)
+    if not m:
+        raise errors.ValidationException(f"--head takes SEQ:MAC as 'kmscli audit head' prints it (got '{text}')")
+    return int(m.group(1)), m.group(2)
+
+
+def chain_head(value: dict[str, Any] | None) -> Any:
+    if value is None:
+        return None
+    from .. import audit
+
+    return audit.ChainHead(file_index=value["file_index"], seq=value["seq"], mac=value["mac"])

@@ -1,0 +1,40 @@
+"""Key policies: get and put."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..vault.store import OpenVault
+from ._core import (
+    Call,
+    Core,
+    check_policy_name,
+)
+
+
+class PolicyOps(Core):
+    def GetKeyPolicy(self, KeyId: str, PolicyName: str = "default") -> dict[str, Any]:
+        request = {"keyId": KeyId, "policyName": PolicyName}
+        with self._refusing("GetKeyPolicy", request):
+            check_policy_name(PolicyName)
+
+        def get(ov: OpenVault, call: Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:GetKeyPolicy")
+            return {"Policy": key["Policy"], "PolicyName": "default"}
+
+        return self._read("GetKeyPolicy", request, get)
+
+    def PutKeyPolicy(self, KeyId: str, Policy: str, PolicyName: str = "default",
+                     BypassPolicyLockoutSafetyCheck: bool = False) -> dict[str, Any]:
+        request = {"keyId": KeyId, "policyName": PolicyName, "policy": Policy,
+                   "bypassPolicyLockoutSafetyCheck": BypassPolicyLockoutSafetyCheck}
+        with self._refusing("PutKeyPolicy", request):
+            check_policy_name(PolicyName)
+
+        def put(ov: OpenVault, call: Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:PutKeyPolicy")
+            key["Policy"] = self._checked_policy(Policy, ov.body["account"], BypassPolicyLockoutSafetyCheck,
+                                                 key["KeyId"])
+            return {}
+
+        return self._mutate("PutKeyPolicy", request, put)

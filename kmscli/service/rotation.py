@@ -1,0 +1,110 @@
+"""Rotation: automatic rotation settings, on-demand rotation, rotation history."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from .. import errors
+from ..model import KeyState, iso
+from ..vault.store import OpenVault
+from ._core import (
+    ON_DEMAND_ROTATIONS_MAX,
+    ROTATION_PERIOD_DEFAULT,
+    ROTATION_PERIOD_MAX,
+    ROTATION_PERIOD_MIN,
+    Call,
+    Core,
+    check_range,
+)
+
+
+class RotationOps(Core):
+    def EnableKeyRotation(self, KeyId: str, RotationPeriodInDays: int = ROTATION_PERIOD_DEFAULT) -> dict[str, Any]:
+        request = {"keyId": KeyId, "rotationPeriodInDays": RotationPeriodInDays}
+        with self._refusing("EnableKeyRotation", request):
+            check_range("RotationPeriodInDays (--days)", RotationPeriodInDays, ROTATION_PERIOD_MIN,
+                         ROTATION_PERIOD_MAX)
+
+        def enable(ov: OpenVault, call: Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:EnableKeyRotation",
+                            {"kms:RotationPeriodInDays": RotationPeriodInDays})
+            self._require_enabled(ov, key)
+            rot = key["Rotation"]
+            rot.update(Enabled=True, PeriodInDays=RotationPeriodInDays,
+                       NextRotationDate=iso(self.clock() + timedelta(days=RotationPeriodInDays)))
+            return {}
+
+        return self._mutate("EnableKeyRotation", request, enable)
+
+    def DisableKeyRotation(self, KeyId: str) -> dict[str, Any]:
+        def disable(ov: OpenVault, call: Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:DisableKeyRotation")
+            self._require_enabled(ov, key)
+            key["Rotation"].update(Enabled=False, NextRotationDate=None)
+            return {}
+
+        return self._mutate("DisableKeyRotation", {"keyId": KeyId}, disable)
+
+    def SetMinDecryptVersion(self, KeyId: str, MinDecryptVersion: int) -> dict[str, Any]:
+        """Beyond AWS (Vault's min_decryption_version): refuse ciphertexts under older material."""
+
+        def set_min(ov: OpenVault, call: Call) -> dict[str, Any]:
+            # No AWS action covers this extension; it is rotation configuration,
+            # so it needs the permission that turns rotation on.
+            key = self._key(ov, call, KeyId, "kms:EnableKeyRotation")
+            self._require_not_pending(ov, key)
+            latest = key["Materials"][-1]["Version"]
+            check_range("--min-decrypt-version", MinDecryptVersion, 1, latest)
+            key["Rotation"]["MinDecryptVersion"] = MinDecryptVersion
+            return {}
+
+        return self._mutate("SetMinDecryptVersion", {"keyId": KeyId, "minDecryptVersion": MinDecryptVersion},
+                            set_min)
+
+    def GetKeyRotationStatus(self, KeyId: str) -> dict[str, Any]:
+        def status(ov: OpenVault, call: Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:GetKeyRotationStatus")
+            rot = key["Rotation"]
+            enabled = rot["Enabled"] and key["KeyState"] != KeyState.PENDING_DELETION
+            out: dict[str, Any] = {"KeyId": self._arn(ov, key), "KeyRotationEnabled": enabled,
+                                   "MinDecryptVersion": rot["MinDecryptVersion"]}
+            if enabled:
+                out.update(RotationPeriodInDays=rot["PeriodInDays"], NextRotationDate=rot["NextRotationDate"])
+            return out
+
+        return self._read("GetKeyRotationStatus", {"keyId": KeyId}, status)
+
+    def RotateKeyOnDemand(self, KeyId: str) -> dict[str, Any]:
+        def rotate(ov: OpenVault, call: Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:RotateKeyOnDemand")
+            self._require_enabled(ov, key)
+            if key["Rotation"]["OnDemandCount"] >= ON_DEMAND_ROTATIONS_MAX:
+                raise errors.LimitExceededException(
+                    f"{self._arn(ov, key)} has been rotated on demand {ON_DEMAND_ROTATIONS_MAX} times, "
+                    "the most AWS KMS allows"
+                )
+            key["Rotation"]["OnDemandCount"] += 1
+            material = self._add_material(key, "ON_DEMAND")
+            call.response["keyMaterialId"] = material["KeyMaterialId"]
+            return {"KeyId": key["KeyId"]}
+
+        return self._mutate("RotateKeyOnDemand", {"keyId": KeyId}, rotate)
+
+    def ListKeyRotations(self, KeyId: str) -> dict[str, Any]:
+        def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:ListKeyRotations")
+            current = key["Materials"][-1]["Version"]
+            out = []
+            for m in key["Materials"]:
+                entry: dict[str, Any] = {
+                    "KeyId": key["KeyId"],
+                    "KeyMaterialId": m["KeyMaterialId"],
+                    "KeyMaterialState": "CURRENT" if m["Version"] == current else "NON_CURRENT",
+                }
+                if m["RotationType"] is not None:  # the original material was not a rotation
+                    entry.update(RotationDate=m["CreationDate"], RotationType=m["RotationType"])
+                out.append(entry)
+            return {"Rotations": out, "Truncated": False}
+
+        return self._read("ListKeyRotations", {"keyId": KeyId}, list_)
