@@ -46,7 +46,16 @@ def root(
 
 
 def _register() -> None:
-    from . import alias_cmds, audit_cmds, crypto_cmds, key_cmds, policy_cmds, session_cmds, vault_cmds
+    from . import (
+        alias_cmds,
+        audit_cmds,
+        credentials_cmds,
+        crypto_cmds,
+        key_cmds,
+        policy_cmds,
+        session_cmds,
+        vault_cmds,
+    )
 
     vault_cmds.register(app)
     session_cmds.register(app)
@@ -55,6 +64,7 @@ def _register() -> None:
     app.add_typer(policy_cmds.app, name="policy")
     crypto_cmds.register(app)
     app.add_typer(audit_cmds.app, name="audit")
+    app.add_typer(credentials_cmds.app, name="credentials")
 
 
 _register()

@@ -22,6 +22,7 @@ from __future__ import annotations
 from ._core import AUDIT_FILE, Caller
 from .aliases import AliasOps
 from .audit_ops import AuditOps
+from .credentials import CredentialOps
 from .crypto import CryptoOps
 from .keys import KeyOps
 from .policies import PolicyOps
@@ -31,5 +32,5 @@ from .vault_ops import VaultOps
 __all__ = ["AUDIT_FILE", "Caller", "Kms"]
 
 
-class Kms(VaultOps, KeyOps, AliasOps, PolicyOps, RotationOps, CryptoOps, AuditOps):
+class Kms(VaultOps, KeyOps, AliasOps, PolicyOps, RotationOps, CryptoOps, AuditOps, CredentialOps):
     """The local KMS, bound to one vault, one caller and one clock."""

@@ -35,12 +35,19 @@ AUDIT_FILE = "audit.jsonl"
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: the local OS user, as the process (or a socket peer) says."""
+    """Who is calling: the local OS user as the process (or a socket peer) says,
+    or, through `kmscli serve`, the user an access key belongs to."""
 
     user: str
-    uid: int
-    pid: int
+    uid: int | None
+    pid: int | None
     host: str
+    #: Set for a request `kmscli serve` verified: the access key that signed it.
+    access_key_id: str | None = None
+    source_ip: str | None = None
+    user_agent: str | None = None
+    #: The request id returned to the client (x-amzn-RequestId), kept in the record.
+    request_id: str | None = None
 
     @classmethod
     def current(cls) -> Caller:
@@ -58,6 +65,18 @@ class Caller:
 
     def arn(self, account: str) -> str:
         return f"arn:aws:iam::{account}:user/{self.user}"
+
+    def identity(self, account: str | None) -> dict[str, Any]:
+        """The record's ``userIdentity``, as CloudTrail names its members."""
+        identity: dict[str, Any]
+        if self.access_key_id is not None:
+            identity = {"type": "IAMUser", "userName": self.user, "accessKeyId": self.access_key_id}
+        else:
+            identity = {"type": "LocalUser", "userName": self.user, "uid": self.uid, "pid": self.pid,
+                        "host": self.host}
+        if account is not None:
+            identity.update(accountId=account, arn=self.arn(account))
+        return identity
 
 
 @dataclass
@@ -422,19 +441,18 @@ class Core:
     def _make_record(self, ov: OpenVault | None, call: Call, error: errors.KmsError | None,
                      event_type: str) -> dict[str, Any]:
         account = ov.body["account"] if ov is not None else None
-        identity: dict[str, Any] = {"type": "LocalUser", "userName": self.caller.user, "uid": self.caller.uid,
-                                    "pid": self.caller.pid, "host": self.caller.host}
-        if account is not None:
-            identity.update(accountId=account, arn=self.caller.arn(account))
         record: dict[str, Any] = {
             "eventName": call.event,
             "eventType": event_type,
             "eventTime": iso(self.clock()),
-            "userIdentity": identity,
+            "userIdentity": self.caller.identity(account),
             "requestParameters": call.request,
             "responseElements": call.response if error is None else None,
             "readOnly": call.event.startswith(("Describe", "List", "Get")),
         }
+        if self.caller.access_key_id is not None and event_type == "AwsApiCall":
+            record.update(sourceIPAddress=self.caller.source_ip, userAgent=self.caller.user_agent,
+                          requestID=self.caller.request_id)
         if call.resources:
             record["resources"] = [{"type": "AWS::KMS::Key", "ARN": arn} for arn in call.resources]
         if error is not None:
