@@ -10,153 +10,169 @@
 _kmscli_spec() {
     case $1 in
         '')
-            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random keys alias policy audit ' opts='--vault --audit-log --passphrase-file --debug --version|-V -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random keys alias policy audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'init')
-            cmds='  ' opts='--kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --kdf-memory=none --kdf-time=none --kdf-parallelism=none --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --kdf-memory=none --kdf-time=none --kdf-parallelism=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'passwd')
-            cmds='  ' opts='--new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --new-passphrase-file=file --kdf-memory=none --kdf-time=none --kdf-parallelism=none --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --new-passphrase-file=file --kdf-memory=none --kdf-time=none --kdf-parallelism=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'unlock')
-            cmds='  ' opts='--ttl --idle --shell --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --ttl=none --idle=none --shell=choice:sh,bash,zsh,fish --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--ttl --idle --shell --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --ttl=none --idle=none --shell=choice:sh,bash,zsh,fish --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'lock')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'encrypt')
-            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --armor|-a --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --armor|-a --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps=' --context -c ' args='' ;;
         'decrypt')
-            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps=' --context -c ' args='' ;;
         'reencrypt')
-            cmds='  ' opts='--key|-k --context|-c --source-context --source-key --in|-i --out|-o --armor|-a --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --key=alias -k=alias --context=none -c=none --source-context=none --source-key=alias --in=file -i=file --out=file -o=file --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--key|-k --context|-c --source-context --source-key --in|-i --out|-o --armor|-a --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --source-context=none --source-key=alias --in=file -i=file --out=file -o=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps=' --context -c --source-context ' args='' ;;
         'datakey')
-            cmds='  ' opts='--spec --bytes --context|-c --no-plaintext --json --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --spec=choice:AES_256,AES_128 --bytes=none --context=none -c=none --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--spec --bytes --context|-c --no-plaintext --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --spec=choice:AES_256,AES_128 --bytes=none --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps=' --context -c ' args='alias' ;;
         'random')
-            cmds='  ' opts='--format|-f --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --format=choice:base64,hex,raw -f=choice:base64,hex,raw --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--format|-f --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --format=choice:base64,hex,raw -f=choice:base64,hex,raw --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='none' ;;
         'keys')
             cmds=' create list describe enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'keys create')
-            cmds='  ' opts='--description|-d --alias --tag --policy --bypass-policy-lockout-safety-check --json --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --description=none -d=none --alias=none --tag=none --policy=file --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--description|-d --alias --tag --policy --bypass-policy-lockout-safety-check --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --description=none -d=none --alias=none --tag=none --policy=file --vault=file --audit-log=file --passphrase-file=file --region=none '
             reps=' --tag ' args='' ;;
         'keys list')
-            cmds='  ' opts='--all|-a --json --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--all|-a --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'keys describe')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'keys enable')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'keys disable')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'keys schedule-delete')
-            cmds='  ' opts='--days --json --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --days=none --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--days --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --days=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'keys cancel-delete')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'keys set-description')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias none' ;;
         'keys tag')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias none*' ;;
         'keys untag')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias none*' ;;
         'keys rotate')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'keys rotation')
-            cmds='  ' opts='--enable --disable --days --min-decrypt-version --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --days=none --min-decrypt-version=none --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--enable --disable --days --min-decrypt-version --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --days=none --min-decrypt-version=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'keys rotations')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'alias')
             cmds=' create update delete list ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'alias create')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=none '
             reps='  ' args='none alias' ;;
         'alias update')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias alias' ;;
         'alias delete')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'alias list')
-            cmds='  ' opts='--key|-k --json --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --key=alias -k=alias --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--key|-k --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --key=alias -k=alias --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'policy')
             cmds=' get put ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'policy get')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'policy put')
-            cmds='  ' opts='--bypass-policy-lockout-safety-check --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--bypass-policy-lockout-safety-check --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias file' ;;
         'audit')
             cmds=' show verify head restart ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'audit show')
-            cmds='  ' opts='--key|-k --operation --since --json --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --key=alias -k=alias --operation=none --since=none --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--key|-k --operation --since --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --key=alias -k=alias --operation=none --since=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'audit verify')
-            cmds='  ' opts='--strict --head --vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --head=none --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--strict --head --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --head=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'audit head')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'audit restart')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
+        'credentials')
+            cmds=' create list delete ' opts='-h|--help'
+            vals='  '
+            reps='  ' args='' ;;
+        'credentials create')
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=none '
+            reps='  ' args='none' ;;
+        'credentials list')
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='' ;;
+        'credentials delete')
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='none' ;;
         *) return 1 ;;
     esac
 }

@@ -6,7 +6,7 @@
 function __kmscli_cmds --argument-names path
     switch $path
         case ''
-            echo init passwd unlock lock encrypt decrypt reencrypt datakey random keys alias policy audit
+            echo init passwd unlock lock encrypt decrypt reencrypt datakey random keys alias policy audit credentials
         case 'keys'
             echo create list describe enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations
         case 'alias'
@@ -15,6 +15,8 @@ function __kmscli_cmds --argument-names path
             echo get put
         case 'audit'
             echo show verify head restart
+        case 'credentials'
+            echo create list delete
     end
 end
 
@@ -22,71 +24,77 @@ end
 function __kmscli_vopts --argument-names path
     switch $path
         case ''
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'init'
-            echo --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file
+            echo --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region
         case 'passwd'
-            echo --new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file
+            echo --new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region
         case 'unlock'
-            echo --ttl --idle --shell --vault --audit-log --passphrase-file
+            echo --ttl --idle --shell --vault --audit-log --passphrase-file --region
         case 'lock'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'encrypt'
-            echo --key -k --context -c --in -i --out -o --vault --audit-log --passphrase-file
+            echo --key -k --context -c --in -i --out -o --vault --audit-log --passphrase-file --region
         case 'decrypt'
-            echo --key -k --context -c --in -i --out -o --vault --audit-log --passphrase-file
+            echo --key -k --context -c --in -i --out -o --vault --audit-log --passphrase-file --region
         case 'reencrypt'
-            echo --key -k --context -c --source-context --source-key --in -i --out -o --vault --audit-log --passphrase-file
+            echo --key -k --context -c --source-context --source-key --in -i --out -o --vault --audit-log --passphrase-file --region
         case 'datakey'
-            echo --spec --bytes --context -c --vault --audit-log --passphrase-file
+            echo --spec --bytes --context -c --vault --audit-log --passphrase-file --region
         case 'random'
-            echo --format -f --vault --audit-log --passphrase-file
+            echo --format -f --vault --audit-log --passphrase-file --region
         case 'keys create'
-            echo --description -d --alias --tag --policy --vault --audit-log --passphrase-file
+            echo --description -d --alias --tag --policy --vault --audit-log --passphrase-file --region
         case 'keys list'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'keys describe'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'keys enable'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'keys disable'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'keys schedule-delete'
-            echo --days --vault --audit-log --passphrase-file
+            echo --days --vault --audit-log --passphrase-file --region
         case 'keys cancel-delete'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'keys set-description'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'keys tag'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'keys untag'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'keys rotate'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'keys rotation'
-            echo --days --min-decrypt-version --vault --audit-log --passphrase-file
+            echo --days --min-decrypt-version --vault --audit-log --passphrase-file --region
         case 'keys rotations'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'alias create'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'alias update'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'alias delete'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'alias list'
-            echo --key -k --vault --audit-log --passphrase-file
+            echo --key -k --vault --audit-log --passphrase-file --region
         case 'policy get'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'policy put'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'audit show'
-            echo --key -k --operation --since --vault --audit-log --passphrase-file
+            echo --key -k --operation --since --vault --audit-log --passphrase-file --region
         case 'audit verify'
-            echo --head --vault --audit-log --passphrase-file
+            echo --head --vault --audit-log --passphrase-file --region
         case 'audit head'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
         case 'audit restart'
-            echo --vault --audit-log --passphrase-file
+            echo --vault --audit-log --passphrase-file --region
+        case 'credentials create'
+            echo --vault --audit-log --passphrase-file --region
+        case 'credentials list'
+            echo --vault --audit-log --passphrase-file --region
+        case 'credentials delete'
+            echo --vault --audit-log --passphrase-file --region
     end
 end
 
@@ -181,9 +189,11 @@ complete -c kmscli -n '__kmscli_at \'\'' -a keys -d 'Create, inspect, enable, di
 complete -c kmscli -n '__kmscli_at \'\'' -a alias -d 'Create, repoint, delete and list aliases (names start with alias/).'
 complete -c kmscli -n '__kmscli_at \'\'' -a policy -d 'Read and replace key policies (AWS IAM JSON grammar).'
 complete -c kmscli -n '__kmscli_at \'\'' -a audit -d 'Read the audit log and prove it has not been tampered with.'
+complete -c kmscli -n '__kmscli_at \'\'' -a credentials -d 'Access keys for AWS SDKs and tools that call \'kmscli serve\' (IAM\'s access keys).'
 complete -c kmscli -n '__kmscli_at \'\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'\'' -l version -s V -d 'Print the version and exit.'
 complete -c kmscli -n '__kmscli_at \'\'' -s h -l help -d 'Show this message and exit.'
@@ -195,6 +205,7 @@ complete -c kmscli -n '__kmscli_at \'init\'' -l kdf-parallelism -x -d 'Argon2id 
 complete -c kmscli -n '__kmscli_at \'init\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'init\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'init\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'init\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'init\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'init\'' -s h -l help -d 'Show this message and exit.'
 
@@ -206,6 +217,7 @@ complete -c kmscli -n '__kmscli_at \'passwd\'' -l kdf-parallelism -x -d 'Argon2i
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'passwd\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -s h -l help -d 'Show this message and exit.'
 
@@ -216,6 +228,7 @@ complete -c kmscli -n '__kmscli_at \'unlock\'' -l shell -x -a 'sh bash zsh fish'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'unlock\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -s h -l help -d 'Show this message and exit.'
 
@@ -223,6 +236,7 @@ complete -c kmscli -n '__kmscli_at \'unlock\'' -s h -l help -d 'Show this messag
 complete -c kmscli -n '__kmscli_at \'lock\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'lock\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'lock\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'lock\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'lock\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'lock\'' -s h -l help -d 'Show this message and exit.'
 
@@ -235,6 +249,7 @@ complete -c kmscli -n '__kmscli_at \'encrypt\'' -l armor -s a -d 'Write ASCII ar
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'encrypt\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -s h -l help -d 'Show this message and exit.'
 
@@ -246,6 +261,7 @@ complete -c kmscli -n '__kmscli_at \'decrypt\'' -l out -s o -r -F -d 'Write to O
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'decrypt\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -s h -l help -d 'Show this message and exit.'
 
@@ -260,6 +276,7 @@ complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l armor -s a -d 'Write ASCII 
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -s h -l help -d 'Show this message and exit.'
 
@@ -272,6 +289,7 @@ complete -c kmscli -n '__kmscli_at \'datakey\'' -l json -d 'Print the AWS KMS JS
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'datakey\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'datakey\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -281,6 +299,7 @@ complete -c kmscli -n '__kmscli_at \'random\'' -l format -s f -x -a 'base64 hex 
 complete -c kmscli -n '__kmscli_at \'random\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'random\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'random\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'random\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'random\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'random\'' -s h -l help -d 'Show this message and exit.'
 
@@ -310,6 +329,7 @@ complete -c kmscli -n '__kmscli_at \'keys create\'' -l json -d 'Print the AWS KM
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys create\'' -l region -x -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -s h -l help -d 'Show this message and exit.'
 
@@ -319,6 +339,7 @@ complete -c kmscli -n '__kmscli_at \'keys list\'' -l json -d 'Print the AWS KMS 
 complete -c kmscli -n '__kmscli_at \'keys list\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys list\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys list\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys list\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys list\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys list\'' -s h -l help -d 'Show this message and exit.'
 
@@ -327,6 +348,7 @@ complete -c kmscli -n '__kmscli_at \'keys describe\'' -l json -d 'Print the AWS 
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys describe\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys describe\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -335,6 +357,7 @@ complete -c kmscli -n '__kmscli_arg \'keys describe\' 0' -a '(__kmscli_aliases)'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys enable\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys enable\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -343,6 +366,7 @@ complete -c kmscli -n '__kmscli_arg \'keys enable\' 0' -a '(__kmscli_aliases)' -
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys disable\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys disable\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -353,6 +377,7 @@ complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l json -d 'Print t
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys schedule-delete\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -361,6 +386,7 @@ complete -c kmscli -n '__kmscli_arg \'keys schedule-delete\' 0' -a '(__kmscli_al
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys cancel-delete\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -369,6 +395,7 @@ complete -c kmscli -n '__kmscli_arg \'keys cancel-delete\' 0' -a '(__kmscli_alia
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys set-description\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -377,6 +404,7 @@ complete -c kmscli -n '__kmscli_arg \'keys set-description\' 0' -a '(__kmscli_al
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys tag\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys tag\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -385,6 +413,7 @@ complete -c kmscli -n '__kmscli_arg \'keys tag\' 0' -a '(__kmscli_aliases)' -d '
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys untag\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys untag\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -393,6 +422,7 @@ complete -c kmscli -n '__kmscli_arg \'keys untag\' 0' -a '(__kmscli_aliases)' -d
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys rotate\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -405,6 +435,7 @@ complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l min-decrypt-version -x 
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys rotation\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -414,6 +445,7 @@ complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l json -d 'Print the AWS
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys rotations\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -429,6 +461,7 @@ complete -c kmscli -n '__kmscli_at \'alias\'' -s h -l help -d 'Show this message
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'alias create\'' -l region -x -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'alias create\' 1' -a '(__kmscli_aliases)' -d 'KEY'
@@ -437,6 +470,7 @@ complete -c kmscli -n '__kmscli_arg \'alias create\' 1' -a '(__kmscli_aliases)' 
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'alias update\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'alias update\' 0' -a '(__kmscli_aliases)' -d 'NAME'
@@ -446,6 +480,7 @@ complete -c kmscli -n '__kmscli_arg \'alias update\' 1' -a '(__kmscli_aliases)' 
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'alias delete\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'alias delete\' 0' -a '(__kmscli_aliases)' -d 'NAME'
@@ -456,6 +491,7 @@ complete -c kmscli -n '__kmscli_at \'alias list\'' -l json -d 'Print the AWS KMS
 complete -c kmscli -n '__kmscli_at \'alias list\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'alias list\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'alias list\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'alias list\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'alias list\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'alias list\'' -s h -l help -d 'Show this message and exit.'
 
@@ -468,6 +504,7 @@ complete -c kmscli -n '__kmscli_at \'policy\'' -s h -l help -d 'Show this messag
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'policy get\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'policy get\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -477,6 +514,7 @@ complete -c kmscli -n '__kmscli_at \'policy put\'' -l bypass-policy-lockout-safe
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'policy put\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'policy put\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -497,6 +535,7 @@ complete -c kmscli -n '__kmscli_at \'audit show\'' -l json -d 'Print JSON lines 
 complete -c kmscli -n '__kmscli_at \'audit show\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'audit show\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'audit show\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'audit show\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'audit show\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'audit show\'' -s h -l help -d 'Show this message and exit.'
 
@@ -506,6 +545,7 @@ complete -c kmscli -n '__kmscli_at \'audit verify\'' -l head -x -d 'Also prove t
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'audit verify\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -s h -l help -d 'Show this message and exit.'
 
@@ -513,6 +553,7 @@ complete -c kmscli -n '__kmscli_at \'audit verify\'' -s h -l help -d 'Show this 
 complete -c kmscli -n '__kmscli_at \'audit head\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'audit head\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'audit head\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'audit head\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'audit head\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'audit head\'' -s h -l help -d 'Show this message and exit.'
 
@@ -520,5 +561,38 @@ complete -c kmscli -n '__kmscli_at \'audit head\'' -s h -l help -d 'Show this me
 complete -c kmscli -n '__kmscli_at \'audit restart\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'audit restart\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'audit restart\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'audit restart\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'audit restart\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'audit restart\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli credentials
+complete -c kmscli -n '__kmscli_at \'credentials\'' -a create -d 'Make an access key for principal arn:aws:iam::<account>:user/USER; the secret is shown once. Needs the passphrase, never a session.'
+complete -c kmscli -n '__kmscli_at \'credentials\'' -a list -d 'List access keys (never their secrets).'
+complete -c kmscli -n '__kmscli_at \'credentials\'' -a delete -d 'Delete an access key: requests signed with it are refused.'
+complete -c kmscli -n '__kmscli_at \'credentials\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli credentials create
+complete -c kmscli -n '__kmscli_at \'credentials create\'' -l json -d 'Print IAM\'s JSON response shape.'
+complete -c kmscli -n '__kmscli_at \'credentials create\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'credentials create\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'credentials create\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'credentials create\'' -l region -x -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'credentials create\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'credentials create\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli credentials list
+complete -c kmscli -n '__kmscli_at \'credentials list\'' -l json -d 'Print IAM\'s JSON response shape.'
+complete -c kmscli -n '__kmscli_at \'credentials list\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'credentials list\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'credentials list\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'credentials list\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'credentials list\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'credentials list\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli credentials delete
+complete -c kmscli -n '__kmscli_at \'credentials delete\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'credentials delete\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'credentials delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'credentials delete\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'credentials delete\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'credentials delete\'' -s h -l help -d 'Show this message and exit.'

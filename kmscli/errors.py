@@ -49,6 +49,17 @@ class ValidationException(KmsError):
     name = "ValidationException"
 
 
+class SerializationException(KmsError):
+    """A request member of the wrong JSON type (a number where a string belongs, bad base64, ...).
+
+    AWS's JSON 1.1 front end answers these before validating any constraint:
+    see ``kmscli/shapes.py``.
+    """
+
+    exit_code = EXIT_USAGE
+    name = "SerializationException"
+
+
 class MalformedPolicyDocumentException(KmsError):
     exit_code = EXIT_USAGE
     name = "MalformedPolicyDocumentException"
@@ -79,6 +90,13 @@ class NotAuthorizedException(KmsError):
 class InvalidArnException(KmsError):
     exit_code = EXIT_USAGE
     name = "InvalidArnException"
+
+
+class InvalidMarkerException(KmsError):
+    """A paging ``Marker`` that no earlier answer of this operation gave."""
+
+    exit_code = EXIT_USAGE
+    name = "InvalidMarkerException"
 
 
 class UsageError(KmsError):
@@ -137,7 +155,7 @@ INVALID_CIPHERTEXT_MESSAGE = (
     "the ciphertext cannot be decrypted: it was modified or truncated, the "
     "encryption context differs from the one used to encrypt, it was made "
     "under another key than --key names, or its key is not in this vault "
-    "(destroyed, or from another vault)"
+    "(destroyed, from another vault, or in another region than --region)"
 )
 
 
@@ -198,12 +216,14 @@ EXIT_CODES: dict[str, int] = {
     for cls in (
         KMSInternalException,
         ValidationException,
+        SerializationException,
         MalformedPolicyDocumentException,
         LimitExceededException,
         TagException,
         InvalidAliasNameException,
         NotAuthorizedException,
         InvalidArnException,
+        InvalidMarkerException,
         NotFoundException,
         DisabledException,
         KMSInvalidStateException,

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from . import errors
 
 PARTITION = "aws"
-REGION = "local"
+#: The CLI's region unless --region / KMSCLI_REGION names another; served requests use their signature's.
+DEFAULT_REGION = "local"
+#: Region names as botocore accepts them (it refuses "local_1"): lowercase letters, digits, inner hyphens.
+_REGION_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 ALIAS_PREFIX = "alias/"
 RESERVED_ALIAS_PREFIX = "alias/aws/"
 ALIAS_MAX = 256
@@ -22,7 +25,7 @@ ALIAS_MAX = 256
 # and be stored with the newline.
 _ALIAS_RE = re.compile(r"alias/[A-Za-z0-9/_-]+")
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_ARN_RE = re.compile(r"arn:aws:kms:local:(?P<account>[0-9]{12}):(?P<kind>key|alias)/(?P<rest>.+)")
+_ARN_RE = re.compile(r"arn:aws:kms:(?P<region>[^:]*):(?P<account>[0-9]{12}):(?P<kind>key|alias)/(?P<rest>.+)")
 TAG_KEY_MAX = 128
 TAG_VALUE_MAX = 256
 DESCRIPTION_MAX = 8192
@@ -39,12 +42,22 @@ def is_key_id(text: str) -> bool:
     return bool(_UUID_RE.fullmatch(text))
 
 
-def key_arn(account: str, key_id: str) -> str:
-    return f"arn:{PARTITION}:kms:{REGION}:{account}:key/{key_id}"
+def validate_region(name: str) -> str:
+    """A region name kmscli keys can live in; any AWS-shaped name, ``local`` included."""
+    if not _REGION_RE.fullmatch(name):
+        raise errors.ValidationException(
+            f"region names are lowercase letters, digits and inner hyphens, such as local or us-east-1 "
+            f"(got '{_clip(name)}')"
+        )
+    return name
 
 
-def alias_arn(account: str, alias_name: str) -> str:
-    return f"arn:{PARTITION}:kms:{REGION}:{account}:{alias_name}"
+def key_arn(account: str, key_id: str, *, region: str) -> str:
+    return f"arn:{PARTITION}:kms:{region}:{account}:key/{key_id}"
+
+
+def alias_arn(account: str, alias_name: str, *, region: str) -> str:
+    return f"arn:{PARTITION}:kms:{region}:{account}:{alias_name}"
 
 
 @dataclass(frozen=True)
@@ -54,8 +67,9 @@ class KeyRef:
     given: str
     key_id: str | None = None
     alias: str | None = None
-    #: The account an ARN named, to be checked against the vault's.
+    #: The account and region an ARN named, to be checked against the vault's and the call's.
     account: str | None = None
+    region: str | None = None
 
 
 def parse_key_ref(text: str) -> KeyRef:
@@ -74,13 +88,14 @@ def parse_key_ref(text: str) -> KeyRef:
         if m.group("kind") == "key":
             if not is_key_id(rest):
                 raise errors.NotFoundException(f"Invalid keyId '{_clip(text)}': the ARN does not end in a key id")
-            return KeyRef(given=text, key_id=rest, account=m.group("account"))
-        return KeyRef(given=text, alias=ALIAS_PREFIX + rest, account=m.group("account"))
+            return KeyRef(given=text, key_id=rest, account=m.group("account"), region=m.group("region"))
+        return KeyRef(given=text, alias=ALIAS_PREFIX + rest, account=m.group("account"), region=m.group("region"))
     if is_key_id(text.lower()) and text == text.lower():
         return KeyRef(given=text, key_id=text)
     if text.startswith("arn:"):
-        raise errors.NotFoundException(
-            f"Invalid keyId '{_clip(text)}': ARNs look like arn:aws:kms:local:<account>:key/<key id>"
+        raise errors.InvalidArnException(
+            f"Invalid arn '{_clip(text)}': KMS ARNs look like arn:aws:kms:<region>:<account>:key/<key id> "
+            "or arn:aws:kms:<region>:<account>:alias/<name>"
         )
     raise errors.NotFoundException(
         f"Invalid keyId '{_clip(text)}': give a key id (a UUID), alias/NAME, or an ARN; see 'kmscli keys list'"
@@ -128,10 +143,12 @@ def validate_description(text: str) -> str:
 def validate_tag(key: str, value: str) -> None:
     check_text(key, "tag key", errors.TagException)
     check_text(value, "tag value", errors.TagException)
+    # Lengths are the model's constraints (ValidationException, in `keys tag` and
+    # `keys untag` alike); the reserved prefix and the count are TagException, as in AWS.
     if not 1 <= len(key) <= TAG_KEY_MAX:
-        raise errors.TagException(f"tag keys must be 1 to {TAG_KEY_MAX} characters (got {len(key)})")
+        raise errors.ValidationException(f"tag keys must be 1 to {TAG_KEY_MAX} characters (got {len(key)})")
     if len(value) > TAG_VALUE_MAX:
-        raise errors.TagException(f"tag values must be at most {TAG_VALUE_MAX} characters (got {len(value)})")
+        raise errors.ValidationException(f"tag values must be at most {TAG_VALUE_MAX} characters (got {len(value)})")
     if key.lower().startswith("aws:"):
         raise errors.TagException(f"tag keys beginning with 'aws:' are reserved (got '{_clip(key)}')")
 

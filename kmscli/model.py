@@ -41,15 +41,20 @@ def parse_iso(text: str) -> datetime:
     return t
 
 
-def key_metadata(account: str, key: dict[str, Any]) -> dict[str, Any]:
-    """The ``KeyMetadata`` object of DescribeKey/CreateKey for one vault key."""
+def key_metadata(account: str, key: dict[str, Any], *, region: str) -> dict[str, Any]:
+    """The ``KeyMetadata`` of DescribeKey/CreateKey for one vault key: exactly AWS's members.
+
+    Timestamps are aware datetimes (adapters render them: epoch seconds on the
+    wire, ISO 8601 in the CLI). Tags and rotation are not key metadata in AWS:
+    ListResourceTags and GetKeyRotationStatus answer them.
+    """
     state = key["KeyState"]
     material = key["Materials"][-1]
     meta: dict[str, Any] = {
         "AWSAccountId": account,
         "KeyId": key["KeyId"],
-        "Arn": ids.key_arn(account, key["KeyId"]),
-        "CreationDate": key["CreationDate"],
+        "Arn": ids.key_arn(account, key["KeyId"], region=region),
+        "CreationDate": parse_iso(key["CreationDate"]),
         "Enabled": state == KeyState.ENABLED,
         "Description": key["Description"],
         "KeyUsage": KEY_USAGE,
@@ -63,14 +68,8 @@ def key_metadata(account: str, key: dict[str, Any]) -> dict[str, Any]:
         "CurrentKeyMaterialId": material["KeyMaterialId"],
     }
     if state == KeyState.PENDING_DELETION:
-        meta["DeletionDate"] = key["DeletionDate"]
+        meta["DeletionDate"] = parse_iso(key["DeletionDate"])
         meta["PendingDeletionWindowInDays"] = key["PendingDeletionWindowInDays"]
-    meta["Tags"] = tags_list(key["Tags"])
-    rotation = key["Rotation"]
-    meta["KeyRotationEnabled"] = rotation["Enabled"]
-    if rotation["Enabled"]:
-        meta["RotationPeriodInDays"] = rotation["PeriodInDays"]
-        meta["NextRotationDate"] = rotation["NextRotationDate"]
     return meta
 
 
@@ -79,11 +78,11 @@ def tags_list(tags: dict[str, str]) -> list[dict[str, str]]:
     return [{"TagKey": k, "TagValue": v} for k, v in sorted(tags.items())]
 
 
-def alias_entry(account: str, name: str, alias: dict[str, Any]) -> dict[str, Any]:
+def alias_entry(account: str, name: str, alias: dict[str, Any], *, region: str) -> dict[str, Any]:
     return {
         "AliasName": name,
-        "AliasArn": ids.alias_arn(account, name),
+        "AliasArn": ids.alias_arn(account, name, region=region),
         "TargetKeyId": alias["TargetKeyId"],
-        "CreationDate": alias["CreationDate"],
-        "LastUpdatedDate": alias["LastUpdatedDate"],
+        "CreationDate": parse_iso(alias["CreationDate"]),
+        "LastUpdatedDate": parse_iso(alias["LastUpdatedDate"]),
     }

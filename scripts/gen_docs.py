@@ -40,6 +40,10 @@ REGENERATE = ".venv/bin/python scripts/gen_docs.py"
 ENVIRONMENT: dict[str, str] = {
     "KMSCLI_VAULT": "The vault file, when --vault is not given.",
     "KMSCLI_AUDIT_LOG": "The audit log, when --audit-log is not given.",
+    "KMSCLI_REGION": (
+        "The region keys are made in and looked up in, when --region is not given; default local. AWS_REGION "
+        "is not read: it is the AWS tools' setting."
+    ),
     "KMSCLI_AUDIT_MAX_SIZE": (
         "How large the live audit file grows before the log goes on in a new file: a byte count, or a number "
         "with K, M or G (binary units), at least 1K; default 64M."

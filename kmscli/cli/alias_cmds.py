@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,10 +34,17 @@ def list_(
     key: Annotated[str | None, typer.Option("--key", "-k", metavar="KEY", help="Only aliases of this key.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the AWS KMS JSON response shape.")] = False,
 ) -> None:
-    result = common.service().ListAliases(KeyId=key)
+    svc = common.service()
+    found: list[dict[str, Any]] = []
+    marker = None
+    while True:
+        page = svc.ListAliases(KeyId=key, Limit=100, Marker=marker)
+        found += page["Aliases"]
+        marker = page.get("NextMarker")
+        if marker is None:
+            break
     if json_:
-        output.emit_json({"Aliases": [{k: a[k] for k in ("AliasName", "AliasArn", "TargetKeyId")}
-                                      for a in result["Aliases"]]})
+        output.emit_aws("ListAliases", {"Aliases": found, "Truncated": False})
         return
     output.table("Aliases", ["AliasName", "TargetKeyId", "Created"],
-                 [(a["AliasName"], a["TargetKeyId"], a["CreationDate"]) for a in result["Aliases"]])
+                 [(a["AliasName"], a["TargetKeyId"], output.when(a["CreationDate"])) for a in found])

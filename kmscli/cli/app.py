@@ -35,11 +35,14 @@ def root(
     passphrase_file: Annotated[str | None, typer.Option("--passphrase-file", metavar="PATH",
                                help="Read the vault passphrase from the first line of PATH "
                                     "[env: KMSCLI_PASSPHRASE_FILE].")] = None,
+    region: Annotated[str | None, typer.Option("--region", metavar="NAME",
+                      help="Region the keys live in [env: KMSCLI_REGION; default: local].")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show a traceback for unexpected errors.")] = False,
     version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    for name, value in (("vault", vault), ("audit_log", audit_log), ("passphrase_file", passphrase_file)):
+    for name, value in (("vault", vault), ("audit_log", audit_log), ("passphrase_file", passphrase_file),
+                        ("region", region)):
         if value is not None and getattr(common.STATE, name) is None:
             setattr(common.STATE, name, value)
     common.STATE.debug = common.STATE.debug or debug

@@ -18,6 +18,7 @@ class Globals:
     vault: str | None = None
     audit_log: str | None = None
     passphrase_file: str | None = None
+    region: str | None = None
     debug: bool = False
 
 
@@ -45,6 +46,8 @@ def global_params() -> list[Any]:
                          "[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault]."),
         TyperOption(param_decls=["--passphrase-file"], metavar="PATH", **common,
                     help="Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE]."),
+        TyperOption(param_decls=["--region"], metavar="NAME", **common,
+                    help="Region the keys live in [env: KMSCLI_REGION; default: local]."),
         TyperOption(param_decls=["--debug"], is_flag=True, default=False, **common,
                     help="Show a traceback for unexpected errors."),
     ]
@@ -112,7 +115,14 @@ def service(keys: Any = None) -> Any:
     # In a session's worker the caller is the client as the kernel saw it (SO_PEERCRED), not this process.
     caller = SESSION.caller if SESSION is not None else None
     return Kms(vault_path(), keys if keys is not None else key_source(), caller=caller, audit_path=audit_path(),
-               audit_max_bytes=audit_max_bytes())
+               audit_max_bytes=audit_max_bytes(), region=region())
+
+
+def region() -> str:
+    """``--region`` or ``KMSCLI_REGION``, else ``local``; AWS_REGION is not read (it is the AWS tools')."""
+    from ..ids import DEFAULT_REGION
+
+    return STATE.region or os.environ.get("KMSCLI_REGION") or DEFAULT_REGION
 
 
 def audit_max_bytes() -> int | None:

@@ -100,10 +100,14 @@ def datakey(
                                                      EncryptionContext=ctx)
     else:
         result = svc.GenerateDataKey(KeyId=key, KeySpec=spec, NumberOfBytes=nbytes, EncryptionContext=ctx)
-    shape = {k: result[k] for k in ("KeyId", "Plaintext", "CiphertextBlob") if k in result}
     if json_:
-        output.emit_json(shape)
-    elif output.is_tty(sys.stdout):
+        output.emit_aws("GenerateDataKeyWithoutPlaintext" if no_plaintext else "GenerateDataKey", result)
+        return
+    import base64
+
+    shape = {k: base64.b64encode(result[k]).decode() if k != "KeyId" else result[k]
+             for k in ("KeyId", "Plaintext", "CiphertextBlob") if k in result}
+    if output.is_tty(sys.stdout):
         output.fields(list(shape.items()))
     else:
         output.emit_line("\t".join(shape[k] for k in ("Plaintext", "CiphertextBlob") if k in shape))

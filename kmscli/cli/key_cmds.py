@@ -32,7 +32,7 @@ def create(
     result = common.service().CreateKey(Description=description, Tags=tags, Policy=document,
                                         BypassPolicyLockoutSafetyCheck=bypass, AliasName=alias)
     if json_:
-        output.emit_json(result)
+        output.emit_aws("CreateKey", result)
     else:
         output.emit_line(result["KeyMetadata"]["KeyId"])
 
@@ -43,39 +43,75 @@ def list_(
     json_: JsonOpt = False,
 ) -> None:
     svc = common.service()
-    result = svc.ListKeys(IncludePendingDeletion=all_)
     if json_:
-        output.emit_json({"Keys": result["Keys"]})
+        # ListKeys, every page (as the AWS CLI pages), printed as one response.
+        keys: list[dict[str, Any]] = []
+        marker = None
+        while True:
+            page = svc.ListKeys(Limit=1000, Marker=marker, IncludePendingDeletion=all_)
+            keys += page["Keys"]
+            marker = page.get("NextMarker")
+            if marker is None:
+                break
+        output.emit_aws("ListKeys", {"Keys": keys, "Truncated": False})
         return
-    aliases: dict[str, list[str]] = {}
-    for a in svc.ListAliases()["Aliases"]:
-        aliases.setdefault(a["TargetKeyId"], []).append(a["AliasName"])
-    rows = [(k["KeyId"], k["KeyState"], ",".join(aliases.get(k["KeyId"], [])), k["CreationDate"], k["Description"])
-            for k in result["Keys"]]
+    rows = []
+    for k in svc.ListKeyDetails(IncludePendingDeletion=all_)["Keys"]:
+        meta = k.get("KeyMetadata")
+        if meta is None:  # the policy does not let this caller describe it
+            rows.append((k["KeyId"], "(not allowed)", ",".join(k["Aliases"]), "", ""))
+        else:
+            rows.append((k["KeyId"], meta["KeyState"], ",".join(k["Aliases"]), output.when(meta["CreationDate"]),
+                         meta["Description"]))
     output.table("Keys", ["KeyId", "State", "Aliases", "Created", "Description"], rows)
 
 
 @app.command("describe", cls=common.KmsCommand, help="Show one key's metadata.")
 def describe(key: KeyArg, json_: JsonOpt = False) -> None:
     svc = common.service()
-    meta = svc.DescribeKey(KeyId=key)["KeyMetadata"]
     if json_:
-        output.emit_json({"KeyMetadata": meta})
+        output.emit_aws("DescribeKey", svc.DescribeKey(KeyId=key))
         return
-    aliases = [a["AliasName"] for a in svc.ListAliases(KeyId=meta["KeyId"])["Aliases"]]
-    rotation = "off"
-    if meta["KeyRotationEnabled"]:
-        rotation = f"every {meta['RotationPeriodInDays']} days, next {meta['NextRotationDate']}"
+    detail = svc.DescribeKeyDetails(KeyId=key)
+    meta = detail["KeyMetadata"]
+    rot = detail.get("Rotation")
+    if rot is None:
+        rotation = "(not allowed to see)"
+    elif rot["Enabled"]:
+        rotation = f"every {rot['PeriodInDays']} days, next {output.when(rot['NextRotationDate'])}"
+    else:
+        rotation = "off"
+    tags = detail.get("Tags")
     rows: list[tuple[str, Any]] = [
         ("KeyId", meta["KeyId"]), ("Arn", meta["Arn"]), ("State", meta["KeyState"]),
-        ("Aliases", ", ".join(aliases)), ("Description", meta["Description"]),
-        ("Created", meta["CreationDate"]), ("KeySpec", meta["KeySpec"]), ("KeyUsage", meta["KeyUsage"]),
-        ("Rotation", rotation), ("KeyMaterialId", meta["CurrentKeyMaterialId"]),
-        ("Tags", ", ".join(f"{t['TagKey']}={t['TagValue']}" for t in meta["Tags"])),
+        ("Aliases", ", ".join(detail["Aliases"])), ("Description", meta["Description"]),
+        ("Created", output.when(meta["CreationDate"])), ("KeySpec", meta["KeySpec"]),
+        ("KeyUsage", meta["KeyUsage"]), ("Rotation", rotation), ("KeyMaterialId", meta["CurrentKeyMaterialId"]),
+        ("Tags", "(not allowed to see)" if tags is None else ", ".join(f"{t['TagKey']}={t['TagValue']}"
+                                                                          for t in tags)),
     ]
+    if rot is not None and rot["MinDecryptVersion"] > 1:
+        rows.insert(9, ("MinDecryptVersion", rot["MinDecryptVersion"]))
     if "DeletionDate" in meta:
-        rows.insert(3, ("DeletionDate", meta["DeletionDate"]))
+        rows.insert(3, ("DeletionDate", output.when(meta["DeletionDate"])))
     output.fields(rows)
+
+
+@app.command("tags", cls=common.KmsCommand, help="List a key's tags (ListResourceTags).")
+def tags(key: KeyArg, json_: JsonOpt = False) -> None:
+    svc = common.service()
+    found: list[dict[str, str]] = []
+    marker = None
+    while True:
+        page = svc.ListResourceTags(KeyId=key, Limit=50, Marker=marker)
+        found += page["Tags"]
+        marker = page.get("NextMarker")
+        if marker is None:
+            break
+    if json_:
+        output.emit_aws("ListResourceTags", {"Tags": found, "Truncated": False})
+        return
+    output.table("Tags", ["TagKey", "TagValue"], [(t["TagKey"], t["TagValue"]) for t in found])
 
 
 @app.command("enable", cls=common.KmsCommand, help="Allow cryptographic use of a key.")
@@ -97,9 +133,9 @@ def schedule_delete(
 ) -> None:
     result = common.service().ScheduleKeyDeletion(KeyId=key, PendingWindowInDays=days)
     if json_:
-        output.emit_json(result)
+        output.emit_aws("ScheduleKeyDeletion", result)
     else:
-        output.message(f"key {result['KeyId']} will be destroyed on {result['DeletionDate']} "
+        output.message(f"key {result['KeyId']} will be destroyed on {output.when(result['DeletionDate'])} "
                        "unless you run 'kmscli keys cancel-delete'")
 
 
@@ -133,7 +169,8 @@ def rotate(key: KeyArg) -> None:
     common.service().RotateKeyOnDemand(KeyId=key)
 
 
-@app.command("rotation", cls=common.KmsCommand, help="Turn automatic rotation on or off, or retire old material.")
+@app.command("rotation", cls=common.KmsCommand,
+             help="Show automatic rotation (GetKeyRotationStatus), turn it on or off, or retire old material.")
 def rotation(
     key: KeyArg,
     enable: Annotated[bool, typer.Option("--enable", help="Rotate automatically every --days days.")] = False,
@@ -143,14 +180,28 @@ def rotation(
     min_decrypt_version: Annotated[int | None, typer.Option("--min-decrypt-version", metavar="N",
                                    help="Refuse to decrypt ciphertexts sealed with material older than "
                                         "version N.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the GetKeyRotationStatus response (status only).")
+                     ] = False,
 ) -> None:
     if enable and disable:
         raise errors.ValidationException("give --enable or --disable, not both")
-    if not (enable or disable or min_decrypt_version is not None):
-        raise errors.ValidationException("give --enable [--days N], --disable, or --min-decrypt-version N")
     if days is not None and not enable:
         raise errors.ValidationException("--days goes with --enable")
+    changing = enable or disable or min_decrypt_version is not None
+    if json_ and changing:
+        raise errors.ValidationException("--json goes with the status form (no --enable, --disable or "
+                                         "--min-decrypt-version)")
     svc = common.service()
+    if not changing:
+        status = svc.GetKeyRotationStatus(KeyId=key)
+        if json_:
+            output.emit_aws("GetKeyRotationStatus", status)
+        elif status["KeyRotationEnabled"]:
+            output.fields([("KeyRotationEnabled", "true"), ("RotationPeriodInDays", status["RotationPeriodInDays"]),
+                           ("NextRotationDate", output.when(status["NextRotationDate"]))])
+        else:
+            output.fields([("KeyRotationEnabled", "false")])
+        return
     if enable:
         svc.EnableKeyRotation(KeyId=key, RotationPeriodInDays=days if days is not None else 365)
     elif disable:
@@ -161,12 +212,20 @@ def rotation(
 
 @app.command("rotations", cls=common.KmsCommand, help="List every material version of a key.")
 def rotations(key: KeyArg, json_: JsonOpt = False) -> None:
-    result = common.service().ListKeyRotations(KeyId=key)
+    svc = common.service()
+    found: list[dict[str, Any]] = []
+    marker = None
+    while True:
+        page = svc.ListKeyRotations(KeyId=key, Limit=1000, Marker=marker)
+        found += page["Rotations"]
+        marker = page.get("NextMarker")
+        if marker is None:
+            break
     if json_:
-        output.emit_json({"Rotations": result["Rotations"]})
+        output.emit_aws("ListKeyRotations", {"Rotations": found, "Truncated": False})
         return
     rows = [(n, r["KeyMaterialId"][:16] + "…", r["KeyMaterialState"], r.get("RotationType", "ORIGINAL"),
-             r.get("RotationDate", "")) for n, r in enumerate(result["Rotations"], 1)]
+             output.when(r.get("RotationDate"))) for n, r in enumerate(found, 1)]
     output.table("Key material", ["Version", "KeyMaterialId", "State", "Type", "RotationDate"], rows)
 
 

@@ -15,7 +15,7 @@ import sys
 from kmscli.cli.pipes import EXIT_BROKEN_PIPE, silence_stdout
 
 #: Global options that take a value: skipped when looking for the command's name.
-_VALUE_OPTIONS = frozenset(("--vault", "--audit-log", "--passphrase-file"))
+_VALUE_OPTIONS = frozenset(("--vault", "--audit-log", "--passphrase-file", "--region"))
 #: Commands run here even with a session. ``unlock`` always takes a passphrase:
 #: a session that could mint sessions would outlive its TTL. ``init`` makes a
 #: vault that no session can be for.

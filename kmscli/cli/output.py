@@ -151,6 +151,20 @@ def json_line(obj: Any) -> str:
     return _json_safe(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
 
+def emit_aws(operation: str, doc: Any) -> None:
+    """An AWS operation's response as ``--json`` prints it: the model's members, timestamps as the AWS CLI v2."""
+    from .. import shapes
+
+    emit_json(shapes.to_cli(operation, doc))
+
+
+def when(t: Any) -> str:
+    """A timestamp for a table cell: ISO 8601 UTC to the second."""
+    from ..model import iso
+
+    return "" if t is None else iso(t)
+
+
 def emit_line(text: str) -> None:
     write_stdout(text + "\n")
 

@@ -64,6 +64,11 @@ def hkdf(ikm: bytes, info: bytes, length: int = KEY_SIZE, salt: bytes = b"") -> 
     return out[:length]
 
 
+def sha256(data: bytes) -> bytes:
+    """SHA-256 of ``data``."""
+    return hashlib.sha256(data).digest()
+
+
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
     """HMAC-SHA-256 of ``data``."""
     return hmac.new(key, data, hashlib.sha256).digest()

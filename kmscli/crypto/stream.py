@@ -1,11 +1,12 @@
-"""The kmscli ciphertext format, version 1, exactly as docs/format.md lays it out.
+"""The kmscli ciphertext format, versions 1 and 2, exactly as docs/format.md lays it out.
 
-A ciphertext is a header (key id, material version, encryption context, the
-data key wrapped under the master key, a key commitment and a header MAC) and a
-body of AES-256-GCM chunks in the STREAM construction. This module knows
-nothing of vaults or the CLI: callers hand it master key bytes and binary file
-objects. ``cryptography`` is imported only through ``primitives`` and only
-when a function here runs, never at import time.
+A ciphertext is a header (key id, material version, encryption context or, in
+version 2 when the context is large, its digest, the data key wrapped under the
+master key, a key commitment and a header MAC) and a body of AES-256-GCM chunks
+in the STREAM construction. Encryption writes version 2; both versions are
+read. This module knows nothing of vaults or the CLI: callers hand it master
+key bytes and binary file objects. ``cryptography`` is imported only through
+``primitives`` and only when a function here runs, never at import time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from . import primitives
 
 # -- Quantities named as in docs/format.md ------------------------------------
 MAGIC = b"\x89KMS\r\n\x1a\n"
-FORMAT_VERSION = 1
+#: What encrypt and reencrypt write.
+FORMAT_VERSION = 2
+#: What a reader accepts: version 1 ciphertexts must decrypt forever.
+READABLE_VERSIONS = (1, 2)
 MIN_CHUNK_SIZE_LOG2 = 12
 MAX_CHUNK_SIZE_LOG2 = 22
 MIN_CHUNK_SIZE = 1 << MIN_CHUNK_SIZE_LOG2  # 4 KiB
@@ -39,6 +43,11 @@ COMMITMENT_SIZE = 32
 HEADER_MAC_SIZE = 32
 CONTEXT_MAX_BYTES = 8192
 CONTEXT_MAX_PAIRS = 64
+#: Version 2 stores a context of up to this many encoded bytes; a larger one
+#: only as its digest, so that a ciphertext of 4096 plaintext bytes (the blob
+#: API) stays within 6144 bytes whatever the context (docs/format.md).
+CONTEXT_INLINE_MAX_BYTES = 1024
+CONTEXT_DIGEST_SIZE = 32
 STREAM_NONCE_SIZE = primitives.NONCE_SIZE
 STREAM_COUNTER_SIZE = STREAM_NONCE_SIZE - 1
 LAST_CHUNK_FLAG = b"\x01"
@@ -48,14 +57,20 @@ NOT_LAST_CHUNK_FLAG = b"\x00"
 _FIXED = struct.Struct(">8sBB16sI32s32sH")
 FIXED_SIZE = _FIXED.size  # 96: the context starts here
 _TRAILER_SIZE = WRAPPED_KEY_SIZE + COMMITMENT_SIZE + HEADER_MAC_SIZE
-HEADER_MIN_SIZE = FIXED_SIZE + 2 + _TRAILER_SIZE
-HEADER_MAX_SIZE = FIXED_SIZE + CONTEXT_MAX_BYTES + _TRAILER_SIZE
+HEADER_MIN_SIZE = FIXED_SIZE + 2 + _TRAILER_SIZE  # 210, either version: the empty context
+#: The most read_header ever reads: a version 1 header with the largest context.
+HEADER_MAX_SIZE = FIXED_SIZE + CONTEXT_MAX_BYTES + _TRAILER_SIZE  # 8400
+V2_HEADER_MAX_SIZE = FIXED_SIZE + CONTEXT_INLINE_MAX_BYTES + _TRAILER_SIZE  # 1232
+V2_DIGEST_HEADER_SIZE = FIXED_SIZE + CONTEXT_DIGEST_SIZE + _TRAILER_SIZE  # 240
 
 _U16 = struct.Struct(">H")
 # A wrap key is derived from a fresh 256-bit wrap_salt for every wrap and
 # seals exactly one data key, so a fixed nonce can never repeat under it.
 _WRAP_NONCE = bytes(STREAM_NONCE_SIZE)
-_LABEL_WRAP = b"kmscli ciphertext wrap key v1"
+# Each format version has its own wrap key: a small-context header of version
+# 2 is laid out exactly as one of version 1, and must never open as the other.
+_LABEL_WRAP = {1: b"kmscli ciphertext wrap key v1", 2: b"kmscli ciphertext wrap key v2"}
+_LABEL_CONTEXT_DIGEST = b"kmscli ciphertext context digest v2"
 _LABEL_HEADER = b"kmscli ciphertext header v1"
 _LABEL_COMMITMENT = b"kmscli ciphertext commitment v1"
 _LABEL_PAYLOAD = b"kmscli ciphertext payload v1"
@@ -71,7 +86,13 @@ class Header:
 
     key_id: str
     material_version: int
-    context: dict[str, str]
+    #: The context the header stores, or None when it holds only its digest.
+    context: dict[str, str] | None
+    #: The length of the context's canonical encoding, stored or not.
+    context_length: int
+    #: SHA-256 (with its label) of the canonical context, when that is what the
+    #: header holds instead of the context (version 2, context over 1024 bytes).
+    context_digest: bytes | None
     chunk_size: int
     format_version: int
     payload_salt: bytes
@@ -132,6 +153,21 @@ def encode_context(context: Mapping[str, str]) -> bytes:
     for kb, vb in pairs:
         parts += (_U16.pack(len(kb)), kb, _U16.pack(len(vb)), vb)
     return b"".join(parts)
+
+
+def context_digest(encoded: bytes) -> bytes:
+    """The digest a version 2 header holds for a large canonical context."""
+    return primitives.sha256(_LABEL_CONTEXT_DIGEST + encoded)
+
+
+def _stores_context(version: int, length: int) -> bool:
+    return version == 1 or length <= CONTEXT_INLINE_MAX_BYTES
+
+
+def _context_field(version: int, encoded: bytes) -> bytes:
+    """What a header of ``version`` holds after ``context_length`` for this
+    canonical context: the context itself, or its digest."""
+    return encoded if _stores_context(version, len(encoded)) else context_digest(encoded)
 
 
 def _decode_context(data: bytes) -> dict[str, str]:
@@ -209,10 +245,10 @@ def _random_or_given(value: bytes | None, size: int, what: str) -> bytes:
     return bytes(value)
 
 
-def _wrap_key(master_key: bytes, wrap_salt: bytes, key_id: bytes, material_version: int) -> bytes:
+def _wrap_key(master_key: bytes, wrap_salt: bytes, key_id: bytes, material_version: int, version: int) -> bytes:
     # Binding the key identity into the derivation means the same material
     # under another key id or version never opens this wrap.
-    info = _LABEL_WRAP + key_id + material_version.to_bytes(4, "big")
+    info = _LABEL_WRAP[version] + key_id + material_version.to_bytes(4, "big")
     return primitives.hkdf(master_key, info, salt=wrap_salt)
 
 
@@ -238,24 +274,24 @@ def _seal_header(
     data_key: bytes,
     payload_salt: bytes,
     wrap_salt: bytes,
+    version: int = FORMAT_VERSION,
 ) -> bytes:
-    """Build a header from already validated fields."""
-    prefix = (
-        _FIXED.pack(
-            MAGIC,
-            FORMAT_VERSION,
-            chunk_size_log2,
-            key_id,
-            material_version,
-            payload_salt,
-            wrap_salt,
-            len(context),
-        )
-        + context
-    )
+    """Build a header from already validated fields (``context`` canonical)."""
+    prefix = _FIXED.pack(
+        MAGIC,
+        version,
+        chunk_size_log2,
+        key_id,
+        material_version,
+        payload_salt,
+        wrap_salt,
+        len(context),
+    ) + _context_field(version, context)
     # The AAD is every field before the wrapped key, so only a holder of the
-    # master key can bind a data key to this key id, version and context.
-    wrapped = primitives.seal(_wrap_key(master_key, wrap_salt, key_id, material_version), _WRAP_NONCE, data_key, prefix)
+    # master key can bind a data key to this key id, version and context (or
+    # the context's digest, which binds it as firmly: SHA-256 is collision-resistant).
+    wrap_key = _wrap_key(master_key, wrap_salt, key_id, material_version, version)
+    wrapped = primitives.seal(wrap_key, _WRAP_NONCE, data_key, prefix)
     body = prefix + wrapped + _commitment(data_key, payload_salt)
     return body + primitives.hmac_sha256(_header_key(data_key, payload_salt), body)
 
@@ -269,12 +305,15 @@ def parse_header(raw: bytes) -> Header:
     if len(raw) != total:
         raise InvalidCiphertextException()
     _magic, version, log2, key_id, material_version, payload_salt, wrap_salt, ctx_len = _FIXED.unpack_from(raw)
-    context = _decode_context(raw[FIXED_SIZE : FIXED_SIZE + ctx_len])
-    pos = FIXED_SIZE + ctx_len
+    pos = total - _TRAILER_SIZE
+    field = raw[FIXED_SIZE:pos]
+    stored = _stores_context(version, ctx_len)
     return Header(
         key_id=_key_id_text(key_id),
         material_version=material_version,
-        context=context,
+        context=_decode_context(field) if stored else None,
+        context_length=ctx_len,
+        context_digest=None if stored else field,
         chunk_size=1 << log2,
         format_version=version,
         payload_salt=payload_salt,
@@ -291,15 +330,19 @@ def _check_fixed(fixed: bytes) -> int:
     magic, version, log2, _key_id, material_version, _ps, _ws, ctx_len = _FIXED.unpack(fixed)
     # Refuse an unknown version before trusting any other field: a later
     # version may lay out everything after byte 8 differently.
-    if magic != MAGIC or version != FORMAT_VERSION:
+    if magic != MAGIC or version not in READABLE_VERSIONS:
         raise InvalidCiphertextException()
     # Bounding the chunk size bounds what a hostile header can make a reader
     # allocate (3 records) and how many AEAD calls it costs per byte.
     if not MIN_CHUNK_SIZE_LOG2 <= log2 <= MAX_CHUNK_SIZE_LOG2:
         raise InvalidCiphertextException()
+    # The context length says how many bytes follow (the context, or in
+    # version 2 above the inline limit its 32-byte digest), so it bounds what
+    # the reader reads next: at most HEADER_MAX_SIZE in all.
     if material_version == 0 or not 2 <= ctx_len <= CONTEXT_MAX_BYTES:
         raise InvalidCiphertextException()
-    return FIXED_SIZE + ctx_len + _TRAILER_SIZE
+    field = ctx_len if _stores_context(version, ctx_len) else CONTEXT_DIGEST_SIZE
+    return FIXED_SIZE + field + _TRAILER_SIZE
 
 
 def read_header(reader: Any) -> Header:
@@ -332,10 +375,13 @@ def open_header(header: Header, *, master_key: bytes, context: Mapping[str, str]
         given = encode_context(context)
     except ValidationException:
         raise InvalidCiphertextException() from None
-    if given != raw[FIXED_SIZE:prefix_end]:
+    # Step 2: the caller's context must give exactly the header's length and
+    # the header's stored bytes (the context, or its digest).
+    expected = _context_field(header.format_version, given)
+    if len(given) != header.context_length or expected != raw[FIXED_SIZE:prefix_end]:
         raise InvalidCiphertextException()
     key_id = _key_id_bytes(header.key_id)
-    wrap_key = _wrap_key(master_key, header.wrap_salt, key_id, header.material_version)
+    wrap_key = _wrap_key(master_key, header.wrap_salt, key_id, header.material_version, header.format_version)
     try:
         data_key = primitives.open_(wrap_key, _WRAP_NONCE, header.wrapped_key, raw[:prefix_end])
     except primitives.AuthenticationFailed:
@@ -510,13 +556,17 @@ def encrypt_stream(
     salt: bytes | None = None,
     wrap_salt: bytes | None = None,
     progress: Progress | None = None,
+    format_version: int = FORMAT_VERSION,
 ) -> int:
     """Encrypt everything ``reader`` yields into ``writer``; return the plaintext size.
 
     ``data_key``, ``salt`` (the payload salt) and ``wrap_salt`` are the
-    deterministic seam for test vectors; leave them None otherwise. Every
+    deterministic seam for test vectors; leave them None otherwise, and leave
+    ``format_version`` alone (1 exists for the version 1 vectors and tests). Every
     argument is checked (ValidationException) before anything is written.
     """
+    if isinstance(format_version, bool) or format_version not in READABLE_VERSIONS:
+        raise ValidationException(f"format version must be one of {READABLE_VERSIONS} (got {format_version!r})")
     _check_master_key(master_key)
     key_id_bytes = _key_id_bytes(key_id)
     _check_material_version(material_version)
@@ -533,6 +583,7 @@ def encrypt_stream(
         data_key=data_key,
         payload_salt=payload_salt,
         wrap_salt=_random_or_given(wrap_salt, SALT_SIZE, "wrap salt"),
+        version=format_version,
     )
     write_all(writer, header)
     return _seal_body(_payload_key(data_key, payload_salt), chunk_size, reader, writer, progress)
@@ -575,10 +626,11 @@ def rewrap_stream(
 ) -> None:
     """Move a ciphertext to another key and/or context without exposing its plaintext.
 
-    The data key is re-wrapped under the new key in a new header and the body
-    is copied unchanged, each record authenticated before it is copied, so a
-    tampered body fails here (InvalidCiphertextException). New arguments are
-    validated (ValidationException) before the old header is even opened.
+    The data key is re-wrapped under the new key in a new header (always of
+    FORMAT_VERSION, whatever the old one's) and the body is copied unchanged,
+    each record authenticated before it is copied, so a tampered body fails
+    here (InvalidCiphertextException). New arguments are validated
+    (ValidationException) before the old header is even opened.
     """
     _check_master_key(new_master_key)
     new_key_id_bytes = _key_id_bytes(new_key_id)
@@ -612,8 +664,12 @@ def encrypt_bytes(
     data_key: bytes | None = None,
     salt: bytes | None = None,
     wrap_salt: bytes | None = None,
+    format_version: int = FORMAT_VERSION,
 ) -> bytes:
-    """Encrypt a small plaintext held in memory (a data key, a test message)."""
+    """Encrypt a small plaintext held in memory (a data key, a test message).
+
+    Up to 4096 plaintext bytes give at most 6144 bytes (the size AWS allows a
+    CiphertextBlob), for every context ``encode_context`` accepts."""
     out = io.BytesIO()
     encrypt_stream(
         io.BytesIO(plaintext),
@@ -626,6 +682,7 @@ def encrypt_bytes(
         data_key=data_key,
         salt=salt,
         wrap_salt=wrap_salt,
+        format_version=format_version,
     )
     return out.getvalue()
 

@@ -29,6 +29,10 @@ TAGS_PER_KEY_MAX = 50
 RANDOM_BYTES_MIN, RANDOM_BYTES_MAX = 1, 1024
 DATA_KEY_SPECS = {"AES_256": 32, "AES_128": 16}
 MATERIAL_SIZE = 32
+#: Page sizes when a List* request gives no Limit, as AWS documents them.
+LIST_LIMIT_DEFAULT = 100
+ALIASES_LIMIT_DEFAULT = 50
+TAGS_LIMIT_DEFAULT = 50
 
 AUDIT_FILE = "audit.jsonl"
 
@@ -95,8 +99,7 @@ class Call:
 
 
 class Core:
-    """The shared machinery of every operation: one vault, one caller, one clock."""
-
+    """The shared machinery of every operation: one vault, one caller, one region, one clock."""
 
     def __init__(
         self,
@@ -107,8 +110,11 @@ class Core:
         audit_path: Path | None = None,
         clock: Callable[[], datetime] = utcnow,
         audit_max_bytes: int | None = None,
+        region: str = ids.DEFAULT_REGION,
     ) -> None:
         self.store = VaultStore(vault_path)
+        #: Keys and aliases belong to the region they were made in; another region's are not found (as in AWS).
+        self.region = ids.validate_region(region)
         self.audit_max_bytes = audit_max_bytes
         self.keys = keys
         self.caller = caller or Caller.current()
@@ -481,21 +487,25 @@ class Core:
         account = ov.body["account"]
         if ref.account is not None and ref.account != account:
             raise errors.NotFoundException(f"'{key_ref}' names another account than this vault's ({account})")
+        if ref.region is not None and ref.region != self.region:
+            raise errors.NotFoundException(
+                f"Invalid arn {key_ref}: it names region '{ref.region}', this call is in '{self.region}'"
+            )
         key_id = ref.key_id
         if ref.alias is not None:
-            alias = ov.body["aliases"].get(ref.alias)
+            alias = self._alias(ov, ref.alias)
             if alias is None:
                 raise errors.NotFoundException(
-                    f"Alias {ids.alias_arn(account, ref.alias)} is not found; see 'kmscli alias list'"
+                    f"Alias {self._alias_arn(ov, ref.alias)} is not found; see 'kmscli alias list'"
                 )
             key_id = alias["TargetKeyId"]
-        key = ov.body["keys"].get(key_id)
+        key = self._region_key(ov, key_id)
         if key is None:
             raise errors.NotFoundException(
-                f"Key '{ids.key_arn(account, key_id or '')}' does not exist; see 'kmscli keys list --all'"
+                f"Key '{self._key_arn(ov, key_id or '')}' does not exist; see 'kmscli keys list --all'"
             )
         call.response.setdefault("keyId", key["KeyId"])
-        arn = ids.key_arn(account, key["KeyId"])
+        arn = self._key_arn(ov, key["KeyId"])
         if arn not in call.resources:
             call.resources.append(arn)
         if ref.alias is not None and call.alias is None:
@@ -528,13 +538,21 @@ class Core:
             context["kms:RequestAlias"] = call.alias
         context.update(conditions or {})
         request = policy_mod.Request(principal=principal, account=account, action=action,
-                                     resource=ids.key_arn(account, key["KeyId"]), context=context)
+                                     resource=self._key_arn(ov, key["KeyId"]), context=context)
         decision = policy_mod.evaluate(policy_mod.parse(key["Policy"]), request)
         if not decision.allowed:
             raise errors.AccessDeniedException(
                 f"User: {principal} is not authorized to perform: {action} on resource: "
-                f"{ids.key_arn(account, key['KeyId'])} because of the key policy"
+                f"{self._key_arn(ov, key['KeyId'])} because of the key policy"
             )
+
+    def _allowed(self, ov: OpenVault, call: Call, key: dict[str, Any], action: str) -> bool:
+        """Whether the key policy lets the caller do ``action``: for views that show only what is allowed."""
+        try:
+            self._authorize(ov, call, key, action)
+        except errors.AccessDeniedException:
+            return False
+        return True
 
     def _checked_policy(self, document: str | None, account: str, bypass: bool, key_id: str) -> str:
         from .. import policy as policy_mod
@@ -545,7 +563,7 @@ class Core:
         # account, a malformed ARN) is refused now, not silently never matched.
         parsed = policy_mod.parse(document, account=account)
         # With the key's ARN, a statement scoped to this very key counts as access, as in AWS.
-        resource = ids.key_arn(account, key_id)
+        resource = ids.key_arn(account, key_id, region=self.region)
         if not bypass and policy_mod.would_lock_out(parsed, self.caller.arn(account), account, resource=resource):
             raise errors.MalformedPolicyDocumentException(
                 "the new key policy will not allow you to update the key policy in the future; "
@@ -557,14 +575,14 @@ class Core:
                         context: dict[str, str], extra: dict[str, Any] | None = None
                         ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The key and material a ciphertext names, after every check that applies."""
-        key = ov.body["keys"].get(header.key_id)
-        if key is None:  # destroyed, or another vault's: indistinguishable from garbage
+        key = self._region_key(ov, header.key_id)
+        if key is None:  # destroyed, another region's or another vault's: indistinguishable from garbage
             raise errors.InvalidCiphertextException()
         if asserted is not None:
             wanted = self._resolve(ov, call, asserted)
             if wanted["KeyId"] != key["KeyId"]:
                 raise errors.IncorrectKeyException()
-        arn = ids.key_arn(ov.body["account"], key["KeyId"])
+        arn = self._key_arn(ov, key["KeyId"])
         if arn not in call.resources:
             call.resources.append(arn)
         call.response["keyId"] = key["KeyId"]
@@ -596,13 +614,50 @@ class Core:
         if count >= ALIASES_PER_KEY_MAX:
             raise errors.LimitExceededException(f"a key can have at most {ALIASES_PER_KEY_MAX} aliases")
 
+    # -- regions ------------------------------------------------------------
+    # A key records its region ("Region", absent in vaults from before regions:
+    # the default). Aliases are named per region: the default region's under
+    # their bare name, as vaults always stored them, another's as
+    # "<region>:<name>" (no alias name contains a colon).
+    def _in_region(self, key: dict[str, Any]) -> bool:
+        return key.get("Region", ids.DEFAULT_REGION) == self.region
+
+    def _region_key(self, ov: OpenVault, key_id: str | None) -> dict[str, Any] | None:
+        key = ov.body["keys"].get(key_id) if key_id is not None else None
+        return key if key is not None and self._in_region(key) else None
+
+    def _region_keys(self, ov: OpenVault) -> list[dict[str, Any]]:
+        return [k for k in ov.body["keys"].values() if self._in_region(k)]
+
+    def _alias_slot(self, name: str) -> str:
+        return name if self.region == ids.DEFAULT_REGION else f"{self.region}:{name}"
+
+    def _alias(self, ov: OpenVault, name: str) -> dict[str, Any] | None:
+        return ov.body["aliases"].get(self._alias_slot(name))  # type: ignore[no-any-return]
+
+    def _region_aliases(self, ov: OpenVault) -> dict[str, dict[str, Any]]:
+        """This region's aliases by name."""
+        prefix = "" if self.region == ids.DEFAULT_REGION else f"{self.region}:"
+        out = {}
+        for slot, alias in ov.body["aliases"].items():
+            region, sep, name = slot.rpartition(":")
+            if (sep and prefix and region == self.region) or (not sep and not prefix):
+                out[name] = alias
+        return out
+
+    def _key_arn(self, ov: OpenVault, key_id: str) -> str:
+        return ids.key_arn(ov.body["account"], key_id, region=self.region)
+
+    def _alias_arn(self, ov: OpenVault, name: str) -> str:
+        return ids.alias_arn(ov.body["account"], name, region=self.region)
+
     def _arn(self, ov: OpenVault, key: dict[str, Any]) -> str:
-        return ids.key_arn(ov.body["account"], key["KeyId"])
+        return self._key_arn(ov, key["KeyId"])
 
     def _metadata(self, ov: OpenVault, key: dict[str, Any]) -> dict[str, Any]:
         from ..model import key_metadata
 
-        return key_metadata(ov.body["account"], key)
+        return key_metadata(ov.body["account"], key, region=self.region)
 
     # -- time-based events ------------------------------------------------
     def _due_events(self, ov: OpenVault) -> bool:
@@ -632,7 +687,7 @@ class Core:
                     del ov.body["aliases"][name]
                 call = Call("DeleteKey", {"keyId": key_id},
                              {"keyId": key_id, "deletionDate": key["DeletionDate"], "aliasesDeleted": gone},
-                             [ids.key_arn(ov.body["account"], key_id)])
+                             [ids.key_arn(ov.body["account"], key_id, region=key.get("Region", ids.DEFAULT_REGION))])
                 self._record(ov, call, event_type="AwsServiceEvent")
                 changed = True
             elif self._rotate_if_due(ov, key):
@@ -648,7 +703,7 @@ class Core:
         key["Rotation"]["NextRotationDate"] = iso(now + timedelta(days=key["Rotation"]["PeriodInDays"]))
         call = Call("RotateKey", {"keyId": key["KeyId"]},
                      {"keyId": key["KeyId"], "keyMaterialId": material["KeyMaterialId"]},
-                     [ids.key_arn(ov.body["account"], key["KeyId"])])
+                     [ids.key_arn(ov.body["account"], key["KeyId"], region=key.get("Region", ids.DEFAULT_REGION))])
         self._record(ov, call, event_type="AwsServiceEvent")
         return True
 
@@ -718,6 +773,42 @@ def context_conditions(context: dict[str, str]) -> dict[str, Any]:
     cond: dict[str, Any] = {f"kms:EncryptionContext:{k}": v for k, v in context.items()}
     cond["kms:EncryptionContextKeys"] = sorted(context)
     return cond
+
+
+def page(items: list[Any], sort_key: Callable[[Any], tuple[str, ...]], limit: int | None, marker: str | None,
+         default_limit: int) -> tuple[list[Any], str | None]:
+    """One page of ``items`` (sorted by ``sort_key``) after ``marker``; the marker of the next page, if any.
+
+    A marker is the sort key of the last item returned, opaque to clients
+    (base64url JSON): a page stays right when items before it come or go.
+    """
+    import json
+
+    items = sorted(items, key=sort_key)
+    if marker is not None:
+        try:
+            after = tuple(json.loads(base64.urlsafe_b64decode(marker.encode("ascii"))))
+            if not all(isinstance(part, str) for part in after):
+                raise ValueError(marker)
+        except (ValueError, UnicodeError, TypeError):
+            raise errors.InvalidMarkerException(
+                "the Marker is not one this operation returned as NextMarker; start again without it"
+            ) from None
+        items = [i for i in items if sort_key(i) > after]
+    n = default_limit if limit is None else limit
+    check_range("Limit", n, 1, 1000)
+    if len(items) <= n:
+        return items, None
+    last = json.dumps(list(sort_key(items[n - 1])), separators=(",", ":"))
+    return items[:n], base64.urlsafe_b64encode(last.encode()).decode("ascii")
+
+
+def paged(name: str, items: list[Any], next_marker: str | None) -> dict[str, Any]:
+    """A List* answer as AWS shapes it: the items, ``Truncated``, and ``NextMarker`` when truncated."""
+    out: dict[str, Any] = {name: items, "Truncated": next_marker is not None}
+    if next_marker is not None:
+        out["NextMarker"] = next_marker
+    return out
 
 
 def check_range(name: str, value: int, lo: int, hi: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 from typing import Any, BinaryIO
 
@@ -41,8 +40,7 @@ class CryptoOps(Core):
                                       material_version=material["Version"], context=context, progress=progress)
             call.request["inputBytes"] = n
             call.response["keyMaterialId"] = material["KeyMaterialId"]
-            return {"KeyId": self._arn(ov, key), "KeyMaterialId": material["KeyMaterialId"],
-                    "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
+            return {"KeyId": self._arn(ov, key), "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
 
         return self._read("Encrypt", request, encrypt)
 
@@ -151,10 +149,9 @@ class CryptoOps(Core):
             plaintext = P.random_bytes(size)
             blob = stream.encrypt_bytes(plaintext, master_key=material_bytes(material), key_id=key["KeyId"],
                                         material_version=material["Version"], context=context)
-            out = {"KeyId": self._arn(ov, key), "KeyMaterialId": material["KeyMaterialId"],
-                   "CiphertextBlob": base64.b64encode(blob).decode()}
+            out = {"KeyId": self._arn(ov, key), "KeyMaterialId": material["KeyMaterialId"], "CiphertextBlob": blob}
             if with_plaintext:
-                out["Plaintext"] = base64.b64encode(plaintext).decode()
+                out["Plaintext"] = plaintext
             return out
 
         return self._read(event, request, generate)

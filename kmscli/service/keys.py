@@ -6,19 +6,23 @@ from datetime import timedelta
 from typing import Any
 
 from .. import errors, ids
-from ..model import KeyState, iso
+from ..model import KeyState, iso, parse_iso
 from ..vault.store import OpenVault
 from ._core import (
     DELETION_WINDOW_DEFAULT,
     DELETION_WINDOW_MAX,
     DELETION_WINDOW_MIN,
+    LIST_LIMIT_DEFAULT,
     MATERIAL_SIZE,
     ROTATION_PERIOD_DEFAULT,
+    TAGS_LIMIT_DEFAULT,
     TAGS_PER_KEY_MAX,
     Call,
     Core,
     check_range,
     new_material,
+    page,
+    paged,
     tag_dict,
 )
 
@@ -55,13 +59,14 @@ class KeyOps(Core):
             account = ov.body["account"]
             key_id = ids.new_key_id()
             policy = self._checked_policy(Policy, account, BypassPolicyLockoutSafetyCheck, key_id)
-            if AliasName is not None and AliasName in ov.body["aliases"]:
+            if AliasName is not None and self._alias(ov, AliasName) is not None:
                 raise errors.AlreadyExistsException(
-                    f"An alias with the name {ids.alias_arn(account, AliasName)} already exists"
+                    f"An alias with the name {self._alias_arn(ov, AliasName)} already exists"
                 )
             now = iso(self.clock())
             key = {
                 "KeyId": key_id,
+                "Region": self.region,
                 "CreationDate": now,
                 "Description": Description,
                 "KeyState": KeyState.ENABLED.value,
@@ -79,9 +84,10 @@ class KeyOps(Core):
                 self._authorize(ov, call, key, "kms:CreateAlias")
             ov.body["keys"][key_id] = key
             if AliasName is not None:
-                ov.body["aliases"][AliasName] = {"TargetKeyId": key_id, "CreationDate": now, "LastUpdatedDate": now}
+                ov.body["aliases"][self._alias_slot(AliasName)] = {"TargetKeyId": key_id, "CreationDate": now,
+                                                                   "LastUpdatedDate": now}
             call.response = {"keyId": key_id, "keyState": key["KeyState"]}
-            call.resources.append(ids.key_arn(account, key_id))
+            call.resources.append(self._key_arn(ov, key_id))
             return {"KeyMetadata": self._metadata(ov, key)}
 
         return self._mutate("CreateKey", request, create)
@@ -93,16 +99,87 @@ class KeyOps(Core):
 
         return self._read("DescribeKey", {"keyId": KeyId}, describe)
 
-    def ListKeys(self, IncludePendingDeletion: bool = True) -> dict[str, Any]:
-        """Every key's metadata, oldest first (AWS lists ids only; the SPEC asks for metadata)."""
+    def ListKeys(self, Limit: int | None = None, Marker: str | None = None,
+                 IncludePendingDeletion: bool = True) -> dict[str, Any]:
+        """This region's keys, oldest first, as ``{"KeyId", "KeyArn"}``, a page at a time.
+
+        ``IncludePendingDeletion=False`` (kmscli's, for ``keys list`` without
+        ``--all``) leaves out keys pending deletion; AWS lists every key.
+        """
+        request: dict[str, Any] = {"includePendingDeletion": IncludePendingDeletion}
+        request.update({k: v for k, v in (("limit", Limit), ("marker", Marker)) if v is not None})
 
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
-            keys = sorted(ov.body["keys"].values(), key=lambda k: (k["CreationDate"], k["KeyId"]))
+            keys = self._region_keys(ov)
             if not IncludePendingDeletion:
                 keys = [k for k in keys if k["KeyState"] != KeyState.PENDING_DELETION]
-            return {"Keys": [self._metadata(ov, k) for k in keys], "Truncated": False}
+            keys, marker = page(keys, lambda k: (k["CreationDate"], k["KeyId"]), Limit, Marker, LIST_LIMIT_DEFAULT)
+            return paged("Keys", [{"KeyId": k["KeyId"], "KeyArn": self._arn(ov, k)} for k in keys], marker)
 
-        return self._read("ListKeys", {"includePendingDeletion": IncludePendingDeletion}, list_)
+        return self._read("ListKeys", request, list_)
+
+    def ListKeyDetails(self, IncludePendingDeletion: bool = True) -> dict[str, Any]:
+        """kmscli's view for the ``keys list`` table: every key with its metadata and aliases, in one call.
+
+        Recorded as a ListKeys; a key's metadata is included only where its
+        policy allows kms:DescribeKey (the others show their id and ARN only).
+        """
+
+        def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
+            keys = sorted(self._region_keys(ov), key=lambda k: (k["CreationDate"], k["KeyId"]))
+            if not IncludePendingDeletion:
+                keys = [k for k in keys if k["KeyState"] != KeyState.PENDING_DELETION]
+            aliases: dict[str, list[str]] = {}
+            for name, a in sorted(self._region_aliases(ov).items()):
+                aliases.setdefault(a["TargetKeyId"], []).append(name)
+            out = []
+            for k in keys:
+                entry: dict[str, Any] = {"KeyId": k["KeyId"], "KeyArn": self._arn(ov, k),
+                                         "Aliases": aliases.get(k["KeyId"], [])}
+                if self._allowed(ov, call, k, "kms:DescribeKey"):
+                    entry["KeyMetadata"] = self._metadata(ov, k)
+                out.append(entry)
+            call.resources.clear()  # one record for the listing, not a resource per key
+            return {"Keys": out}
+
+        return self._read("ListKeys", {"includePendingDeletion": IncludePendingDeletion, "detail": True}, list_)
+
+    def DescribeKeyDetails(self, KeyId: str) -> dict[str, Any]:
+        """kmscli's view for the ``keys describe`` table: DescribeKey plus aliases, tags and rotation, in one call.
+
+        Needs kms:DescribeKey; tags and rotation are included only where the
+        policy allows kms:ListResourceTags and kms:GetKeyRotationStatus.
+        """
+
+        def describe(ov: OpenVault, call: Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:DescribeKey")
+            out: dict[str, Any] = {
+                "KeyMetadata": self._metadata(ov, key),
+                "Aliases": sorted(n for n, a in self._region_aliases(ov).items() if a["TargetKeyId"] == key["KeyId"]),
+            }
+            if self._allowed(ov, call, key, "kms:ListResourceTags"):
+                out["Tags"] = [{"TagKey": k, "TagValue": v} for k, v in sorted(key["Tags"].items())]
+            if self._allowed(ov, call, key, "kms:GetKeyRotationStatus"):
+                rot = key["Rotation"]
+                enabled = rot["Enabled"] and key["KeyState"] != KeyState.PENDING_DELETION
+                out["Rotation"] = {"Enabled": enabled, "PeriodInDays": rot["PeriodInDays"],
+                                   "NextRotationDate": parse_iso(rot["NextRotationDate"]) if enabled else None,
+                                   "MinDecryptVersion": rot["MinDecryptVersion"]}
+            return out
+
+        return self._read("DescribeKey", {"keyId": KeyId, "detail": True}, describe)
+
+    def ListResourceTags(self, KeyId: str, Limit: int | None = None, Marker: str | None = None) -> dict[str, Any]:
+        """A key's tags, sorted by tag key, a page at a time."""
+        request: dict[str, Any] = {"keyId": KeyId}
+        request.update({k: v for k, v in (("limit", Limit), ("marker", Marker)) if v is not None})
+
+        def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
+            key = self._key(ov, call, KeyId, "kms:ListResourceTags")
+            tags, marker = page(list(key["Tags"].items()), lambda kv: (kv[0],), Limit, Marker, TAGS_LIMIT_DEFAULT)
+            return paged("Tags", [{"TagKey": k, "TagValue": v} for k, v in tags], marker)
+
+        return self._read("ListResourceTags", request, list_)
 
     def EnableKey(self, KeyId: str) -> dict[str, Any]:
         return self._set_state("EnableKey", KeyId, KeyState.ENABLED)
@@ -134,11 +211,12 @@ class KeyOps(Core):
                             {"kms:ScheduleKeyDeletionPendingWindowInDays": PendingWindowInDays})
             if key["KeyState"] == KeyState.PENDING_DELETION:
                 raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
-            when = iso(self.clock() + timedelta(days=PendingWindowInDays))
+            deletion = self.clock() + timedelta(days=PendingWindowInDays)
+            when = iso(deletion)
             key.update(KeyState=KeyState.PENDING_DELETION.value, DeletionDate=when,
                        PendingDeletionWindowInDays=PendingWindowInDays)
             call.response.update(keyState=key["KeyState"], deletionDate=when)
-            return {"KeyId": self._arn(ov, key), "DeletionDate": when, "KeyState": key["KeyState"],
+            return {"KeyId": self._arn(ov, key), "DeletionDate": parse_iso(when), "KeyState": key["KeyState"],
                     "PendingWindowInDays": PendingWindowInDays}
 
         return self._mutate("ScheduleKeyDeletion", request, schedule)

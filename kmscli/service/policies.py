@@ -6,9 +6,12 @@ from typing import Any
 
 from ..vault.store import OpenVault
 from ._core import (
+    LIST_LIMIT_DEFAULT,
     Call,
     Core,
     check_policy_name,
+    page,
+    paged,
 )
 
 
@@ -38,3 +41,15 @@ class PolicyOps(Core):
             return {}
 
         return self._mutate("PutKeyPolicy", request, put)
+
+    def ListKeyPolicies(self, KeyId: str, Limit: int | None = None, Marker: str | None = None) -> dict[str, Any]:
+        """The names of a key's policies: always just ``default``, as in AWS."""
+        request: dict[str, Any] = {"keyId": KeyId}
+        request.update({k: v for k, v in (("limit", Limit), ("marker", Marker)) if v is not None})
+
+        def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
+            self._key(ov, call, KeyId, "kms:ListKeyPolicies")
+            names, marker = page(["default"], lambda n: (n,), Limit, Marker, LIST_LIMIT_DEFAULT)
+            return paged("PolicyNames", names, marker)
+
+        return self._read("ListKeyPolicies", request, list_)

@@ -6,9 +6,10 @@ from datetime import timedelta
 from typing import Any
 
 from .. import errors
-from ..model import KeyState, iso
+from ..model import KeyState, iso, parse_iso
 from ..vault.store import OpenVault
 from ._core import (
+    LIST_LIMIT_DEFAULT,
     ON_DEMAND_ROTATIONS_MAX,
     ROTATION_PERIOD_DEFAULT,
     ROTATION_PERIOD_MAX,
@@ -16,6 +17,8 @@ from ._core import (
     Call,
     Core,
     check_range,
+    page,
+    paged,
 )
 
 
@@ -67,10 +70,10 @@ class RotationOps(Core):
             key = self._key(ov, call, KeyId, "kms:GetKeyRotationStatus")
             rot = key["Rotation"]
             enabled = rot["Enabled"] and key["KeyState"] != KeyState.PENDING_DELETION
-            out: dict[str, Any] = {"KeyId": self._arn(ov, key), "KeyRotationEnabled": enabled,
-                                   "MinDecryptVersion": rot["MinDecryptVersion"]}
+            out: dict[str, Any] = {"KeyId": self._arn(ov, key), "KeyRotationEnabled": enabled}
             if enabled:
-                out.update(RotationPeriodInDays=rot["PeriodInDays"], NextRotationDate=rot["NextRotationDate"])
+                out.update(RotationPeriodInDays=rot["PeriodInDays"],
+                           NextRotationDate=parse_iso(rot["NextRotationDate"]))
             return out
 
         return self._read("GetKeyRotationStatus", {"keyId": KeyId}, status)
@@ -91,20 +94,25 @@ class RotationOps(Core):
 
         return self._mutate("RotateKeyOnDemand", {"keyId": KeyId}, rotate)
 
-    def ListKeyRotations(self, KeyId: str) -> dict[str, Any]:
+    def ListKeyRotations(self, KeyId: str, Limit: int | None = None, Marker: str | None = None) -> dict[str, Any]:
+        request: dict[str, Any] = {"keyId": KeyId}
+        request.update({k: v for k, v in (("limit", Limit), ("marker", Marker)) if v is not None})
+
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:ListKeyRotations")
             current = key["Materials"][-1]["Version"]
+            materials, marker = page(key["Materials"], lambda m: (f"{m['Version']:010d}",), Limit, Marker,
+                                     LIST_LIMIT_DEFAULT)
             out = []
-            for m in key["Materials"]:
+            for m in materials:
                 entry: dict[str, Any] = {
                     "KeyId": key["KeyId"],
                     "KeyMaterialId": m["KeyMaterialId"],
                     "KeyMaterialState": "CURRENT" if m["Version"] == current else "NON_CURRENT",
                 }
                 if m["RotationType"] is not None:  # the original material was not a rotation
-                    entry.update(RotationDate=m["CreationDate"], RotationType=m["RotationType"])
+                    entry.update(RotationDate=parse_iso(m["CreationDate"]), RotationType=m["RotationType"])
                 out.append(entry)
-            return {"Rotations": out, "Truncated": False}
+            return paged("Rotations", out, marker)
 
-        return self._read("ListKeyRotations", {"keyId": KeyId}, list_)
+        return self._read("ListKeyRotations", request, list_)

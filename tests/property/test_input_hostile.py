@@ -163,8 +163,10 @@ def test_the_since_parser_is_still_total_on_ordinary_input() -> None:
 @st.composite
 def hostile_headers(draw: st.DrawFn) -> bytes:
     """A header that claims the largest chunk and context the format allows, then garbage or nothing."""
-    context_length = draw(st.sampled_from([0, 1, 2, stream.CONTEXT_MAX_BYTES, stream.CONTEXT_MAX_BYTES + 1, 0xFFFF]))
-    head = (stream.MAGIC + bytes([1, draw(st.sampled_from([0, 12, 22, 23, 255]))]) + bytes(16)
+    context_length = draw(st.sampled_from([0, 1, 2, stream.CONTEXT_INLINE_MAX_BYTES + 1, stream.CONTEXT_MAX_BYTES,
+                                           stream.CONTEXT_MAX_BYTES + 1, 0xFFFF]))
+    version = draw(st.sampled_from([1, 2]))  # 2: above 1024 bytes only a digest follows
+    head = (stream.MAGIC + bytes([version, draw(st.sampled_from([0, 12, 22, 23, 255]))]) + bytes(16)
             + draw(st.binary(min_size=4, max_size=4)) + bytes(64) + context_length.to_bytes(2, "big"))
     return head + draw(st.binary(max_size=2000)) + bytes(draw(st.sampled_from([0, 10_000, 100_000])))
 

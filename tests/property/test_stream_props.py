@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from kmscli.crypto import armor, stream
@@ -67,7 +67,69 @@ def test_context_encoding_is_injective_and_order_free(context: dict[str, str]) -
     encoded = stream.encode_context(context)
     assert stream.encode_context(dict(sorted(context.items(), reverse=True))) == encoded
     header = stream.read_header(io.BytesIO(encrypt(b"", context)))
-    assert header.context == context
+    assert header.context_length == len(encoded)
+    if len(encoded) <= stream.CONTEXT_INLINE_MAX_BYTES:
+        assert header.context == context
+    else:
+        assert header.context is None and header.context_digest == stream.context_digest(encoded)
+
+
+BLOB_MAX = 6144  # AWS's bound on a CiphertextBlob
+BLOB_PLAINTEXT_MAX = 4096  # the most the blob API (data keys, wire Encrypt) seals
+
+
+@st.composite
+def contexts_within_limits(draw: st.DrawFn) -> dict[str, str]:
+    """Any context encode_context accepts, up to 64 pairs and 8192 bytes, often at or
+    around the limits: 8192 bytes, 64 pairs, and 1024/1025 bytes (stored or digest)."""
+    pairs = draw(st.one_of(st.integers(0, stream.CONTEXT_MAX_PAIRS), st.just(stream.CONTEXT_MAX_PAIRS)))
+    limit = draw(st.one_of(st.sampled_from([1024, 1025, stream.CONTEXT_MAX_BYTES]), st.integers(2, 8192)))
+    fill = draw(st.booleans())  # pad the last value so the encoding is exactly `limit` bytes
+    share = draw(st.booleans())  # values of similar sizes rather than the first one taking most
+    context: dict[str, str] = {}
+    used = 2
+    for i in range(pairs):
+        key = f"{i:02d}" + draw(st.text(st.characters(exclude_categories=("Cs",)), max_size=3))
+        room = limit - used - 4 - len(key.encode())
+        if room < 0:
+            break
+        piece = draw(st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=4))
+        cap = room // (pairs - i) if share else room
+        value = (piece * (cap // len(piece.encode()) + 1))[: draw(st.integers(0, cap))]
+        while len(value.encode()) > room:
+            value = value[:-1]
+        if fill and i == pairs - 1:
+            value += "x" * (room - len(value.encode()))
+        context[key] = value
+        used += 4 + len(key.encode()) + len(value.encode())
+    return context
+
+
+@settings(SETTINGS, max_examples=300)
+@given(contexts_within_limits(), st.integers(0, BLOB_PLAINTEXT_MAX), st.sampled_from([stream.CHUNK_SIZE, CHUNK]))
+def test_a_blob_of_at_most_4096_bytes_fits_6144_bytes_whatever_the_context(
+    context: dict[str, str], n: int, chunk_size: int
+) -> None:
+    encoded = stream.encode_context(context)  # within the limits by construction
+    data = bytes(range(256)) * (n // 256) + bytes(n % 256)
+    blob = stream.encrypt_bytes(
+        data, master_key=MK, key_id=KID, material_version=1, context=context, chunk_size=chunk_size
+    )
+    assert len(blob) <= BLOB_MAX, (len(blob), len(encoded), n)
+    header = stream.read_header(io.BytesIO(blob))
+    stored = len(encoded) <= stream.CONTEXT_INLINE_MAX_BYTES
+    event("context stored" if stored else "context as digest")
+    event(f"{len(context)} pairs, {len(encoded)} bytes" if len(encoded) == stream.CONTEXT_MAX_BYTES else "not full")
+    assert len(blob) == 96 + (len(encoded) if stored else 32) + 112 + n + 16
+    assert header.context == (context if stored else None)
+    assert stream.decrypt_bytes(blob, master_key=MK, context=dict(reversed(list(context.items())))) == data
+    if context:  # one pair changed: still the one opaque error, stored or digest-bound
+        key = next(iter(context))
+        try:
+            stream.decrypt_bytes(blob, master_key=MK, context=dict(context, **{key: context[key] + "!"}))
+        except InvalidCiphertextException:
+            return
+        raise AssertionError("decrypted under another context")
 
 
 @SETTINGS
@@ -98,7 +160,12 @@ def test_invalid_contexts_are_validation_errors(context: dict[str, str]) -> None
 @SETTINGS
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes_only_ever_raise_invalid_ciphertext(blob: bytes) -> None:
-    for candidate in (blob, stream.MAGIC + b"\x01" + blob, stream.MAGIC + b"\x01\x0c" + blob):
+    for candidate in (
+        blob,
+        stream.MAGIC + b"\x01" + blob,
+        stream.MAGIC + b"\x01\x0c" + blob,
+        stream.MAGIC + b"\x02\x0c" + blob,
+    ):
         try:
             decrypt_any(candidate, {})
         except InvalidCiphertextException:
@@ -108,9 +175,9 @@ def test_arbitrary_bytes_only_ever_raise_invalid_ciphertext(blob: bytes) -> None
 
 
 @SETTINGS
-@given(st.binary(max_size=400), st.integers(1, 50))
-def test_read_header_only_raises_invalid_ciphertext(blob: bytes, step: int) -> None:
-    raw = bytearray(stream.MAGIC + b"\x01\x0c" + bytes(84) + b"\x00\x02\x00\x00" + bytes(112))
+@given(st.binary(max_size=400), st.integers(1, 50), st.sampled_from([b"\x01", b"\x02"]))
+def test_read_header_only_raises_invalid_ciphertext(blob: bytes, step: int, version: bytes) -> None:
+    raw = bytearray(stream.MAGIC + version + b"\x0c" + bytes(84) + b"\x00\x02\x00\x00" + bytes(112))
     raw[26:30] = b"\x00\x00\x00\x01"
     raw[: len(blob)] = blob[: len(raw)]  # overwrite a valid-looking header from its start
     try:

@@ -91,6 +91,16 @@ def decode_context(data: bytes) -> dict[str, str]:
     return context
 
 
+# -- "How the header binds the context (version 2)" ------------------------------------------
+def context_digest(encoded: bytes) -> bytes:
+    return hashlib.sha256(b"kmscli ciphertext context digest v2" + encoded).digest()
+
+
+def context_field(version: int, encoded: bytes) -> bytes:
+    """What the header holds at offset 96 for this canonical context."""
+    return encoded if version == 1 or len(encoded) <= 1024 else context_digest(encoded)
+
+
 # -- "Header" -------------------------------------------------------------------------------
 MAGIC = bytes.fromhex("894B4D530D0A1A0A")
 
@@ -100,8 +110,9 @@ class Header:
         if len(data) < 96:
             raise Invalid("short header")
         fixed = data[:96]
-        if fixed[0:8] != MAGIC or fixed[8] != 1:
+        if fixed[0:8] != MAGIC or fixed[8] not in (1, 2):
             raise Invalid("magic or version")
+        self.version = fixed[8]
         if not 12 <= fixed[9] <= 22:
             raise Invalid("chunk size")
         self.chunk_size = 1 << fixed[9]
@@ -114,35 +125,39 @@ class Header:
         length = u16(fixed, 94)
         if not 2 <= length <= 8192:
             raise Invalid("context length")
-        self.size = 208 + length
+        self.stored = self.version == 1 or length <= 1024
+        x = length if self.stored else 32
+        self.size = 208 + x
         if len(data) < self.size:
             raise Invalid("input ends inside the header")
         h = data[: self.size]
         self.raw = h
-        self.context_bytes = h[96 : 96 + length]
-        self.context = decode_context(self.context_bytes)
-        self.wrapped_key = h[96 + length : 144 + length]
-        self.commitment = h[144 + length : 176 + length]
-        self.mac = h[176 + length : 208 + length]
+        self.field = h[96 : 96 + x]  # the context, or its digest
+        self.context = decode_context(self.field) if self.stored else None
+        self.wrapped_key = h[96 + x : 144 + x]
+        self.commitment = h[144 + x : 176 + x]
+        self.mac = h[176 + x : 208 + x]
         self.length = length
+        self.x = x
 
 
 # -- "Keys" and "What decryption checks, in order" ---------------------------------------------
 def open_header(header: Header, master_key: bytes, context: dict[str, str]) -> bytes:
     """The payload key, once the header authenticated."""
-    if encode_context(context) != header.context_bytes:
+    given = encode_context(context)
+    if len(given) != header.length or context_field(header.version, given) != header.field:
         raise Invalid("context differs")
-    info = b"kmscli ciphertext wrap key v1" + key_id_bytes(header.key_id) + u32(header.material_version)
-    wrap_key = hkdf(master_key, header.wrap_salt, info)
+    label = b"kmscli ciphertext wrap key v1" if header.version == 1 else b"kmscli ciphertext wrap key v2"
+    wrap_key = hkdf(master_key, header.wrap_salt, label + key_id_bytes(header.key_id) + u32(header.material_version))
     try:
-        data_key = AESGCM(wrap_key).decrypt(bytes(12), header.wrapped_key, header.raw[: 96 + header.length])
+        data_key = AESGCM(wrap_key).decrypt(bytes(12), header.wrapped_key, header.raw[: 96 + header.x])
     except InvalidTag:
         raise Invalid("wrapped key") from None
     commitment = hkdf(data_key, header.payload_salt, b"kmscli ciphertext commitment v1")
     if not hmac.compare_digest(commitment, header.commitment):
         raise Invalid("commitment")
     header_key = hkdf(data_key, header.payload_salt, b"kmscli ciphertext header v1")
-    mac = hmac.new(header_key, header.raw[: 176 + header.length], hashlib.sha256).digest()
+    mac = hmac.new(header_key, header.raw[: 176 + header.x], hashlib.sha256).digest()
     if not hmac.compare_digest(mac, header.mac):
         raise Invalid("header MAC")
     return hkdf(data_key, header.payload_salt, b"kmscli ciphertext payload v1")
@@ -246,6 +261,26 @@ def test_there_are_vectors_of_both_kinds() -> None:
     assert len(SUCCESS) >= 15 and len(FAILURE) >= 50
 
 
+def _header_of(path: Path) -> Header:
+    ciphertext = load(path)[1]
+    return Header(dearmor(ciphertext) if is_armor(ciphertext) else ciphertext)
+
+
+def test_the_success_vectors_cover_both_versions_and_both_ways_of_binding_the_context() -> None:
+    kinds = {(h.version, h.stored) for h in map(_header_of, SUCCESS)}
+    assert kinds == {(1, True), (2, True), (2, False)}
+
+
+def test_a_version_2_blob_of_4096_plaintext_bytes_fits_6144_bytes() -> None:
+    """The reason for version 2, from the vectors alone: the header's worst case plus one full record."""
+    for path in SUCCESS:
+        fields, ciphertext = load(path)
+        if _header_of(path).version == 2 and int(fields["plaintext-length"]) <= 4096:
+            assert len(ciphertext) <= 6144, (path.name, len(ciphertext))
+    worst = load(VECTORS / "v2_largest_stored_context.vec")[1]
+    assert len(worst) == 1232 + 4096 + 16 == 5344
+
+
 @pytest.mark.parametrize("path", SUCCESS, ids=[p.stem for p in SUCCESS])
 def test_the_document_decrypts_every_success_vector(path: Path) -> None:
     fields, ciphertext = load(path)
@@ -256,6 +291,10 @@ def test_the_document_decrypts_every_success_vector(path: Path) -> None:
     header = Header(dearmor(ciphertext) if is_armor(ciphertext) else ciphertext)
     assert header.key_id == fields["key-id"]
     assert header.material_version == int(fields["material-version"])
+    if header.stored:
+        assert header.context == json.loads(fields["context"])
+    else:  # the header holds the digest: what inspect can show, and check a candidate context against
+        assert header.field == context_digest(encode_context(json.loads(fields["context"])))
 
 
 @pytest.mark.parametrize("path", FAILURE, ids=[p.stem for p in FAILURE])

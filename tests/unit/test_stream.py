@@ -94,19 +94,71 @@ KAT_CIPHERTEXT = bytes.fromhex(
 )
 
 
-def kat_encrypt() -> bytes:
+def kat_encrypt(**kw) -> bytes:
     return enc(
-        KAT_PLAINTEXT,
+        kw.pop("plaintext", KAT_PLAINTEXT),
         material_version=7,
         data_key=b"\x11" * 32,
         salt=b"\x22" * 32,
         wrap_salt=b"\x33" * 32,
+        format_version=kw.pop("format_version", 1),
+        **kw,
     )
 
 
 def test_known_answer_pins_every_byte() -> None:
     assert kat_encrypt() == KAT_CIPHERTEXT
     assert dec(KAT_CIPHERTEXT) == KAT_PLAINTEXT
+
+
+# Version 2 with a context of 1035 bytes encoded: the header holds its digest.
+KAT2_PLAINTEXT = b"kmscli known answer, version 2\n"
+KAT2_CONTEXT = {"blob": "x" * 1015, "app": "kat"}
+KAT2_CIPHERTEXT = bytes.fromhex(
+    "894b4d530d0a1a0a020c1b4e28ba2fa14d2e883f0016d3cca42700000007222222222222222222222222222222222222"
+    "22222222222222222222222222223333333333333333333333333333333333333333333333333333333333333333040b"
+    "b532f0853997d429990986f849cd70a3f3c6cfa4df6d4260a60281d95472ca0b7693cd978ded2fbd4674d670bbce56f3"
+    "a5c671691f975dcc213a026d4d50e5aa6b950ca870b4eb3e79c69bdd8c452f98eaa7aa238b140485f45b4d2755585878"
+    "898575ca89cb99d8e787cf4e24df1300b2110ef4075a440655fd1dd854c8325ce79d7b6913570cc8f4137cf141bf383e"
+    "9702287b37c3aef7b43d8570cc688baf05932a845666d18f3d28254cf34dfdfe2a01d101012ca66009e58bed0dbd29"
+)
+
+
+def test_version_2_known_answer_pins_every_byte() -> None:
+    assert kat_encrypt(plaintext=KAT2_PLAINTEXT, context=KAT2_CONTEXT, format_version=2) == KAT2_CIPHERTEXT
+    assert dec(KAT2_CIPHERTEXT, context=KAT2_CONTEXT) == KAT2_PLAINTEXT
+    # The default is version 2, and a small context is stored exactly as in version 1.
+    assert enc(b"x")[8] == stream.FORMAT_VERSION == 2
+    v1, v2 = kat_encrypt(), kat_encrypt(format_version=2)
+    p = 96 + len(stream.encode_context(CTX))  # where the wrapped key starts, in both
+    assert v2[8] == 2 and v2[9:p] == v1[9:p] and v2[p : p + 48] != v1[p : p + 48]  # same layout, another wrap key
+    assert len(v2) == len(v1)
+
+
+def test_version_2_known_answer_decodes_with_only_the_spec_and_cryptography() -> None:
+    """docs/format.md, "How the header binds the context", read by hand."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    def hkdf(ikm: bytes, info: bytes, salt: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
+
+    ct = KAT2_CIPHERTEXT
+    assert ct[8] == 2 and ct[94:96] == (1035).to_bytes(2, "big")  # L > 1024: a 32-byte digest follows
+    encoded = b"\x00\x02" + b"\x00\x03app\x00\x03kat" + b"\x00\x04blob" + (1015).to_bytes(2, "big") + b"x" * 1015
+    assert len(encoded) == 1035
+    assert ct[96:128] == hashlib.sha256(b"kmscli ciphertext context digest v2" + encoded).digest()
+    p = 128
+    key_id, payload_salt, wrap_salt = ct[10:26], ct[30:62], ct[62:94]
+    wrap_key = hkdf(MK, b"kmscli ciphertext wrap key v2" + key_id + (7).to_bytes(4, "big"), wrap_salt)
+    data_key = AESGCM(wrap_key).decrypt(bytes(12), ct[p : p + 48], ct[:p])
+    assert data_key == b"\x11" * 32
+    assert ct[p + 48 : p + 80] == hkdf(data_key, b"kmscli ciphertext commitment v1", payload_salt)
+    header_key = hkdf(data_key, b"kmscli ciphertext header v1", payload_salt)
+    assert ct[p + 80 : p + 112] == hmac.new(header_key, ct[: p + 80], hashlib.sha256).digest()
+    payload_key = hkdf(data_key, b"kmscli ciphertext payload v1", payload_salt)
+    assert AESGCM(payload_key).decrypt(bytes(11) + b"\x01", ct[p + 112 :], b"") == KAT2_PLAINTEXT
 
 
 def test_known_answer_decodes_with_only_the_spec_and_cryptography() -> None:
@@ -148,10 +200,20 @@ def test_header_fields() -> None:
     assert header.key_id == KID
     assert header.material_version == 7
     assert header.context == CTX
+    assert (header.context_length, header.context_digest) == (23, None)
     assert header.chunk_size == 4096
     assert header.format_version == 1
     assert header.size == stream.HEADER_MIN_SIZE + len(b"\x00\x03app\x00\x03kat\x00\x03env\x00\x04test")
     assert (header.payload_salt, header.wrap_salt) == (b"\x22" * 32, b"\x33" * 32)
+
+
+def test_header_fields_of_a_digest_bound_context() -> None:
+    header = stream.read_header(io.BytesIO(KAT2_CIPHERTEXT))
+    assert header.format_version == 2 and header.key_id == KID and header.material_version == 7
+    assert header.context is None and header.context_length == 1035
+    digest = stream.context_digest(stream.encode_context(KAT2_CONTEXT))
+    assert header.context_digest == digest == KAT2_CIPHERTEXT[96:128]
+    assert header.size == stream.V2_DIGEST_HEADER_SIZE == 240
 
 
 def test_default_chunk_size_is_1_mib() -> None:
@@ -427,6 +489,12 @@ def fixed(**over: object) -> bytes:
     return head + ctx + bytes(112)
 
 
+def digest_header(length: int, version: int = 2) -> bytes:
+    """A version 2 header that claims a context of ``length`` bytes and holds a digest."""
+    head = struct.pack(">8sBB16sI32s32sH", stream.MAGIC, version, 12, bytes(16), 1, bytes(32), bytes(32), length)
+    return head + bytes(range(32)) + bytes(112)
+
+
 def test_read_header_structure_alone_parses_without_a_key() -> None:
     h = stream.read_header(io.BytesIO(fixed()))
     assert h.context == {} and h.chunk_size == SMALL and h.key_id == "00000000-0000-0000-0000-000000000000"
@@ -440,8 +508,16 @@ def test_read_header_structure_alone_parses_without_a_key() -> None:
         fixed()[:-1],
         fixed(magic=b"\x89KMS\r\n\x1a\r"),
         fixed(version=0),
-        fixed(version=2),
+        fixed(version=3),
         fixed(version=255),
+        fixed(version=2, ctx=b""),
+        fixed(version=2, ctx=b"\x00"),
+        fixed(version=2, ctx=b"\x00\x01"),
+        fixed(version=2, ctx=b"\x00\x41" + bytes(200)),  # 65 pairs
+        digest_header(0xFFFF),  # more than 8192, though only a digest would follow
+        digest_header(8193),
+        digest_header(1025)[:-1],  # ends inside the MAC
+        digest_header(1025)[: 96 + 10],  # ends inside the digest
         fixed(log2=0),
         fixed(log2=11),
         fixed(log2=23),
@@ -464,6 +540,23 @@ def test_read_header_structure_alone_parses_without_a_key() -> None:
 def test_read_header_refuses(raw: bytes) -> None:
     with pytest.raises(InvalidCiphertextException):
         stream.read_header(io.BytesIO(raw))
+
+
+@pytest.mark.parametrize("length", [1025, 4000, 8192])
+def test_read_header_reads_only_the_digest_of_a_large_version_2_context(length: int) -> None:
+    src = io.BytesIO(digest_header(length) + b"body")
+    h = stream.read_header(src)
+    assert src.tell() == h.size == stream.V2_DIGEST_HEADER_SIZE
+    assert (h.context, h.context_length, h.context_digest) == (None, length, bytes(range(32)))
+    # The same claim in version 1 is a stored context: it needs all its bytes.
+    with pytest.raises(InvalidCiphertextException):
+        stream.read_header(io.BytesIO(digest_header(length, version=1)))
+
+
+def test_version_2_stores_up_to_1024_bytes_and_reads_it_as_version_1_does() -> None:
+    ctx = b"\x00\x01\x00\x01a" + struct.pack(">H", 1024 - 7) + b"v" * (1024 - 7)
+    h = stream.read_header(io.BytesIO(fixed(version=2, ctx=ctx)))
+    assert h.context == {"a": "v" * (1024 - 7)} and h.context_digest is None and h.size == stream.V2_HEADER_MAX_SIZE
 
 
 def test_read_header_accepts_the_largest_context() -> None:
@@ -495,6 +588,9 @@ def test_read_header_accepts_the_largest_context() -> None:
         {"data_key": b"short"},
         {"salt": bytes(31)},
         {"wrap_salt": bytes(33)},
+        {"format_version": 3},
+        {"format_version": 0},
+        {"format_version": True},
     ],
 )
 def test_encrypt_validates_before_writing(kw: dict) -> None:
@@ -512,6 +608,58 @@ def test_context_limits_are_inclusive() -> None:
     big = {"k": "v" * (8192 - 2 - 4 - 1)}
     assert len(stream.encode_context(big)) == 8192
     assert dec(enc(b"x", context=big), context=big) == b"x"
+
+
+def largest_context() -> dict[str, str]:
+    """64 pairs whose canonical encoding is exactly CONTEXT_MAX_BYTES: both limits at once."""
+    ctx = {f"k{i:02d}": "v" * 121 for i in range(63)}
+    used = 2 + sum(4 + len(k) + len(v) for k, v in ctx.items())
+    ctx["last"] = "w" * (stream.CONTEXT_MAX_BYTES - used - 4 - 4)
+    assert len(ctx) == stream.CONTEXT_MAX_PAIRS and len(stream.encode_context(ctx)) == stream.CONTEXT_MAX_BYTES
+    return ctx
+
+
+BLOB_MAX = 6144  # AWS's bound on a CiphertextBlob (botocore's model)
+
+
+@pytest.mark.parametrize("chunk_size", [stream.CHUNK_SIZE, SMALL])
+def test_the_largest_context_and_a_4096_byte_plaintext_fit_a_blob(chunk_size: int) -> None:
+    ctx, data = largest_context(), data_of(4096)
+    blob = enc(data, context=ctx, chunk_size=chunk_size)
+    size = len(blob)
+    assert size == 240 + 4096 + 16 <= BLOB_MAX, f"64 pairs, 8192 bytes of context, 4096 bytes: a {size}-byte blob"
+    assert dec(blob, context=ctx) == data
+    # The worst case of all: the largest context the header still stores.
+    ctx = {"k": "v" * (stream.CONTEXT_INLINE_MAX_BYTES - 7)}
+    blob = enc(data, context=ctx, chunk_size=chunk_size)
+    size = len(blob)
+    assert size == 1232 + 4096 + 16 <= BLOB_MAX, f"a stored 1024-byte context, 4096 bytes: a {size}-byte blob"
+    assert stream.read_header(io.BytesIO(blob)).context == ctx
+    # Version 1 stored the context whole: what version 2 is for.
+    assert len(enc(data, context=largest_context(), format_version=1)) == 208 + 8192 + 4112 > BLOB_MAX
+
+
+def test_a_digest_bound_context_is_still_bound() -> None:
+    ctx = largest_context()
+    ct = enc(b"secret", context=ctx)
+    for change in ({"k00": "u" + ctx["k00"][1:]}, {"k00": ctx["k00"][1:]}, {"k00": ctx["k00"] + "v"}):
+        with pytest.raises(InvalidCiphertextException):
+            dec(ct, context=dict(ctx, **change))
+    for other in (CTX, {}, {k: v for k, v in ctx.items() if k != "k00"}):
+        with pytest.raises(InvalidCiphertextException):
+            dec(ct, context=other)
+    assert dec(ct, context=dict(reversed(ctx.items()))) == b"secret"
+
+
+def test_every_single_byte_flipped_fails_with_a_digest_bound_context() -> None:
+    ctx = largest_context()
+    ct = enc(data_of(100), context=ctx)
+    assert len(ct) == stream.V2_DIGEST_HEADER_SIZE + 116
+    for i in range(len(ct)):
+        bad = bytearray(ct)
+        bad[i] ^= 1 << (i % 8)
+        with pytest.raises(InvalidCiphertextException):
+            dec(bytes(bad), context=ctx)
 
 
 def test_master_key_must_be_32_bytes() -> None:
@@ -554,6 +702,20 @@ def test_rewrap_moves_to_the_new_key_and_context(n: int) -> None:
         with pytest.raises(InvalidCiphertextException):
             dec(new, **kw)
     assert dec(ct) == data  # the old ciphertext is untouched
+
+
+@pytest.mark.parametrize("new_context", [{"moved": "yes"}, "largest"])
+def test_rewrap_moves_a_version_1_ciphertext_to_version_2(new_context: dict | str) -> None:
+    new_ctx = largest_context() if new_context == "largest" else new_context
+    data = data_of(2 * SMALL + 100)
+    ct = enc(data, format_version=1)
+    new = rewrap(ct, new_context=new_ctx)
+    h_old, h_new = stream.read_header(io.BytesIO(ct)), stream.read_header(io.BytesIO(new))
+    assert (h_old.format_version, h_new.format_version) == (1, 2)
+    assert new[h_new.size :] == ct[h_old.size :] and h_new.commitment == h_old.commitment
+    assert dec(new, master_key=OTHER_MK, context=new_ctx) == data
+    back = rewrap(new, old_master_key=OTHER_MK, context=new_ctx, new_master_key=MK, new_key_id=KID, new_context=CTX)
+    assert back[8] == 2 and dec(back) == data
 
 
 def test_rewrap_to_the_same_key_and_context_gets_a_fresh_wrap() -> None:

@@ -56,10 +56,22 @@ PATHS = sorted(VECTORS.glob("*.vec"))
 
 
 def test_the_vectors_are_there_and_small() -> None:
-    assert len(PATHS) >= 70
+    assert len(PATHS) >= 100
     assert sum(p.stat().st_size for p in PATHS) < 1 << 20
     outcomes = {load(p).expect for p in PATHS}
     assert outcomes == OUTCOMES
+    v2 = [load(p) for p in PATHS if p.name.startswith("v2_")]
+    assert len(v2) >= 20 and {v.expect for v in v2} == OUTCOMES - {"armor failure"}
+
+
+def test_the_version_2_success_vectors_are_version_2_and_fit_the_blob_limit() -> None:
+    for v in map(load, PATHS):
+        if v.expect != "success":
+            continue
+        header = stream.read_header(v.reader())
+        assert header.format_version == (2 if v.name.startswith("v2_") else 1), v.name
+        if header.format_version == 2 and int(v.fields["plaintext-length"]) <= 4096:
+            assert len(v.ciphertext) <= 6144, (v.name, len(v.ciphertext))
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
@@ -92,11 +104,21 @@ def _check_names(v: Vector, header: stream.Header) -> None:
     assert header.material_version == int(v.fields["material-version"])
 
 
+def _carries(header: stream.Header, context: dict[str, str]) -> bool:
+    """Whether the header, read without a key, says it was made for ``context``."""
+    encoded = stream.encode_context(context)
+    if header.context is not None:
+        assert header.context_digest is None
+        return header.context == context
+    assert header.format_version == 2 and header.context_length > stream.CONTEXT_INLINE_MAX_BYTES
+    return header.context_length == len(encoded) and header.context_digest == stream.context_digest(encoded)
+
+
 def _success(v: Vector) -> None:
     src = v.reader()
     header = stream.read_header(src)
     _check_names(v, header)
-    assert header.context == v.context
+    assert _carries(header, v.context)
     out = io.BytesIO()
     stream.decrypt_stream(header, src, out, master_key=v.master_key, context=v.context)
     plaintext = out.getvalue()
@@ -116,7 +138,7 @@ def _wrong_key_or_context(v: Vector) -> None:
     header = stream.read_header(src)  # the header is intact: only the key or context is wrong
     _check_names(v, header)
     if v.expect == "wrong context":
-        assert header.context != v.context
+        assert not _carries(header, v.context)
     with pytest.raises(InvalidCiphertextException):
         stream.open_header(header, master_key=v.master_key, context=v.context)
 

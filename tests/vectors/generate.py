@@ -12,6 +12,9 @@ means old ciphertexts no longer decrypt, which is a format change, not a fix.
 
 Everything random in the format comes from the deterministic seam
 (``data_key``, ``salt``, ``wrap_salt``), derived here from the vector's name.
+The vectors made before format version 2 existed are made with
+``format_version=1`` and must come out byte for byte as committed; the ``v2_``
+vectors are made with version 2, what encryption writes now.
 Headers with a planted defect are rebuilt by ``forge_header``, a second,
 independent writer of the header that follows docs/format.md, so that a
 defect is planted behind a valid wrap, commitment and MAC: the vector then
@@ -21,6 +24,7 @@ proves the reader's bound check, not merely its MAC check.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import struct
 import sys
@@ -43,6 +47,10 @@ CONTEXT = {"purpose": "test vectors", "tenant": "acme"}
 #: Vectors use the smallest chunk size the format allows, to stay small.
 CHUNK = stream.MIN_CHUNK_SIZE
 TAG = 16
+#: Version 2: a context encoded in more bytes than this is held as its digest.
+INLINE_MAX = 1024
+#: The blob API's bound: at most 4096 plaintext bytes give at most this many.
+BLOB_MAX = 6144
 
 
 @dataclass
@@ -92,8 +100,10 @@ def plaintext(label: str, n: int) -> bytes:
 
 
 def seal(label: str, data: bytes, **kw: object) -> bytes:
-    """A normal encryption through the public API and its seam."""
+    """A normal encryption through the public API and its seam, in format
+    version 1 unless ``format_version=2`` is given (see the module docstring)."""
     args: dict = dict(
+        format_version=1,
         master_key=MASTER_KEY,
         key_id=KEY_ID,
         material_version=MATERIAL_VERSION,
@@ -109,7 +119,8 @@ def seal(label: str, data: bytes, **kw: object) -> bytes:
 
 def header_size(ciphertext: bytes) -> int:
     (ctx_len,) = struct.unpack_from(">H", ciphertext, 94)
-    return 96 + ctx_len + 48 + 32 + 32
+    stored = ciphertext[8] == 1 or ctx_len <= INLINE_MAX
+    return 96 + (ctx_len if stored else 32) + 48 + 32 + 32
 
 
 def records(ciphertext: bytes, chunk: int = CHUNK) -> tuple[bytes, list[bytes]]:
@@ -146,6 +157,11 @@ def canonical(context: dict[str, str]) -> bytes:
     return encode_pairs(sorted((k.encode(), v.encode()) for k, v in context.items()))
 
 
+def context_digest(encoded: bytes) -> bytes:
+    """docs/format.md, "How the header binds the context" (version 2)."""
+    return hashlib.sha256(b"kmscli ciphertext context digest v2" + encoded).digest()
+
+
 def forge_header(
     *,
     data_key: bytes,
@@ -160,19 +176,33 @@ def forge_header(
     magic: bytes = b"\x89KMS\r\n\x1a\n",
     commitment: bytes | None = None,
     wrapped: bytes | None = None,
+    context_length: int | None = None,
+    context_field: bytes | None = None,
+    wrap_label: int | None = None,
 ) -> bytes:
+    """A header with whatever fields it is given, and a valid wrap, commitment and MAC over them.
+
+    ``context`` is the canonical context; ``context_length`` and ``context_field``
+    (the bytes after the length: the context, or in version 2 above 1024 bytes
+    its digest) default to what the format says for it, and ``wrap_label`` (the
+    version in the wrap key's label) to the header's version, 2 for a version
+    the format does not know."""
     ctx = canonical(CONTEXT) if context is None else context
+    if context_length is None:
+        context_length = len(ctx)
+    if context_field is None:
+        context_field = ctx if version == 1 or len(ctx) <= INLINE_MAX else context_digest(ctx)
+    if wrap_label is None:
+        wrap_label = version if version in (1, 2) else 2
     kid = bytes.fromhex(key_id.replace("-", ""))
     prefix = (
-        struct.pack(
-            ">8sBB16sI32s32sH", magic, version, chunk_log2, kid, material_version, payload_salt, wrap_salt, len(ctx)
-        )
-        + ctx
+        struct.pack(">8sBB16sI32s32s", magic, version, chunk_log2, kid, material_version, payload_salt, wrap_salt)
+        + struct.pack(">H", context_length)
+        + context_field
     )
     if wrapped is None:
-        wrap_key = hkdf(
-            master_key, b"kmscli ciphertext wrap key v1" + kid + material_version.to_bytes(4, "big"), wrap_salt
-        )
+        label = f"kmscli ciphertext wrap key v{wrap_label}".encode()
+        wrap_key = hkdf(master_key, label + kid + material_version.to_bytes(4, "big"), wrap_salt)
         wrapped = primitives.seal(wrap_key, bytes(12), data_key, prefix)
     if commitment is None:
         commitment = hkdf(data_key, b"kmscli ciphertext commitment v1", payload_salt)
@@ -271,13 +301,25 @@ def unicode_context() -> Vector:
     return v
 
 
-@vector
-def largest_context() -> Vector:
-    # 64 pairs whose canonical encoding is exactly 8192 bytes: both limits at once.
+def largest_ctx() -> dict[str, str]:
+    """64 pairs whose canonical encoding is exactly 8192 bytes: both limits at once."""
     ctx = {f"k{i:02d}": "v" * 121 for i in range(63)}
     used = 2 + sum(4 + len(k) + len(v) for k, v in ctx.items())
     ctx["last"] = "w" * (8192 - used - 4 - 4)
     assert len(canonical(ctx)) == 8192 and len(ctx) == 64
+    return ctx
+
+
+def sized_ctx(n: int) -> dict[str, str]:
+    """One pair whose canonical encoding is exactly n bytes."""
+    ctx = {"blob": "x" * (n - 2 - 2 - len("blob") - 2)}
+    assert len(canonical(ctx)) == n
+    return ctx
+
+
+@vector
+def largest_context() -> Vector:
+    ctx = largest_ctx()
     v = _success("largest_context", 10, "none: 64 context pairs, 8192 bytes encoded (both limits)", context=ctx)
     v.context = ctx
     return v
@@ -336,8 +378,11 @@ def flipped_magic_byte() -> Vector:
 
 @vector
 def unknown_format_version() -> Vector:
+    # Made before version 2 existed: a version 1 header relabelled 2, wrapped
+    # with the version 1 wrap key. It fails now at the version 2 wrap key.
     return _header_failure(
-        "format version 2, otherwise valid (MAC and wrap made over it)", forged("unknown_format_version", version=2)
+        "format version 2, otherwise valid (MAC and wrap made over it)",
+        forged("unknown_format_version", version=2, wrap_label=1),
     )
 
 
@@ -878,6 +923,261 @@ def armor_mixed_line_endings() -> Vector:
     lines = _armored("armor_mixed_line_endings")
     lines[70] = lines[70] + b"\r"
     return _armor_failure("one CRLF line ending among LF ones", lines)
+
+
+# -- format version 2 -----------------------------------------------------------------
+def seal2(label: str, data: bytes, **kw: object) -> bytes:
+    return seal(label, data, format_version=2, **kw)
+
+
+def _success2(name: str, n: int, defect: str, context: dict[str, str] | None = None, **kw: object) -> Vector:
+    ctx = CONTEXT if context is None else context
+    data = plaintext(name, n)
+    ct = seal2(name, data, context=ctx, **kw)
+    assert ct[8] == 2
+    if n <= 4096:
+        assert len(ct) <= BLOB_MAX, (name, len(ct))
+    return Vector("success", defect, ct, context=dict(ctx), plaintext=data)
+
+
+def forged2(label: str, context: dict[str, str] | None = None, **kw: object) -> tuple[bytes, dict[str, str]]:
+    """A version 2 header forged with ``kw`` planted, a valid one-chunk body, and the context to decrypt with."""
+    ctx = CONTEXT if context is None else context
+    kw.setdefault("version", 2)
+    return forged(label, context=canonical(ctx), **kw), dict(ctx)
+
+
+@vector
+def v2_empty_context() -> Vector:
+    return _success2("v2_empty_context", 100, "none: version 2, the empty context (stored)", context={})
+
+
+@vector
+def v2_small_context() -> Vector:
+    return _success2("v2_small_context", 100, "none: version 2, the usual small context, stored in the header")
+
+
+@vector
+def v2_unicode_context() -> Vector:
+    ctx = {"é": "", "Z": "ünïcödé ✓", "a=b": "c,d", "\U0001f511": "key"}
+    return _success2("v2_unicode_context", 100, "none: version 2, non-ASCII keys and values (stored)", context=ctx)
+
+
+@vector
+def v2_largest_stored_context() -> Vector:
+    return _success2(
+        "v2_largest_stored_context",
+        4096,
+        "none: version 2, a context of 1024 bytes encoded (the largest stored) and 4096 plaintext bytes "
+        "with the default chunk size: 5344 bytes, the largest ciphertext of a 4096-byte plaintext",
+        context=sized_ctx(INLINE_MAX),
+        chunk_size=1 << 20,
+    )
+
+
+@vector
+def v2_smallest_digest_context() -> Vector:
+    return _success2(
+        "v2_smallest_digest_context",
+        100,
+        "none: version 2, a context of 1025 bytes encoded (the smallest held only as its digest)",
+        context=sized_ctx(INLINE_MAX + 1),
+    )
+
+
+@vector
+def v2_largest_context() -> Vector:
+    return _success2(
+        "v2_largest_context",
+        4096,
+        "none: version 2, 64 context pairs, 8192 bytes encoded (both limits), held as its digest, and 4096 "
+        "plaintext bytes with the default chunk size: 4352 bytes",
+        context=largest_ctx(),
+        chunk_size=1 << 20,
+    )
+
+
+@vector
+def v2_digest_context_three_chunks() -> Vector:
+    return _success2(
+        "v2_digest_context_three_chunks",
+        2 * CHUNK + 100,
+        "none: version 2, the largest context (digest) over two full chunks and a short final chunk",
+        context=largest_ctx(),
+    )
+
+
+@vector
+def v2_reencrypted_from_version_1() -> Vector:
+    name = "v2_reencrypted_from_version_1"
+    data = plaintext(name, 2 * CHUNK + 100)
+    old = seal(name, data)  # version 1, the usual context
+    src = io.BytesIO(old)
+    out = io.BytesIO()
+    stream.rewrap_stream(
+        stream.read_header(src),
+        src,
+        out,
+        old_master_key=MASTER_KEY,
+        context=CONTEXT,
+        new_master_key=MASTER_KEY,
+        new_key_id=KEY_ID,
+        new_material_version=MATERIAL_VERSION,
+        new_context=largest_ctx(),
+        wrap_salt=det(name + " new wrap salt", 32),
+    )
+    ct = out.getvalue()
+    assert ct[8] == 2 and ct[header_size(ct) :] == old[header_size(old) :]
+    return Vector(
+        "success",
+        "none: a version 1 ciphertext reencrypted to version 2 and the largest context: the body is version 1's, "
+        "byte for byte, under a version 2 header",
+        ct,
+        context=largest_ctx(),
+        plaintext=data,
+    )
+
+
+@vector
+def v2_wrong_master_key() -> Vector:
+    ct = seal2("v2_wrong_master_key", b"x" * 100, context=largest_ctx())
+    v = Vector("wrong key", "version 2 with the largest context (digest), decrypted with another master key", ct)
+    v.master_key, v.context = OTHER_MASTER_KEY, largest_ctx()
+    return v
+
+
+@vector
+def v2_wrong_digest_context() -> Vector:
+    name = "v2_wrong_digest_context"
+    ctx = largest_ctx()
+    v = Vector("wrong context", "", seal2(name, b"x" * 50, context=ctx))
+    ctx["k07"] = "u" + ctx["k07"][1:]
+    v.defect = "one value of the largest context differs, same encoded length: only the digest tells them apart"
+    v.context = ctx
+    return v
+
+
+@vector
+def v2_wrong_stored_context() -> Vector:
+    ct = seal2("v2_wrong_stored_context", b"x")
+    v = Vector("wrong context", "version 2, one value of a stored context differs", ct)
+    v.context = {"purpose": "test vectors", "tenant": "acme2"}
+    return v
+
+
+@vector
+def v2_small_context_for_digest_header() -> Vector:
+    v = Vector(
+        "wrong context",
+        "version 2, encrypted with the largest context (digest), decrypted with the usual small one",
+        seal2("v2_small_context_for_digest_header", b"x", context=largest_ctx()),
+    )
+    v.context = dict(CONTEXT)
+    return v
+
+
+@vector
+def v2_flipped_context_digest_byte() -> Vector:
+    ct = seal2("v2_flipped_context_digest_byte", b"x" * 100, context=largest_ctx())
+    v = _header_failure("version 2, one bit flipped in the context digest", flip(ct, 96 + 5))
+    v.context = largest_ctx()
+    return v
+
+
+@vector
+def v2_oversized_context_length() -> Vector:
+    ctx = encode_pairs([(b"k", b"v" * (8193 - 2 - 4 - 1))])
+    assert len(ctx) == 8193
+    return _header_failure(
+        "version 2, context length 8193 (one over the limit) with the digest of a well-formed 8193-byte context, "
+        "behind a valid MAC",
+        forged("v2_oversized_context_length", context=ctx, version=2),
+    )
+
+
+@vector
+def v2_context_length_too_small() -> Vector:
+    return _header_failure(
+        "version 2, context length 1 (a lone byte where the pair count belongs), behind a valid MAC",
+        forged("v2_context_length_too_small", context=b"\x00", version=2),
+    )
+
+
+@vector
+def v2_context_length_not_the_digested_one() -> Vector:
+    ctx = largest_ctx()
+    ct, _ = forged2("v2_context_length_not_the_digested_one", ctx, context_length=8191)
+    v = _header_failure(
+        "version 2, the digest of the largest context (8192 bytes) under context length 8191, behind a valid MAC: "
+        "the length must be the context's too",
+        ct,
+    )
+    v.context = ctx
+    return v
+
+
+@vector
+def v2_context_stored_above_the_limit() -> Vector:
+    ctx = sized_ctx(INLINE_MAX + 1)
+    ct, _ = forged2("v2_context_stored_above_the_limit", ctx, context_field=canonical(ctx))
+    v = _header_failure(
+        "version 2, a 1025-byte context stored whole instead of its digest, behind a valid MAC "
+        "(read as a digest and misaligned)",
+        ct,
+    )
+    v.context = ctx
+    return v
+
+
+@vector
+def v2_digest_without_label() -> Vector:
+    ctx = largest_ctx()
+    ct, _ = forged2("v2_digest_without_label", ctx, context_field=hashlib.sha256(canonical(ctx)).digest())
+    v = _header_failure("version 2, the context digest made without its label, behind a valid MAC", ct)
+    v.context = ctx
+    return v
+
+
+@vector
+def v2_wrapped_with_the_version_1_wrap_key() -> Vector:
+    ctx = largest_ctx()
+    ct, _ = forged2("v2_wrapped_with_the_version_1_wrap_key", ctx, wrap_label=1)
+    v = _header_failure(
+        "version 2 with the largest context, the data key wrapped under the version 1 wrap key (label v1)", ct
+    )
+    v.context = ctx
+    return v
+
+
+@vector
+def v2_downgraded_to_version_1() -> Vector:
+    ct = seal2("v2_downgraded_to_version_1", b"x" * 100)
+    bad = bytearray(ct)
+    bad[8] = 1  # a stored-context version 2 header is laid out as a version 1 one
+    return _header_failure("a version 2 ciphertext (stored context) with its version byte set to 1", bytes(bad))
+
+
+@vector
+def v2_unknown_format_version_3() -> Vector:
+    ct, _ = forged2("v2_unknown_format_version_3", version=3)
+    return _header_failure("format version 3 in version 2's layout, otherwise valid (MAC and wrap made over it)", ct)
+
+
+@vector
+def v2_truncated_inside_digest() -> Vector:
+    ct = seal2("v2_truncated_inside_digest", b"x" * 100, context=largest_ctx())
+    v = _header_failure("version 2, the input ends 10 bytes into the context digest", ct[: 96 + 10])
+    v.context = largest_ctx()
+    return v
+
+
+@vector
+def v2_missing_final_chunk() -> Vector:
+    name = "v2_missing_final_chunk"
+    header, recs = records(seal2(name, plaintext(name, 2 * CHUNK + 100), context=largest_ctx()))
+    v = _payload_failure("version 2 with a digest context, the final (short) chunk dropped", header + recs[0] + recs[1])
+    v.context = largest_ctx()
+    return v
 
 
 # -- writing --------------------------------------------------------------------
