@@ -19,7 +19,8 @@ EXIT_CIPHERTEXT = 6
 EXIT_DENIED = 7
 EXIT_FILE = 8
 EXIT_EXISTS = 9
-#: Reserved by the SPEC for remote mode (--endpoint): no error of this version carries it.
+#: A KMS refused the caller's credentials (SPEC: remote mode). ``kmscli serve``
+#: raises the authentication errors below, which its clients then see.
 EXIT_REMOTE = 10
 
 
@@ -99,6 +100,20 @@ class InvalidMarkerException(KmsError):
     name = "InvalidMarkerException"
 
 
+class UnsupportedOperationException(KmsError):
+    """An AWS operation (or an option of one) kmscli does not do yet."""
+
+    exit_code = EXIT_USAGE
+    name = "UnsupportedOperationException"
+
+
+class UnknownOperationException(KmsError):
+    """A wire request naming no KMS operation (``X-Amz-Target``)."""
+
+    exit_code = EXIT_USAGE
+    name = "UnknownOperationException"
+
+
 class UsageError(KmsError):
     """Local I/O and option errors: unreadable ``-i``, unwritable ``-o``."""
 
@@ -116,6 +131,11 @@ class NotFoundException(KmsError):
 class DisabledException(KmsError):
     exit_code = EXIT_STATE
     name = "DisabledException"
+
+
+class InvalidKeyUsageException(KmsError):
+    exit_code = EXIT_STATE
+    name = "InvalidKeyUsageException"
 
 
 class KMSInvalidStateException(KmsError):
@@ -209,6 +229,30 @@ class AlreadyExistsException(KmsError):
     name = "AlreadyExistsException"
 
 
+# -- 10: credentials refused (SigV4) -----------------------------------------
+# Raised by ``kmscli serve`` when a request's signature does not authenticate
+# it; a client (remote mode included) sees them as a KMS refusing its credentials.
+class MissingAuthenticationTokenException(KmsError):
+    """The request is not signed: no SigV4 Authorization header, or no date."""
+
+    exit_code = EXIT_REMOTE
+    name = "MissingAuthenticationTokenException"
+
+
+class UnrecognizedClientException(KmsError):
+    """The access key id in the signature is unknown."""
+
+    exit_code = EXIT_REMOTE
+    name = "UnrecognizedClientException"
+
+
+class InvalidSignatureException(KmsError):
+    """The signature is malformed, wrong, scoped elsewhere or too far from now."""
+
+    exit_code = EXIT_REMOTE
+    name = "InvalidSignatureException"
+
+
 #: AWS exception name -> exit code, as the SPEC's table lists it. Derived from
 #: the classes above so that there is one source of truth.
 EXIT_CODES: dict[str, int] = {
@@ -224,6 +268,9 @@ EXIT_CODES: dict[str, int] = {
         NotAuthorizedException,
         InvalidArnException,
         InvalidMarkerException,
+        UnsupportedOperationException,
+        UnknownOperationException,
+        InvalidKeyUsageException,
         NotFoundException,
         DisabledException,
         KMSInvalidStateException,

@@ -52,6 +52,13 @@ def validate_region(name: str) -> str:
     return name
 
 
+def validate_account(account: str) -> str:
+    """An AWS account id: exactly 12 digits."""
+    if not re.fullmatch(r"[0-9]{12}", account):
+        raise errors.ValidationException(f"an account id is 12 digits, such as 123456789012 (got '{_clip(account)}')")
+    return account
+
+
 def key_arn(account: str, key_id: str, *, region: str) -> str:
     return f"arn:{PARTITION}:kms:{region}:{account}:key/{key_id}"
 

@@ -56,6 +56,7 @@ def _register() -> None:
         crypto_cmds,
         key_cmds,
         policy_cmds,
+        serve_cmds,
         session_cmds,
         vault_cmds,
     )
@@ -68,6 +69,7 @@ def _register() -> None:
     crypto_cmds.register(app)
     app.add_typer(audit_cmds.app, name="audit")
     app.add_typer(credentials_cmds.app, name="credentials")
+    serve_cmds.register(app)
 
 
 _register()

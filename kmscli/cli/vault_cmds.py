@@ -49,16 +49,21 @@ def init(
     kdf_memory: Annotated[int | None, _MEMORY] = None,
     kdf_time: Annotated[int | None, _TIME] = None,
     kdf_parallelism: Annotated[int | None, _LANES] = None,
+    account: Annotated[str | None, typer.Option("--account", metavar="12-DIGITS",
+                       help="The vault's AWS account id, in every ARN (default: random).")] = None,
 ) -> None:
+    from ..ids import validate_account
     from ..vault.store import PassphraseKeySource
 
     kdf = _kdf(kdf_memory, kdf_time, kdf_parallelism)
+    if account is not None:
+        validate_account(account)
     path = common.vault_path()
     if path.exists():
         raise errors.AlreadyExistsException(f"a vault already exists at {path}; kmscli never overwrites one")
     secret = passphrase.new(common.STATE.passphrase_file, file_env="KMSCLI_PASSPHRASE_FILE",
                             env="KMSCLI_PASSPHRASE", label="new vault passphrase")
-    result = common.service(PassphraseKeySource(lambda: secret)).CreateVault(kdf)
+    result = common.service(PassphraseKeySource(lambda: secret)).CreateVault(kdf, Account=account)
     output.message(f"created vault {result['VaultPath']} (account {result['Account']}; "
                    f"audit log {result['AuditLog']})")
     _warn_if_weak(kdf)

@@ -156,6 +156,20 @@ class CryptoOps(Core):
 
         return self._read(event, request, generate)
 
+    def GenerateRandomRecorded(self, NumberOfBytes: int) -> bytes:
+        """GenerateRandom as `kmscli serve` answers it: recorded like every served request."""
+        request = {"numberOfBytes": NumberOfBytes}
+        with self._refusing("GenerateRandom", request):
+            check_range("NumberOfBytes", NumberOfBytes, RANDOM_BYTES_MIN, RANDOM_BYTES_MAX)
+        out: list[bytes] = []
+
+        def generate(ov: OpenVault, call: Call) -> dict[str, Any]:
+            out.append(os.urandom(NumberOfBytes))
+            return {}
+
+        self._read("GenerateRandom", request, generate)
+        return out[0]
+
     @staticmethod
     def GenerateRandom(NumberOfBytes: int) -> bytes:
         """Random bytes from the OS CSPRNG; needs no vault and is not audited (SPEC)."""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import errors
+from .. import errors, ids
 from ..model import iso
 from ..vault import format as F
 from ..vault.store import OpenVault, PassphraseKeySource
@@ -20,9 +20,11 @@ from ._core import (
 
 
 class VaultOps(Core):
-    def CreateVault(self, kdf: F.KdfParams | None = None) -> dict[str, Any]:
-        """Make a new vault with a random vault key and account; never overwrite one."""
+    def CreateVault(self, kdf: F.KdfParams | None = None, Account: str | None = None) -> dict[str, Any]:
+        """Make a new vault with a random vault key and account (or ``Account``); never overwrite one."""
         kdf = kdf or F.KdfParams()
+        if Account is not None:
+            ids.validate_account(Account)
         why = kdf.bounds_error()
         if why is not None:
             raise errors.ValidationException(why)
@@ -56,7 +58,7 @@ class VaultOps(Core):
         body: dict[str, Any] = {
             "format": F.FORMAT_VERSION,
             "vault_id": P.random_bytes(16).hex(),
-            "account": "".join(str(b % 10) for b in P.random_bytes(12)),
+            "account": Account if Account is not None else "".join(str(b % 10) for b in P.random_bytes(12)),
             "created": now,
             "generation": 0,
             "audit_head": None,

@@ -1,0 +1,85 @@
+"""``kmscli serve``: the vault as an AWS KMS endpoint for SDKs and tools (AWS JSON 1.1, SigV4)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Annotated, Any
+
+import typer
+
+from .. import errors
+from . import common, output
+
+
+def register(app: typer.Typer) -> None:
+    common.command(app, "serve", "Serve the vault over AWS KMS's wire protocol: point AWS_ENDPOINT_URL_KMS at it "
+                                 "and sign with a key from 'kmscli credentials create'.")(serve)
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", metavar="ADDRESS",
+                    help="Address to listen on (default 127.0.0.1; any other than loopback needs TLS).")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="N", help="Port (0: any free one; default 8080).")] = 8080,
+    tls_cert: Annotated[str | None, typer.Option("--tls-cert", metavar="FILE", help="TLS certificate (PEM).")
+                        ] = None,
+    tls_key: Annotated[str | None, typer.Option("--tls-key", metavar="FILE", help="TLS private key (PEM).")
+                       ] = None,
+    ephemeral: Annotated[bool, typer.Option("--ephemeral",
+                         help="For test suites: no vault, state in memory, any SigV4 credentials accepted.")
+                         ] = False,
+    account: Annotated[str | None, typer.Option("--account", metavar="12-DIGITS",
+                       help="With --ephemeral: the account in ARNs (default 123456789012).")] = None,
+    seed: Annotated[str | None, typer.Option("--seed", metavar="FILE",
+                    help="With --ephemeral: keys, aliases, tags and policies to preload (YAML or JSON).")] = None,
+) -> None:
+    from ..ids import validate_account
+    from ..server import run
+
+    if (tls_cert is None) != (tls_key is None):
+        raise errors.ValidationException("give --tls-cert and --tls-key together")
+    if not run.is_loopback(host) and tls_cert is None:
+        raise errors.ValidationException(
+            f"--host {host} is not a loopback address: serving the vault beyond this machine needs TLS "
+            "(--tls-cert FILE --tls-key FILE)"
+        )
+    if not 0 <= port <= 65535:
+        raise errors.ValidationException(f"--port must be 0..65535 (got {port})")
+    if not ephemeral and (account is not None or seed is not None):
+        raise errors.ValidationException("--account and --seed go with --ephemeral (a vault has its own account)")
+    if account is not None:
+        validate_account(account)
+    for path in (tls_cert, tls_key):
+        if path is not None and not os.access(path, os.R_OK):
+            raise errors.UsageError(f"cannot read {path}")
+    backend = _backend(ephemeral, account, seed)
+    sock = run.bind(host, port)
+    from ..server.app import KmsApp
+
+    app = KmsApp(backend)
+    url = run.url_of(sock, tls_cert is not None)
+    try:
+        stopped_by = run.serve(app, sock, tls_cert=tls_cert, tls_key=tls_key,
+                               on_ready=lambda: output.message(f"serving on {url}"))
+    finally:
+        backend.close()
+    output.message("stopped: every request in flight was answered and recorded")
+    if stopped_by == signal.SIGINT:
+        raise typer.Exit(130)  # as any command ends on Ctrl-C
+
+
+def _backend(ephemeral: bool, account: str | None, seed: str | None) -> Any:
+    from ..server import app
+
+    if ephemeral:
+        seeder = None
+        if seed is not None:
+            from ..server.seed import load_seed
+
+            seeder = load_seed(seed)
+        return app.EphemeralBackend(account or app.EphemeralBackend.DEFAULT_ACCOUNT, seeder)
+    svc = common.service()
+    # Unlock now: a wrong passphrase is exit 5 before anything listens.
+    svc.store.open(svc.keys)
+    return app.VaultBackend(svc.store.path, svc.keys, audit_path=common.audit_path())

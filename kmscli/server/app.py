@@ -1,0 +1,276 @@
+"""`kmscli serve`'s ASGI application: authenticate, route, call the service, answer.
+
+The event loop only moves bytes. Each request's work (the signature check, the
+vault, the audit record on disk) runs in a small thread pool, and its answer is
+sent only after the service returned, so after the request's record is on
+disk. Every request gets an ``x-amzn-RequestId``, the ``requestID`` of its audit
+record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .. import errors
+from . import wire
+
+#: Threads running requests. The vault takes one writer at a time and its
+#: reads are short; a few threads keep the loop free while one waits on fsync.
+WORKERS = 4
+#: Paths that reset an ephemeral server, as moto's server mode and kmscli name them.
+RESET_PATHS = frozenset({"/moto-api/reset", "/_kmscli/reset"})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Backend:
+    """Where requests go: a vault (serve) or a throw-away one (serve --ephemeral)."""
+
+    def verify(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Any:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def service(self, identity: Any, source_ip: str | None, user_agent: str | None, request_id: str) -> Any:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def reset(self) -> bool:
+        """Wipe all state (ephemeral only); False when this backend keeps its state."""
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class VaultBackend(Backend):
+    """A passphrase vault: signatures checked against the credentials sealed in it."""
+
+    def __init__(self, vault_path: Path, keys: Any, *, audit_path: Path | None = None,
+                 clock: Callable[[], datetime] = _now) -> None:
+        from ..vault.store import VaultStore
+        from .sigv4 import SigV4Verifier
+
+        self.vault_path = vault_path
+        self.keys = keys
+        self.audit_path = audit_path
+        self.clock = clock
+        self.store = VaultStore(vault_path)
+        self._lock = threading.Lock()
+        self._credentials: dict[str, tuple[str, str]] = {}
+        self._read_id: Any = None
+        self._verifier = SigV4Verifier(self._secret_for)
+
+    def _secret_for(self, access_key_id: str) -> tuple[str, str] | None:
+        """(secret, user name) of an active access key, read again whenever the vault file changed."""
+        from ..vault.store import file_id
+
+        with self._lock:
+            try:
+                current = file_id(os.stat(self.store.path))
+            except OSError:
+                current = None
+            if current is None or current != self._read_id:
+                ov = self.store.open(self.keys)
+                creds = ov.body.get("credentials") or {}
+                self._credentials = {k: (c["SecretAccessKey"], c["UserName"]) for k, c in creds.items()
+                                     if c.get("Status") == "Active"}
+                self._read_id = ov.file_id
+            return self._credentials.get(access_key_id)
+
+    def verify(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Any:
+        return self._verifier.verify(method, target, headers, body, now=self.clock())
+
+    def service(self, identity: Any, source_ip: str | None, user_agent: str | None, request_id: str) -> Any:
+        from ..service import Caller, Kms
+
+        caller = Caller(user=identity.principal, uid=None, pid=None, host=_hostname(),
+                        access_key_id=identity.access_key_id, source_ip=source_ip, user_agent=user_agent,
+                        request_id=request_id)
+        return Kms(self.vault_path, self.keys, caller=caller, audit_path=self.audit_path, region=identity.region)
+
+
+class EphemeralBackend(Backend):
+    """`serve --ephemeral`: a vault that lives in memory for the server's life, any signature accepted.
+
+    The state is a real vault (the same service, rules and audit log) in a
+    private folder on a memory file system (/dev/shm when there is one), under
+    a random key that never leaves this process; it is removed on reset and
+    at exit.
+    """
+
+    DEFAULT_ACCOUNT = "123456789012"
+
+    def __init__(self, account: str = DEFAULT_ACCOUNT, seed: Callable[[Any], None] | None = None) -> None:
+        from .sigv4 import SigV4Verifier
+
+        self.account = account
+        self._seed = seed
+        self._lock = threading.Lock()
+        self._verifier = SigV4Verifier.accept_any()
+        self._folder: Path | None = None
+        self._make()
+
+    def _make(self) -> None:
+        import tempfile
+
+        from ..service import Kms
+        from ..vault import format as F
+        from ..vault.store import FixedKeySource, PassphraseKeySource, VaultStore
+
+        shm = Path("/dev/shm")
+        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+        self._folder = Path(tempfile.mkdtemp(prefix="kmscli-ephemeral-", dir=base))
+        secret = os.urandom(32).hex().encode()
+        vault = self._folder / "vault.kms"
+        # A random 256-bit passphrase: the KDF's cost adds nothing to it.
+        opener = PassphraseKeySource(lambda: secret)
+        Kms(vault, opener).CreateVault(F.KdfParams(memory_kib=8 * 1024, time_cost=1, parallelism=1),
+                                       Account=self.account)
+        self.vault_path = vault
+        self.keys = FixedKeySource(VaultStore(vault).open(opener).vault_key)
+        if self._seed is not None:
+            self._seed(self)
+
+    def verify(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Any:
+        return self._verifier.verify(method, target, headers, body, now=_now())
+
+    def service(self, identity: Any, source_ip: str | None, user_agent: str | None, request_id: str) -> Any:
+        from ..service import Caller, Kms
+
+        # Any credentials are accepted: the caller is the access key id itself.
+        user = identity.access_key_id if identity is not None else "seed"
+        caller = Caller(user=user, uid=None, pid=None, host=_hostname(),
+                        access_key_id=identity.access_key_id if identity is not None else None,
+                        source_ip=source_ip, user_agent=user_agent, request_id=request_id)
+        region = identity.region if identity is not None else "local"
+        return Kms(self.vault_path, self.keys, caller=caller, region=region)
+
+    def reset(self) -> bool:
+        with self._lock:
+            self.close()
+            self._make()
+        return True
+
+    def close(self) -> None:
+        import shutil
+
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+
+_HOST: list[str] = []
+
+
+def _hostname() -> str:
+    if not _HOST:
+        import socket
+
+        _HOST.append(socket.gethostname())
+    return _HOST[0]
+
+
+class KmsApp:
+    """The ASGI application. ``backend`` decides where requests go; nothing here decides what they may do."""
+
+    def __init__(self, backend: Backend, *, workers: int = WORKERS) -> None:
+        self.backend = backend
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kmscli-serve")
+        self.in_flight = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request_id = str(uuid.uuid4())
+        body = await self._body(receive)
+        if body is None:
+            await self._send(send, request_id, wire.Answer(413, b'{"__type":"RequestEntityTooLargeException",'
+                                                                b'"message":"the request body is over 1 MiB"}',
+                                                           [("Content-Type", wire.CONTENT_TYPE),
+                                                            ("X-Amzn-ErrorType", "RequestEntityTooLargeException"),
+                                                            ("Connection", "close")]))
+            return
+        self.in_flight += 1
+        try:
+            answer = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.handle, scope, body, request_id)
+        finally:
+            self.in_flight -= 1
+        await self._send(send, request_id, answer)
+
+    def handle(self, scope: dict[str, Any], body: bytes, request_id: str) -> wire.Answer:
+        """One request, in a worker thread: authenticate, route, call, render. Never raises."""
+        headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
+        path = scope.get("raw_path") or scope.get("path", "/").encode("latin-1")
+        target = path.decode("latin-1")
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        try:
+            if scope.get("method") == "POST" and scope.get("path") in RESET_PATHS and self.backend.reset():
+                return wire.Answer(200, b'{"status":"reset"}', [("Content-Type", "application/json")])
+            identity = self.backend.verify(scope.get("method", ""), target, headers, body)
+            if scope.get("method") != "POST":
+                raise errors.UnknownOperationException("KMS answers POST requests only")
+            operation = wire.operation_of(_header(headers, b"x-amz-target"))
+            client = scope.get("client")
+            kms = self.backend.service(identity, client[0] if client else None,
+                                       _header(headers, b"user-agent"), request_id)
+            return wire.ok(operation, wire.call(kms, operation, body))
+        except errors.KmsError as e:
+            return wire.failure(e)
+        except Exception as e:  # the last line of defence: an AWS 500, the details on the server's stderr
+            sys.stderr.write(f"kmscli: serve: request {request_id} failed: {type(e).__name__}: {e}\n")
+            return wire.failure(errors.KMSInternalException(f"internal error (request {request_id})"))
+
+    @staticmethod
+    async def _body(receive: Callable[..., Any]) -> bytes | None:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b"".join(chunks)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > wire.MAX_BODY_BYTES:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    @staticmethod
+    async def _send(send: Callable[..., Any], request_id: str, answer: wire.Answer) -> None:
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
+        headers += [(b"x-amzn-requestid", request_id.encode()), (b"content-length", str(len(answer.body)).encode())]
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+    async def _lifespan(self, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.pool.shutdown(wait=True)  # requests in flight finish, with their records
+                self.backend.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return None

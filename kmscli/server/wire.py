@@ -1,0 +1,225 @@
+"""AWS JSON 1.1 for KMS: one request body in, one service call, one response out.
+
+This is the HTTP adapter's half that knows no HTTP server: it routes on the
+operation named by ``X-Amz-Target``, reads the body as AWS's front end does
+(``shapes.validate_input``), calls the one service method of that name and
+renders its answer (``shapes.to_wire``: blobs base64, timestamps epoch
+seconds, absent members omitted). Every rule (key state, policy, audit) is the
+service's; nothing here decides what a caller may do.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import errors, shapes
+
+TARGET_PREFIX = "TrentService."
+CONTENT_TYPE = "application/x-amz-json-1.1"
+#: The largest request body read: KMS's biggest members (a 32 KiB policy, a
+#: 6144-byte blob in base64, 50 tags) fit many times over.
+MAX_BODY_BYTES = 1 << 20
+#: JSON nesting deeper than any KMS request has (tags: 3 levels) is refused
+#: before parsing, so a hostile body cannot exhaust the parser's recursion.
+MAX_DEPTH = 32
+#: Members AWS accepts that change nothing here (grants are not built: no token can be valid yet).
+IGNORED = frozenset({"GrantTokens"})
+
+
+@dataclass
+class Answer:
+    """An HTTP answer: status, headers (besides the request id) and body."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def operation_of(target: str | None) -> str:
+    """The operation an ``X-Amz-Target`` names, or UnknownOperationException."""
+    if not target or not target.startswith(TARGET_PREFIX):
+        raise errors.UnknownOperationException(
+            "the request names no operation: send X-Amz-Target: TrentService.<Operation>"
+        )
+    name = target[len(TARGET_PREFIX):]
+    if name not in shapes.OPERATIONS:
+        raise errors.UnknownOperationException(f"{name[:64]} is not a KMS operation")
+    return name
+
+
+def parse_body(body: bytes) -> Any:
+    """The request's JSON document; SerializationException for anything that is not one."""
+    if not body.strip():
+        return {}  # AWS takes an empty body as {} (botocore always sends at least {})
+    if _too_deep(body):
+        raise errors.SerializationException(f"the request nests JSON deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise errors.SerializationException("the request body is not UTF-8") from None
+    except (ValueError, RecursionError):
+        raise errors.SerializationException("the request body is not a JSON document") from None
+
+
+def _too_deep(body: bytes) -> bool:
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def call(kms: Any, operation: str, body: bytes) -> dict[str, Any]:
+    """Run one wire request against the service; its AWS response document (Python values)."""
+    params = shapes.validate_input(operation, parse_body(body))
+    handler = _HANDLERS.get(operation)
+    if handler is not None:
+        return handler(kms, params)
+    method = getattr(kms, operation, None)
+    if method is None or operation.startswith("_"):
+        raise errors.UnsupportedOperationException(f"kmscli does not support {operation} yet")
+    return method(**_arguments(method, operation, params))
+
+
+def _arguments(method: Callable[..., Any], operation: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The request's members as the method's keyword arguments; a member it cannot honour is refused."""
+    _common(operation, params, _parameters(method))
+    return params
+
+
+_PARAMETER_CACHE: dict[Any, frozenset[str]] = {}
+
+
+def _parameters(method: Callable[..., Any]) -> frozenset[str]:
+    key = getattr(method, "__func__", method)
+    names = _PARAMETER_CACHE.get(key)
+    if names is None:
+        names = frozenset(p for p in inspect.signature(method).parameters if p[:1].isupper())
+        _PARAMETER_CACHE[key] = names
+    return names
+
+
+# -- operations whose service method is not AWS's call shape -------------------------------
+def _algorithm(params: dict[str, Any], member: str = "EncryptionAlgorithm") -> None:
+    algorithm = params.pop(member, None)
+    if algorithm not in (None, "SYMMETRIC_DEFAULT"):
+        raise errors.InvalidKeyUsageException(
+            f"{algorithm} is not an encryption algorithm of a SYMMETRIC_DEFAULT key; use SYMMETRIC_DEFAULT"
+        )
+
+
+def _common(operation: str, params: dict[str, Any], allowed: tuple[str, ...] | frozenset[str]) -> None:
+    """Drop members that change nothing; refuse those kmscli cannot honour yet (never ignore them silently)."""
+    for name in list(params):
+        if name in IGNORED:
+            params.pop(name)
+        elif name == "DryRun":
+            if params.pop(name):
+                raise errors.UnsupportedOperationException(f"kmscli does not support DryRun for {operation} yet")
+        elif name not in allowed:
+            raise errors.UnsupportedOperationException(f"kmscli does not support {name} in {operation} yet")
+
+
+def _encrypt(kms: Any, params: dict[str, Any]) -> dict[str, Any]:
+    _algorithm(params)
+    _common("Encrypt", params, ("KeyId", "Plaintext", "EncryptionContext"))
+    out = io.BytesIO()
+    answer = kms.Encrypt(params["KeyId"], io.BytesIO(params["Plaintext"]), out,
+                         EncryptionContext=params.get("EncryptionContext"))
+    return {**answer, "CiphertextBlob": out.getvalue()}
+
+
+def _decrypt(kms: Any, params: dict[str, Any]) -> dict[str, Any]:
+    _algorithm(params)
+    _common("Decrypt", params, ("CiphertextBlob", "EncryptionContext", "KeyId"))
+    if "CiphertextBlob" not in params:
+        raise errors.ValidationException(
+            "1 validation error detected: Value null at 'ciphertextBlob' failed to satisfy constraint: "
+            "Member must not be null"
+        )
+    out = io.BytesIO()
+    answer = kms.Decrypt(io.BytesIO(params["CiphertextBlob"]), out, EncryptionContext=params.get("EncryptionContext"),
+                         KeyId=params.get("KeyId"))
+    return {**answer, "Plaintext": out.getvalue()}
+
+
+def _reencrypt(kms: Any, params: dict[str, Any]) -> dict[str, Any]:
+    _algorithm(params, "SourceEncryptionAlgorithm")
+    _algorithm(params, "DestinationEncryptionAlgorithm")
+    _common("ReEncrypt", params, ("CiphertextBlob", "SourceEncryptionContext", "SourceKeyId", "DestinationKeyId",
+                                  "DestinationEncryptionContext"))
+    out = io.BytesIO()
+    answer = kms.ReEncrypt(io.BytesIO(params["CiphertextBlob"]), out, params["DestinationKeyId"],
+                           SourceEncryptionContext=params.get("SourceEncryptionContext"),
+                           DestinationEncryptionContext=params.get("DestinationEncryptionContext"),
+                           SourceKeyId=params.get("SourceKeyId"))
+    return {**answer, "CiphertextBlob": out.getvalue()}
+
+
+def _generate_random(kms: Any, params: dict[str, Any]) -> dict[str, Any]:
+    _common("GenerateRandom", params, ("NumberOfBytes",))
+    n = params.get("NumberOfBytes")
+    if n is None:  # optional in the model; kmscli asks for it rather than guess a size
+        raise errors.ValidationException(
+            "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy constraint: "
+            "Member must not be null"
+        )
+    return {"Plaintext": kms.GenerateRandomRecorded(n)}
+
+
+def _create_key(kms: Any, params: dict[str, Any]) -> dict[str, Any]:
+    spec = params.pop("CustomerMasterKeySpec", None)
+    if spec is not None and "KeySpec" not in params:
+        params["KeySpec"] = spec
+    if params.pop("Origin", "AWS_KMS") != "AWS_KMS":
+        raise errors.UnsupportedOperationException("kmscli makes keys with Origin AWS_KMS only (yet)")
+    if params.pop("MultiRegion", False):
+        raise errors.UnsupportedOperationException("kmscli does not make multi-Region keys")
+    _common("CreateKey", params, ("Description", "Tags", "Policy", "BypassPolicyLockoutSafetyCheck", "KeySpec",
+                                  "KeyUsage"))
+    return kms.CreateKey(**params)  # type: ignore[no-any-return]
+
+
+_HANDLERS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
+    "Encrypt": _encrypt,
+    "Decrypt": _decrypt,
+    "ReEncrypt": _reencrypt,
+    "GenerateRandom": _generate_random,
+    "CreateKey": _create_key,
+}
+
+
+# -- rendering -------------------------------------------------------------------------------
+def ok(operation: str, doc: dict[str, Any]) -> Answer:
+    body = json.dumps(shapes.to_wire(operation, doc), separators=(",", ":")).encode()
+    return Answer(200, body, [("Content-Type", CONTENT_TYPE)])
+
+
+def failure(error: errors.KmsError) -> Answer:
+    """AWS's error document: HTTP 400 for the caller's errors, 500 only for ours (clients retry 5xx)."""
+    name, status = error.name, 400
+    if isinstance(error, (errors.KMSInternalException, errors.VaultFileError, errors.UnlockError)):
+        # The vault or its log failed under the server, or it can no longer be
+        # unlocked (passwd ran): not the caller's doing. The name stays AWS's.
+        name, status = "KMSInternalException", 500
+    body = json.dumps({"__type": name, "message": error.message}, separators=(",", ":")).encode()
+    return Answer(status, body, [("Content-Type", CONTENT_TYPE), ("X-Amzn-ErrorType", name)])
