@@ -27,10 +27,12 @@ from .crypto import CryptoOps
 from .keys import KeyOps
 from .policies import PolicyOps
 from .rotation import RotationOps
+from .seed import SeedOps
 from .vault_ops import VaultOps
 
 __all__ = ["AUDIT_FILE", "Caller", "Kms"]
 
 
-class Kms(VaultOps, KeyOps, AliasOps, PolicyOps, RotationOps, CryptoOps, AuditOps, CredentialOps):
+class Kms(VaultOps, KeyOps, AliasOps, PolicyOps, RotationOps, CryptoOps, AuditOps, CredentialOps,
+          SeedOps):
     """The local KMS, bound to one vault, one caller and one clock."""

@@ -734,6 +734,25 @@ class RecordFirst:
         return getattr(self._writer, name)
 
 
+def new_key(key_id: str, region: str, created: str, description: str, tags: dict[str, str], policy: str,
+            material: bytes) -> dict[str, Any]:
+    """A key as the vault body stores it (docs/vault.md): Enabled, rotation off, one material version."""
+    return {
+        "KeyId": key_id,
+        "Region": region,
+        "CreationDate": created,
+        "Description": description,
+        "KeyState": KeyState.ENABLED.value,
+        "DeletionDate": None,
+        "PendingDeletionWindowInDays": None,
+        "Tags": tags,
+        "Policy": policy,
+        "Rotation": {"Enabled": False, "PeriodInDays": ROTATION_PERIOD_DEFAULT, "NextRotationDate": None,
+                     "MinDecryptVersion": 1, "OnDemandCount": 0},
+        "Materials": [new_material(1, created, None, material)],
+    }
+
+
 def new_material(version: int, created: str, rotation_type: str | None, secret: bytes) -> dict[str, Any]:
     import hashlib
 

@@ -14,13 +14,12 @@ from ._core import (
     DELETION_WINDOW_MIN,
     LIST_LIMIT_DEFAULT,
     MATERIAL_SIZE,
-    ROTATION_PERIOD_DEFAULT,
     TAGS_LIMIT_DEFAULT,
     TAGS_PER_KEY_MAX,
     Call,
     Core,
     check_range,
-    new_material,
+    new_key,
     page,
     paged,
     tag_dict,
@@ -64,20 +63,7 @@ class KeyOps(Core):
                     f"An alias with the name {self._alias_arn(ov, AliasName)} already exists"
                 )
             now = iso(self.clock())
-            key = {
-                "KeyId": key_id,
-                "Region": self.region,
-                "CreationDate": now,
-                "Description": Description,
-                "KeyState": KeyState.ENABLED.value,
-                "DeletionDate": None,
-                "PendingDeletionWindowInDays": None,
-                "Tags": tags,
-                "Policy": policy,
-                "Rotation": {"Enabled": False, "PeriodInDays": ROTATION_PERIOD_DEFAULT, "NextRotationDate": None,
-                             "MinDecryptVersion": 1, "OnDemandCount": 0},
-                "Materials": [new_material(1, now, None, P.random_bytes(MATERIAL_SIZE))],
-            }
+            key = new_key(key_id, self.region, now, Description, tags, policy, P.random_bytes(MATERIAL_SIZE))
             if AliasName is not None:
                 # The alias is made by this call as if by CreateAlias: the new
                 # key's own policy decides, an explicit Deny included.
