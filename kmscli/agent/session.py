@@ -382,6 +382,9 @@ class BoundSession:
     keys: SessionKeySource
     caller: Any
     end: Callable[[], None]
+    #: Whether the session still lasts (not locked, TTL not over): what runs
+    #: for long through it (``serve``) stops when this turns false.
+    alive: Callable[[], bool] = lambda: True
 
     def key_source(self, vault_path: Path) -> KeySource:
         """The session's key, for the one vault it was made for only."""

@@ -60,8 +60,10 @@ def serve(
     app = KmsApp(backend)
     url = run.url_of(sock, tls_cert is not None)
     try:
+        alive = common.SESSION.alive if common.SESSION is not None and not ephemeral else None
         stopped_by = run.serve(app, sock, tls_cert=tls_cert, tls_key=tls_key,
-                               on_ready=lambda: output.message(f"serving on {url}"))
+                               on_ready=lambda: output.message(f"serving on {url}"),
+                               should_stop=(lambda: not alive()) if alive is not None else None)
     finally:
         backend.close()
     output.message("stopped: every request in flight was answered and recorded")
@@ -82,4 +84,5 @@ def _backend(ephemeral: bool, account: str | None, seed: str | None) -> Any:
     svc = common.service()
     # Unlock now: a wrong passphrase is exit 5 before anything listens.
     svc.store.open(svc.keys)
-    return app.VaultBackend(svc.store.path, svc.keys, audit_path=common.audit_path())
+    alive = common.SESSION.alive if common.SESSION is not None else None
+    return app.VaultBackend(svc.store.path, svc.keys, audit_path=common.audit_path(), alive=alive)

@@ -55,7 +55,7 @@ class VaultBackend(Backend):
     """A passphrase vault: signatures checked against the credentials sealed in it."""
 
     def __init__(self, vault_path: Path, keys: Any, *, audit_path: Path | None = None,
-                 clock: Callable[[], datetime] = _now) -> None:
+                 clock: Callable[[], datetime] = _now, alive: Callable[[], bool] | None = None) -> None:
         from ..vault.store import VaultStore
         from .sigv4 import SigV4Verifier
 
@@ -68,6 +68,8 @@ class VaultBackend(Backend):
         self._credentials: dict[str, tuple[str, str]] = {}
         self._read_id: Any = None
         self._verifier = SigV4Verifier(self._secret_for)
+        #: Served through a session: whether it still lasts (checked before every request).
+        self.alive = alive
 
     def _secret_for(self, access_key_id: str) -> tuple[str, str] | None:
         """(secret, user name) of an active access key, read again whenever the vault file changed."""
@@ -87,6 +89,10 @@ class VaultBackend(Backend):
             return self._credentials.get(access_key_id)
 
     def verify(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Any:
+        if self.alive is not None and not self.alive():
+            # Nothing done through a session outlives it: the server stops, and
+            # no request slips in between the session's end and the stop.
+            raise errors.InvalidSessionException("the session this server runs through has ended")
         return self._verifier.verify(method, target, headers, body, now=self.clock())
 
     def service(self, identity: Any, source_ip: str | None, user_agent: str | None, request_id: str) -> Any:

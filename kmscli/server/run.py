@@ -21,6 +21,8 @@ from .. import errors
 
 #: How long a stop waits for requests in flight before closing their connections.
 GRACEFUL_STOP_S = 30
+#: How often a server running through a session checks that the session still lasts.
+STOP_POLL_S = 0.25
 #: A connection idle this long between requests is closed (clients reconnect).
 KEEP_ALIVE_S = 15
 
@@ -58,7 +60,7 @@ def url_of(sock: socket.socket, tls: bool) -> str:
 
 
 def serve(app: Any, sock: socket.socket, *, tls_cert: str | None = None, tls_key: str | None = None,
-          on_ready: Callable[[], None] | None = None) -> int | None:
+          on_ready: Callable[[], None] | None = None, should_stop: Callable[[], bool] | None = None) -> int | None:
     """Serve until stopped; the signal that stopped it (SIGTERM, SIGINT), or None.
 
     uvicorn re-raises the stop signal once it has shut down cleanly; the
@@ -86,6 +88,11 @@ def serve(app: Any, sock: socket.socket, *, tls_cert: str | None = None, tls_key
             await asyncio.sleep(0.01)
         if server.started and on_ready is not None:
             on_ready()
+        while should_stop is not None and not task.done():
+            if should_stop():  # the session it serves through ended: stop as on SIGTERM
+                server.should_exit = True
+                break
+            await asyncio.sleep(STOP_POLL_S)
         await task
 
     asyncio.run(main())
