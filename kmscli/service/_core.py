@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -539,7 +540,7 @@ class Core:
         context.update(conditions or {})
         request = policy_mod.Request(principal=principal, account=account, action=action,
                                      resource=self._key_arn(ov, key["KeyId"]), context=context)
-        decision = policy_mod.evaluate(policy_mod.parse(key["Policy"]), request)
+        decision = policy_mod.evaluate(_stored_policy(key["Policy"]), request)
         if not decision.allowed:
             raise errors.AccessDeniedException(
                 f"User: {principal} is not authorized to perform: {action} on resource: "
@@ -732,6 +733,18 @@ class RecordFirst:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._writer, name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _stored_policy(document: str) -> Any:
+    """A stored key policy, parsed once per process (a server checks the same few on every request).
+
+    Parsed policies are frozen; the document text is the key, so a changed
+    policy is parsed anew.
+    """
+    from .. import policy as policy_mod
+
+    return policy_mod.parse(document)
 
 
 def new_key(key_id: str, region: str, created: str, description: str, tags: dict[str, str], policy: str,

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import io
-import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from kmscli import errors
-from kmscli.model import iso
 from kmscli.service import Kms
 from tests.unit.conftest import Clock, audit_events
 
@@ -54,7 +52,8 @@ def test_automatic_rotation_once_however_overdue(svc: Kms, clock: Clock) -> None
     assert [r.get("RotationType") for r in materials(svc, key)] == [None, "AUTOMATIC"]
     assert len(materials(svc, key)) == 2
     nxt = svc.GetKeyRotationStatus(KeyId=key)["NextRotationDate"]
-    assert nxt == iso(clock.now + timedelta(days=90))  # a full period after the rotation, not the old due date
+    assert isinstance(nxt, datetime) and nxt.utcoffset() == timedelta(0)
+    assert nxt == clock.now + timedelta(days=90)  # a full period after the rotation, not the old due date
     rotated = [e for e in audit_events(svc) if e["eventName"] == "RotateKey"]
     assert len(rotated) == 1 and rotated[0]["eventType"] == "AwsServiceEvent"
 
@@ -126,13 +125,25 @@ def test_min_decrypt_version(svc: Kms) -> None:
     assert decrypt(svc, moved.getvalue()) == b"old"
 
 
+ROTATION_MEMBERS = {"KeyRotationEnabled", "RotationPeriodInDays", "NextRotationDate", "MinDecryptVersion"}
+
+
 def test_describe_shows_rotation(svc: Kms, clock: Clock) -> None:
+    """Rotation is GetKeyRotationStatus's (as AWS), never KeyMetadata's; the detail view shows it too."""
     key = svc.CreateKey()["KeyMetadata"]["KeyId"]
-    meta = svc.DescribeKey(KeyId=key)["KeyMetadata"]
-    assert meta["KeyRotationEnabled"] is False
+    arn = svc.DescribeKey(KeyId=key)["KeyMetadata"]["Arn"]
+    assert not ROTATION_MEMBERS & set(svc.DescribeKey(KeyId=key)["KeyMetadata"])
+    assert svc.GetKeyRotationStatus(KeyId=key) == {"KeyId": arn, "KeyRotationEnabled": False}
+    assert svc.DescribeKeyDetails(KeyId=key)["Rotation"]["Enabled"] is False
     svc.EnableKeyRotation(KeyId=key, RotationPeriodInDays=180)
-    meta = svc.DescribeKey(KeyId=key)["KeyMetadata"]
-    assert meta["KeyRotationEnabled"] is True and meta["RotationPeriodInDays"] == 180
-    assert meta["NextRotationDate"] == "2026-06-30T12:00:00Z"
+    assert not ROTATION_MEMBERS & set(svc.DescribeKey(KeyId=key)["KeyMetadata"])
+    due = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
+    assert svc.GetKeyRotationStatus(KeyId=key) == {
+        "KeyId": arn, "KeyRotationEnabled": True, "RotationPeriodInDays": 180, "NextRotationDate": due,
+    }
+    details = svc.DescribeKeyDetails(KeyId=key)["Rotation"]
+    assert (details["Enabled"], details["PeriodInDays"], details["NextRotationDate"]) == (True, 180, due)
     svc.DisableKeyRotation(KeyId=key)
-    assert json.dumps(svc.DescribeKey(KeyId=key)).count("NextRotationDate") <= 1
+    assert svc.GetKeyRotationStatus(KeyId=key) == {"KeyId": arn, "KeyRotationEnabled": False}
+    details = svc.DescribeKeyDetails(KeyId=key)["Rotation"]
+    assert details["Enabled"] is False and details["NextRotationDate"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,8 @@ def test_cancelled_key_survives_its_window(svc: Kms, clock: Clock) -> None:
 def test_deletion_date_is_window_from_now(svc: Kms, clock: Clock) -> None:
     key_id = svc.CreateKey()["KeyMetadata"]["KeyId"]
     resp = svc.ScheduleKeyDeletion(KeyId=key_id, PendingWindowInDays=10)
-    assert resp["DeletionDate"] == "2026-01-11T12:00:00Z"
+    assert resp["DeletionDate"] == datetime(2026, 1, 11, 12, 0, tzinfo=UTC)
+    assert resp["DeletionDate"].utcoffset() == timedelta(0)
     assert resp["KeyId"].endswith(key_id)
 
 
