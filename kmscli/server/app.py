@@ -95,7 +95,13 @@ class VaultBackend(Backend):
             # Nothing done through a session outlives it: the server stops, and
             # no request slips in between the session's end and the stop.
             raise errors.InvalidSessionException("the session this server runs through has ended")
-        return self._verifier.verify(method, target, headers, body, now=self.clock())
+        identity = self._verifier.verify(method, target, headers, body, now=self.clock())
+        if "x-amz-target" not in identity.signed_headers:
+            # Else a request captured in its 5-minute window could be replayed as
+            # another operation with the same body (DescribeKey's {"KeyId"} as
+            # ScheduleKeyDeletion's). botocore and the Go SDK always sign it.
+            raise errors.InvalidSignatureException("'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization.")
+        return identity
 
     def service(self, identity: Any, source_ip: str | None, user_agent: str | None, request_id: str) -> Any:
         from ..service import Caller, Kms

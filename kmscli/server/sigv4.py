@@ -101,6 +101,8 @@ class Identity(Generic[P]):
     session_token: str | None
     #: What ``secret_for`` returned beside the secret; None from ``accept_any``.
     principal: P
+    #: The headers the signature covers, lowercase, as SignedHeaders lists them.
+    signed_headers: tuple[str, ...] = ()
 
 
 class SigV4Verifier(Generic[P]):
@@ -168,6 +170,7 @@ class SigV4Verifier(Generic[P]):
             signed_at=request.signed_at,
             session_token=request.session_token,
             principal=principal,
+            signed_headers=tuple(h.lower() for h in request.signed_headers),
         )
 
 
@@ -183,7 +186,10 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
 def canonical_request(
     method: str, target: str | bytes, headers: Headers, body: bytes, signed_headers: Sequence[str]
 ) -> bytes:
-    """The canonical request AWS (and botocore) build for this request, for tests and debugging."""
+    """The canonical request AWS (and botocore) build for this request, for tests and debugging.
+
+    Raises KeyError when a header ``signed_headers`` names is not in ``headers``.
+    """
     header_map = _header_map(headers)
     path, query = _split_target(_wire(target))
     return _canonical(
