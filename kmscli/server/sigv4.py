@@ -32,7 +32,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
@@ -102,7 +102,7 @@ class Identity(Generic[P]):
     #: What ``secret_for`` returned beside the secret; None from ``accept_any``.
     principal: P
     #: The headers the signature covers, lowercase, as SignedHeaders lists them.
-    signed_headers: tuple[str, ...] = ()
+    signed_headers: tuple[str, ...] = field(default=(), compare=False)
 
 
 class SigV4Verifier(Generic[P]):

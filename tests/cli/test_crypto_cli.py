@@ -187,22 +187,31 @@ def test_reencrypt_moves_to_current_material(kms: Runner, key: str) -> None:
 
 
 # -- datakey and random -----------------------------------------------------
+def key_metadata(kms: Runner, key: str) -> dict:
+    return json.loads(ok(kms("keys", "describe", key, "--json")).stdout)["KeyMetadata"]
+
+
 @pytest.mark.parametrize(("args", "size"), [([], 32), (["--spec", "AES_128"], 16), (["--bytes", "7"], 7),
                                             (["--bytes", "1024"], 1024)])
 def test_datakey(kms: Runner, key: str, args: list[str], size: int) -> None:
+    # The whole GenerateDataKey response: KeyId is the key's ARN, blobs are base64.
     resp = json.loads(ok(kms("datakey", key, *args, "-c", "purpose=test", "--json")).stdout)
-    assert set(resp) == {"KeyId", "Plaintext", "CiphertextBlob"}
-    assert resp["KeyId"].endswith(key)
-    plain = base64.b64decode(resp["Plaintext"])
+    assert set(resp) == {"KeyId", "KeyMaterialId", "Plaintext", "CiphertextBlob"}
+    meta = key_metadata(kms, key)
+    assert resp["KeyId"] == meta["Arn"] and resp["KeyId"].endswith(f":key/{key}")
+    assert resp["KeyMaterialId"] == meta["CurrentKeyMaterialId"]
+    plain = base64.b64decode(resp["Plaintext"], validate=True)
     assert len(plain) == size
-    blob = base64.b64decode(resp["CiphertextBlob"])
+    blob = base64.b64decode(resp["CiphertextBlob"], validate=True)
     assert ok(kms("decrypt", "-c", "purpose=test", input=blob)).stdout == plain
 
 
 def test_datakey_without_plaintext(kms: Runner, key: str) -> None:
     resp = json.loads(ok(kms("datakey", key, "--no-plaintext", "--json")).stdout)
-    assert set(resp) == {"KeyId", "CiphertextBlob"}
-    assert len(ok(kms("decrypt", input=base64.b64decode(resp["CiphertextBlob"]))).stdout) == 32
+    assert set(resp) == {"KeyId", "KeyMaterialId", "CiphertextBlob"}
+    meta = key_metadata(kms, key)
+    assert resp["KeyId"] == meta["Arn"] and resp["KeyMaterialId"] == meta["CurrentKeyMaterialId"]
+    assert len(ok(kms("decrypt", input=base64.b64decode(resp["CiphertextBlob"], validate=True))).stdout) == 32
 
 
 @pytest.mark.parametrize("args", [["--bytes", "0"], ["--bytes", "1025"], ["--spec", "AES_512"],

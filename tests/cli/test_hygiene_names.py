@@ -36,9 +36,16 @@ def test_key_ids_and_arns_with_a_trailing_newline_name_no_key(kms: Runner, vault
     alias_arn = arn.rsplit(":", 1)[0] + ":alias/app"
     ok(kms("keys", "describe", arn))
     ok(kms("keys", "describe", alias_arn))
-    for given in (key + "\n", arn + "\n", alias_arn + "\n", "alias/app\n"):
+    for given in (key + "\n", "alias/app\n"):
         fails(kms("keys", "describe", given), 3, "NotFoundException")
         fails(kms("encrypt", "--key", given, input=b"x"), 3, "NotFoundException")
+    # An ARN with a newline after it is no KMS ARN at all: InvalidArnException (exit 2), naming no key.
+    for given in (arn + "\n", alias_arn + "\n"):
+        for args in (["keys", "describe", given], ["encrypt", "--key", given]):
+            r = kms(*args, input=b"x")
+            line = fails(r, 2, "InvalidArnException")
+            assert given[:-1] + "\\n" in line  # the newline shown, not printed
+            assert r.stdout == b""
 
 
 def test_parsers_match_whole_strings() -> None:
@@ -49,8 +56,10 @@ def test_parsers_match_whole_strings() -> None:
             ids.validate_alias_name(bad)
     arn = f"arn:aws:kms:local:123456789012:key/{UUID}"
     assert ids.parse_key_ref(arn).key_id == UUID
-    for bad in (arn + "\n", "arn:aws:kms:local:123456789012:alias/app\n", UUID + "\n"):
-        with pytest.raises(errors.NotFoundException):
+    with pytest.raises(errors.NotFoundException):
+        ids.parse_key_ref(UUID + "\n")
+    for bad in (arn + "\n", "arn:aws:kms:local:123456789012:alias/app\n"):
+        with pytest.raises(errors.InvalidArnException):
             ids.parse_key_ref(bad)
     # A newline inside a size is not part of a size (the surrounding white space of an
     # environment variable's value is still forgiven).

@@ -12,7 +12,13 @@ from tests.conftest import HANG_GUARD_S, Runner, fails, ok
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 ARN = re.compile(r"^arn:aws:kms:local:\d{12}:key/[0-9a-f-]{36}$")
-ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+#: A --json timestamp, as the AWS CLI v2 prints it (kmscli keeps times to the second).
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$")
+#: KeyMetadata's members for a kmscli key, exactly: no Tags and no rotation (those are
+#: ListResourceTags' and GetKeyRotationStatus'), as in AWS.
+METADATA_MEMBERS = {"AWSAccountId", "KeyId", "Arn", "CreationDate", "Enabled", "Description", "KeyUsage", "KeyState",
+                    "Origin", "KeyManager", "CustomerMasterKeySpec", "KeySpec", "EncryptionAlgorithms", "MultiRegion",
+                    "CurrentKeyMaterialId"}
 
 
 def create(kms: Runner, *args: str) -> str:
@@ -22,7 +28,15 @@ def create(kms: Runner, *args: str) -> str:
 
 
 def describe(kms: Runner, key: str) -> dict:
-    return json.loads(ok(kms("keys", "describe", key, "--json")).stdout)["KeyMetadata"]
+    doc = json.loads(ok(kms("keys", "describe", key, "--json")).stdout)
+    assert set(doc) == {"KeyMetadata"}
+    return doc["KeyMetadata"]
+
+
+def tags(kms: Runner, key: str) -> list[dict]:
+    doc = json.loads(ok(kms("keys", "tags", key, "--json")).stdout)
+    assert set(doc) == {"Tags", "Truncated"} and doc["Truncated"] is False
+    return doc["Tags"]
 
 
 def test_create_prints_only_the_key_id(kms: Runner, vault: Path) -> None:
@@ -32,8 +46,14 @@ def test_create_prints_only_the_key_id(kms: Runner, vault: Path) -> None:
 
 
 def test_describe_json_contract(kms: Runner, vault: Path) -> None:
-    key_id = create(kms, "--description", "d1", "--tag", "team=core", "--tag", "env=prod")
+    created = json.loads(ok(kms("keys", "create", "--description", "d1", "--tag", "team=core", "--tag", "env=prod",
+                                "--json")).stdout)
+    assert set(created) == {"KeyMetadata"}
+    key_id = created["KeyMetadata"]["KeyId"]
+    assert UUID.match(key_id)
     meta = describe(kms, key_id)
+    assert created["KeyMetadata"] == meta  # CreateKey and DescribeKey answer the same KeyMetadata
+    assert set(meta) == METADATA_MEMBERS
     assert meta["KeyId"] == key_id
     assert ARN.match(meta["Arn"]) and meta["Arn"].endswith(key_id)
     assert ISO.match(meta["CreationDate"])
@@ -43,7 +63,10 @@ def test_describe_json_contract(kms: Runner, vault: Path) -> None:
     assert meta["KeyUsage"] == "ENCRYPT_DECRYPT"
     assert meta["KeySpec"] == "SYMMETRIC_DEFAULT"
     assert meta["Origin"] == "AWS_KMS"
-    assert meta["Tags"] == [{"TagKey": "env", "TagValue": "prod"}, {"TagKey": "team", "TagValue": "core"}]
+    assert meta["KeyManager"] == "CUSTOMER" and meta["CustomerMasterKeySpec"] == "SYMMETRIC_DEFAULT"
+    assert meta["EncryptionAlgorithms"] == ["SYMMETRIC_DEFAULT"] and meta["MultiRegion"] is False
+    # Tags are ListResourceTags' (keys tags), sorted by key.
+    assert tags(kms, key_id) == [{"TagKey": "env", "TagValue": "prod"}, {"TagKey": "team", "TagValue": "core"}]
     assert "DeletionDate" not in meta
     assert re.match(r"^\d{12}$", meta["AWSAccountId"])
 
@@ -53,11 +76,11 @@ def test_list_json_contract_and_pending_hidden(kms: Runner, vault: Path) -> None
     b = create(kms)
     ok(kms("keys", "schedule-delete", b, "--days", "7"))
     listed = json.loads(ok(kms("keys", "list", "--json")).stdout)
-    assert set(listed) == {"Keys"}
-    assert [k["KeyId"] for k in listed["Keys"]] == [a]
-    assert listed["Keys"][0] == describe(kms, a)
-    everything = json.loads(ok(kms("keys", "list", "--all", "--json")).stdout)["Keys"]
-    assert {k["KeyId"] for k in everything} == {a, b}
+    # ListKeys: {"Keys": [{"KeyId", "KeyArn"}], "Truncated": false}, nothing more.
+    assert listed == {"Keys": [{"KeyId": a, "KeyArn": describe(kms, a)["Arn"]}], "Truncated": False}
+    everything = json.loads(ok(kms("keys", "list", "--all", "--json")).stdout)
+    assert set(everything) == {"Keys", "Truncated"} and everything["Truncated"] is False
+    assert everything["Keys"] == [{"KeyId": k, "KeyArn": describe(kms, k)["Arn"]} for k in (a, b)]  # oldest first
 
 
 def test_list_plain_for_pipes(kms: Runner, vault: Path) -> None:
@@ -90,9 +113,13 @@ def test_schedule_and_cancel_delete(kms: Runner, vault: Path) -> None:
     key_id = create(kms)
     r = ok(kms("keys", "schedule-delete", key_id, "--json"))
     resp = json.loads(r.stdout)
+    assert set(resp) == {"KeyId", "DeletionDate", "KeyState", "PendingWindowInDays"}
     assert resp["KeyState"] == "PendingDeletion" and resp["PendingWindowInDays"] == 30
     meta = describe(kms, key_id)
+    assert resp["KeyId"] == meta["Arn"] and ISO.match(resp["DeletionDate"])
     assert meta["KeyState"] == "PendingDeletion" and ISO.match(meta["DeletionDate"])
+    assert meta["DeletionDate"] == resp["DeletionDate"] and meta["PendingDeletionWindowInDays"] == 30
+    assert set(meta) == METADATA_MEMBERS | {"DeletionDate", "PendingDeletionWindowInDays"}
     assert meta["Enabled"] is False
     fails(kms("keys", "enable", key_id), 4, "KMSInvalidStateException")
     fails(kms("keys", "schedule-delete", key_id), 4, "KMSInvalidStateException")
@@ -101,7 +128,7 @@ def test_schedule_and_cancel_delete(kms: Runner, vault: Path) -> None:
     ok(kms("keys", "cancel-delete", key_id))
     meta = describe(kms, key_id)
     assert meta["KeyState"] == "Disabled"  # AWS: cancel returns the key Disabled
-    assert "DeletionDate" not in meta
+    assert set(meta) == METADATA_MEMBERS
     fails(kms("keys", "cancel-delete", key_id), 4, "KMSInvalidStateException")
 
 
@@ -123,20 +150,40 @@ def test_deletion_window_edges(kms: Runner, vault: Path, days: str) -> None:
 
 def test_tags(kms: Runner, vault: Path) -> None:
     key_id = create(kms, "--tag", "a=1")
+    assert tags(kms, key_id) == [{"TagKey": "a", "TagValue": "1"}]
     ok(kms("keys", "tag", key_id, "b=2", "a=3", "empty="))
-    tags = {t["TagKey"]: t["TagValue"] for t in describe(kms, key_id)["Tags"]}
-    assert tags == {"a": "3", "b": "2", "empty": ""}
+    assert tags(kms, key_id) == [{"TagKey": "a", "TagValue": "3"}, {"TagKey": "b", "TagValue": "2"},
+                                 {"TagKey": "empty", "TagValue": ""}]
     ok(kms("keys", "untag", key_id, "a", "missing"))
-    assert {t["TagKey"] for t in describe(kms, key_id)["Tags"]} == {"b", "empty"}
+    assert tags(kms, key_id) == [{"TagKey": "b", "TagValue": "2"}, {"TagKey": "empty", "TagValue": ""}]
+    ok(kms("keys", "untag", key_id, "b", "empty"))
+    assert tags(kms, key_id) == []
+    # The table form: one tab-separated line per tag in a pipe.
+    ok(kms("keys", "tag", key_id, "team=core"))
+    assert ok(kms("keys", "tags", key_id)).stdout == b"team\tcore\n"
 
 
-@pytest.mark.parametrize("tag", ["=v", "novalue", "aws:x=1", "k" * 129 + "=v", "k=" + "v" * 257])
-def test_bad_tags(kms: Runner, vault: Path, tag: str) -> None:
+@pytest.mark.parametrize(
+    ("tag", "exc"),
+    [("=v", "ValidationException"), ("novalue", "ValidationException"), ("aws:x=1", "TagException"),
+     ("k" * 129 + "=v", "ValidationException"), ("k=" + "v" * 257, "ValidationException")],
+)
+def test_bad_tags(kms: Runner, vault: Path, tag: str, exc: str) -> None:
     key_id = create(kms)
     before = vault.read_bytes()
-    fails(kms("keys", "tag", key_id, tag), 2)
-    fails(kms("keys", "create", "--tag", tag), 2)
+    fails(kms("keys", "tag", key_id, tag), 2, exc)
+    fails(kms("keys", "create", "--tag", tag), 2, exc)
     assert vault.read_bytes() == before
+
+
+@pytest.mark.parametrize(("tag_key", "exc"), [("k" * 129, "ValidationException"), ("", "ValidationException")])
+def test_bad_untag_keys(kms: Runner, vault: Path, tag_key: str, exc: str) -> None:
+    """Tag key lengths are ValidationException in untag as in tag (the model's constraint)."""
+    key_id = create(kms, "--tag", "a=1")
+    before = vault.read_bytes()
+    fails(kms("keys", "untag", key_id, tag_key), 2, exc)
+    assert vault.read_bytes() == before
+    assert tags(kms, key_id) == [{"TagKey": "a", "TagValue": "1"}]
 
 
 def test_descriptions(kms: Runner, vault: Path) -> None:
@@ -151,19 +198,21 @@ def test_descriptions(kms: Runner, vault: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "code"),
+    ("key", "code", "exc"),
     [
-        ("00000000-0000-4000-8000-000000000000", 3),
-        ("not-a-key", 3),
-        ("alias/missing", 3),
-        ("arn:aws:kms:local:000000000000:key/00000000-0000-4000-8000-000000000000", 3),
-        ("arn:aws:kms:bogus", 3),
+        ("00000000-0000-4000-8000-000000000000", 3, "NotFoundException"),
+        ("not-a-key", 3, "NotFoundException"),
+        ("alias/missing", 3, "NotFoundException"),
+        ("arn:aws:kms:local:000000000000:key/00000000-0000-4000-8000-000000000000", 3, "NotFoundException"),
+        # Starts "arn:" but is no KMS key or alias ARN: InvalidArnException, as AWS.
+        ("arn:aws:kms:bogus", 2, "InvalidArnException"),
     ],
 )
-def test_unknown_keys(kms: Runner, vault: Path, key: str, code: int) -> None:
+def test_unknown_keys(kms: Runner, vault: Path, key: str, code: int, exc: str) -> None:
     for args in (["keys", "describe", key], ["keys", "enable", key], ["keys", "disable", key],
-                 ["keys", "schedule-delete", key], ["keys", "tag", key, "a=b"]):
-        fails(kms(*args), code, "NotFoundException")
+                 ["keys", "schedule-delete", key], ["keys", "tag", key, "a=b"], ["keys", "tags", key],
+                 ["keys", "rotation", key]):
+        fails(kms(*args), code, exc)
 
 
 # -- aliases --------------------------------------------------------------
@@ -176,10 +225,14 @@ def test_alias_lifecycle(kms: Runner, vault: Path) -> None:
     b = create(kms)
     ok(kms("alias", "create", "alias/app", a))
     listed = aliases(kms)
-    assert listed == [{"AliasName": "alias/app", "AliasArn": listed[0]["AliasArn"], "TargetKeyId": a}]
-    assert listed[0]["AliasArn"].endswith(":alias/app")
+    assert listed == [{"AliasName": "alias/app", "AliasArn": listed[0]["AliasArn"], "TargetKeyId": a,
+                       "CreationDate": listed[0]["CreationDate"], "LastUpdatedDate": listed[0]["CreationDate"]}]
+    assert listed[0]["AliasArn"] == describe(kms, a)["Arn"].rsplit(":", 1)[0] + ":alias/app"
+    assert ISO.match(listed[0]["CreationDate"])
     ok(kms("alias", "update", "alias/app", b))
-    assert aliases(kms)[0]["TargetKeyId"] == b
+    (updated,) = aliases(kms)
+    assert updated["TargetKeyId"] == b and updated["CreationDate"] == listed[0]["CreationDate"]
+    assert ISO.match(updated["LastUpdatedDate"]) and updated["LastUpdatedDate"] >= updated["CreationDate"]
     ok(kms("alias", "create", "alias/other", "alias/app"))  # an alias as KEY resolves to its key
     assert [x["AliasName"] for x in aliases(kms, "--key", b)] == ["alias/app", "alias/other"]
     assert aliases(kms, "--key", a) == []

@@ -194,3 +194,32 @@ def test_principal_comes_from_the_uid_not_the_environment(kms: Runner, key: str)
     spoof = {"USER": "mallory", "LOGNAME": "mallory", "LNAME": "mallory", "USERNAME": "mallory"}
     line = fails(kms("encrypt", "--key", key, input=b"x", env_update=spoof), 7, "AccessDeniedException")
     assert f"user/{me} " in line
+
+
+def test_list_aliases_consults_no_key_policy(kms: Runner, key: str) -> None:
+    """ListAliases is authorized by IAM alone in AWS: a key policy denying it does not hide the key's aliases."""
+    put(kms, key, admin(account(kms, key)),
+        {"Effect": "Deny", "Principal": "*", "Action": "kms:ListAliases", "Resource": "*"})
+    listed = json.loads(ok(kms("alias", "list", "--key", key, "--json")).stdout)
+    assert [a["AliasName"] for a in listed["Aliases"]] == ["alias/app"] and listed["Truncated"] is False
+    assert [a["TargetKeyId"] for a in listed["Aliases"]] == [key]
+
+
+def test_tags_and_rotation_need_their_own_permissions(kms: Runner, key: str) -> None:
+    """Tags are ListResourceTags', rotation GetKeyRotationStatus': DescribeKey alone shows neither."""
+    ok(kms("keys", "tag", key, "team=secret-team"))
+    ok(kms("keys", "rotation", key, "--enable"))
+    put(kms, key, admin(account(kms, key)),
+        {"Effect": "Deny", "Principal": "*", "Action": ["kms:ListResourceTags", "kms:GetKeyRotationStatus"],
+         "Resource": "*"})
+    for args in (["keys", "tags", key], ["keys", "tags", key, "--json"], ["keys", "rotation", key],
+                 ["keys", "rotation", key, "--json"]):
+        r = kms(*args)
+        line = fails(r, 7, "AccessDeniedException")
+        assert "secret-team" not in line and r.stdout == b""
+    meta = json.loads(ok(kms("keys", "describe", key, "--json")).stdout)["KeyMetadata"]
+    assert not {"Tags", "KeyRotationEnabled", "RotationPeriodInDays", "NextRotationDate"} & set(meta)
+    table = ok(kms("keys", "describe", key)).stdout.decode()
+    assert "secret-team" not in table
+    rows = dict(line.split("\t", 1) for line in table.splitlines())
+    assert rows["Tags"] == "(not allowed to see)" and rows["Rotation"] == "(not allowed to see)"

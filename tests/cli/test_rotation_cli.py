@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Runner, fails, ok
+
+#: A --json timestamp, as the AWS CLI v2 prints it (kmscli keeps times to the second).
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$")
+ROTATION_MEMBERS = {"KeyRotationEnabled", "RotationPeriodInDays", "NextRotationDate", "MinDecryptVersion"}
 
 
 @pytest.fixture
@@ -17,8 +22,17 @@ def key(kms: Runner, vault: Path) -> str:
 
 def rotations(kms: Runner, key: str) -> list[dict]:
     doc = json.loads(ok(kms("keys", "rotations", key, "--json")).stdout)
-    assert set(doc) >= {"Rotations"}
+    assert set(doc) == {"Rotations", "Truncated"} and doc["Truncated"] is False
     return doc["Rotations"]
+
+
+def status(kms: Runner, key: str) -> dict:
+    """GetKeyRotationStatus, as ``keys rotation KEY --json`` prints it."""
+    return json.loads(ok(kms("keys", "rotation", key, "--json")).stdout)
+
+
+def metadata(kms: Runner, key: str) -> dict:
+    return json.loads(ok(kms("keys", "describe", key, "--json")).stdout)["KeyMetadata"]
 
 
 def test_rotations_json_contract(kms: Runner, key: str) -> None:
@@ -31,29 +45,57 @@ def test_rotations_json_contract(kms: Runner, key: str) -> None:
     assert first == {**original, "KeyMaterialState": "NON_CURRENT"}
     assert set(second) == {"KeyId", "KeyMaterialId", "KeyMaterialState", "RotationDate", "RotationType"}
     assert second["RotationType"] == "ON_DEMAND" and second["KeyMaterialState"] == "CURRENT"
-    assert second["RotationDate"].endswith("Z")
+    assert ISO.match(second["RotationDate"])
     meta = json.loads(ok(kms("keys", "describe", key, "--json")).stdout)["KeyMetadata"]
     assert meta["CurrentKeyMaterialId"] == second["KeyMaterialId"]
 
 
 def test_rotation_schedule(kms: Runner, key: str) -> None:
-    ok(kms("keys", "rotation", key, "--enable"))
-    meta = json.loads(ok(kms("keys", "describe", key, "--json")).stdout)["KeyMetadata"]
-    assert meta["KeyRotationEnabled"] is True and meta["RotationPeriodInDays"] == 365
-    assert meta["NextRotationDate"].endswith("Z")
+    arn = metadata(kms, key)["Arn"]
+    assert status(kms, key) == {"KeyId": arn, "KeyRotationEnabled": False}
+    assert ok(kms("keys", "rotation", key)).stdout == b"KeyRotationEnabled\tfalse\n"
+    r = ok(kms("keys", "rotation", key, "--enable"))
+    assert r.stdout == b""
+    # Rotation is GetKeyRotationStatus' (as AWS), never KeyMetadata's.
+    assert not ROTATION_MEMBERS & set(metadata(kms, key))
+    st = status(kms, key)
+    assert set(st) == {"KeyId", "KeyRotationEnabled", "RotationPeriodInDays", "NextRotationDate"}
+    assert st["KeyId"] == arn and st["KeyRotationEnabled"] is True and st["RotationPeriodInDays"] == 365
+    assert ISO.match(st["NextRotationDate"])
+    # Table cells keep the Z form; the same instant as --json's.
+    cell = st["NextRotationDate"].replace("+00:00", "Z")
+    assert ok(kms("keys", "rotation", key)).stdout.decode() == (
+        f"KeyRotationEnabled\ttrue\nRotationPeriodInDays\t365\nNextRotationDate\t{cell}\n")
     table = ok(kms("keys", "describe", key)).stdout.decode()
-    assert "every 365 days, next " in table
+    assert f"every 365 days, next {cell}" in table
     ok(kms("keys", "rotation", key, "--enable", "--days", "2560"))
+    assert status(kms, key)["RotationPeriodInDays"] == 2560
     ok(kms("keys", "rotation", key, "--disable"))
-    meta = json.loads(ok(kms("keys", "describe", key, "--json")).stdout)["KeyMetadata"]
-    assert meta["KeyRotationEnabled"] is False
+    assert status(kms, key) == {"KeyId": arn, "KeyRotationEnabled": False}
+    assert not ROTATION_MEMBERS & set(metadata(kms, key))
 
 
 @pytest.mark.parametrize("args", [("--enable", "--days", "89"), ("--enable", "--days", "2561"),
-                                  ("--enable", "--days", "ninety"), ("--enable", "--disable"), (),
-                                  ("--disable", "--days", "90")])
+                                  ("--enable", "--days", "ninety"), ("--enable", "--disable"),
+                                  ("--disable", "--days", "90"), ("--days", "90"),
+                                  # --json is the status form's only (GetKeyRotationStatus)
+                                  ("--json", "--enable"), ("--json", "--disable"),
+                                  ("--json", "--min-decrypt-version", "1")])
 def test_rotation_bad_input(kms: Runner, key: str, args: tuple[str, ...]) -> None:
-    fails(kms("keys", "rotation", key, *args), 2)
+    before = status(kms, key)
+    r = kms("keys", "rotation", key, *args)
+    fails(r, 2)
+    assert r.stdout == b""
+    assert status(kms, key) == before
+
+
+def test_rotation_status_has_no_min_decrypt_version(kms: Runner, key: str) -> None:
+    """MinDecryptVersion is kmscli's, not GetKeyRotationStatus': it shows in the describe table only."""
+    ok(kms("keys", "rotate", key))
+    ok(kms("keys", "rotation", key, "--min-decrypt-version", "2"))
+    assert status(kms, key) == {"KeyId": metadata(kms, key)["Arn"], "KeyRotationEnabled": False}
+    rows = dict(line.split("\t", 1) for line in ok(kms("keys", "describe", key)).stdout.decode().splitlines())
+    assert rows["MinDecryptVersion"] == "2" and rows["Rotation"] == "off"
 
 
 def test_rotation_of_disabled_key(kms: Runner, key: str) -> None:

@@ -53,6 +53,10 @@ def one_line(e: errors.KmsError) -> None:
 def test_key_refs(text: str) -> None:
     try:
         ref = ids.parse_key_ref(text)
+    except errors.InvalidArnException as e:  # starts "arn:" but is no KMS key or alias ARN
+        assert text.startswith("arn:")
+        one_line(e)
+        return
     except (errors.NotFoundException, errors.ValidationException) as e:  # Validation: not UTF-8 text
         one_line(e)
         return
@@ -89,10 +93,24 @@ def test_key_value_pairs(text: str, what: str) -> None:
 @SETTINGS
 @given(argv_text, argv_text)
 def test_tags_and_descriptions(key: str, value: str) -> None:
+    def utf8(text: str) -> bool:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+
     try:
         ids.validate_tag(key, value)
-    except errors.TagException as e:
+    except errors.ValidationException as e:  # lengths: the model's constraints
+        assert not 1 <= len(key) <= ids.TAG_KEY_MAX or len(value) > ids.TAG_VALUE_MAX
         one_line(e)
+    except errors.TagException as e:  # the reserved prefix, or text that is not UTF-8
+        assert key.lower().startswith("aws:") or not utf8(key) or not utf8(value)
+        one_line(e)
+    else:
+        assert 1 <= len(key) <= ids.TAG_KEY_MAX and len(value) <= ids.TAG_VALUE_MAX
+        assert not key.lower().startswith("aws:") and utf8(key) and utf8(value)
     try:
         ids.validate_description(value * 500)
     except errors.ValidationException as e:
