@@ -10,12 +10,12 @@
 _kmscli_spec() {
     case $1 in
         '')
-            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random keys alias policy audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
+            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random serve keys alias policy audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'init')
-            cmds='  ' opts='--kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --kdf-memory=none --kdf-time=none --kdf-parallelism=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--kdf-memory --kdf-time --kdf-parallelism --account --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --kdf-memory=none --kdf-time=none --kdf-parallelism=none --account=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'passwd')
             cmds='  ' opts='--new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region --debug -h|--help'
@@ -49,8 +49,12 @@ _kmscli_spec() {
             cmds='  ' opts='--format|-f --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --format=choice:base64,hex,raw -f=choice:base64,hex,raw --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='none' ;;
+        'serve')
+            cmds='  ' opts='--host --port --tls-cert --tls-key --ephemeral --account --seed --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --host=none --port=none --tls-cert=file --tls-key=file --account=none --seed=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='' ;;
         'keys')
-            cmds=' create list describe enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations ' opts='-h|--help'
+            cmds=' create list describe tags enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'keys create')
@@ -62,6 +66,10 @@ _kmscli_spec() {
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'keys describe')
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='alias' ;;
+        'keys tags')
             cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
@@ -98,7 +106,7 @@ _kmscli_spec() {
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'keys rotation')
-            cmds='  ' opts='--enable --disable --days --min-decrypt-version --vault --audit-log --passphrase-file --region --debug -h|--help'
+            cmds='  ' opts='--enable --disable --days --min-decrypt-version --json --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --days=none --min-decrypt-version=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'keys rotations')

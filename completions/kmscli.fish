@@ -6,9 +6,9 @@
 function __kmscli_cmds --argument-names path
     switch $path
         case ''
-            echo init passwd unlock lock encrypt decrypt reencrypt datakey random keys alias policy audit credentials
+            echo init passwd unlock lock encrypt decrypt reencrypt datakey random serve keys alias policy audit credentials
         case 'keys'
-            echo create list describe enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations
+            echo create list describe tags enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations
         case 'alias'
             echo create update delete list
         case 'policy'
@@ -26,7 +26,7 @@ function __kmscli_vopts --argument-names path
         case ''
             echo --vault --audit-log --passphrase-file --region
         case 'init'
-            echo --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region
+            echo --kdf-memory --kdf-time --kdf-parallelism --account --vault --audit-log --passphrase-file --region
         case 'passwd'
             echo --new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region
         case 'unlock'
@@ -43,11 +43,15 @@ function __kmscli_vopts --argument-names path
             echo --spec --bytes --context -c --vault --audit-log --passphrase-file --region
         case 'random'
             echo --format -f --vault --audit-log --passphrase-file --region
+        case 'serve'
+            echo --host --port --tls-cert --tls-key --account --seed --vault --audit-log --passphrase-file --region
         case 'keys create'
             echo --description -d --alias --tag --policy --vault --audit-log --passphrase-file --region
         case 'keys list'
             echo --vault --audit-log --passphrase-file --region
         case 'keys describe'
+            echo --vault --audit-log --passphrase-file --region
+        case 'keys tags'
             echo --vault --audit-log --passphrase-file --region
         case 'keys enable'
             echo --vault --audit-log --passphrase-file --region
@@ -185,6 +189,7 @@ complete -c kmscli -n '__kmscli_at \'\'' -a decrypt -d 'Decrypt a kmscli ciphert
 complete -c kmscli -n '__kmscli_at \'\'' -a reencrypt -d 'Move a ciphertext to another key or context without revealing the plaintext.'
 complete -c kmscli -n '__kmscli_at \'\'' -a datakey -d 'Make a data key: plaintext and a copy encrypted under KEY.'
 complete -c kmscli -n '__kmscli_at \'\'' -a random -d 'Print N random bytes (1..1024); needs no vault.'
+complete -c kmscli -n '__kmscli_at \'\'' -a serve -d 'Serve the vault over AWS KMS\'s wire protocol: point AWS_ENDPOINT_URL_KMS at it and sign with a key from \'kmscli credentials create\'.'
 complete -c kmscli -n '__kmscli_at \'\'' -a keys -d 'Create, inspect, enable, disable, rotate and delete keys.'
 complete -c kmscli -n '__kmscli_at \'\'' -a alias -d 'Create, repoint, delete and list aliases (names start with alias/).'
 complete -c kmscli -n '__kmscli_at \'\'' -a policy -d 'Read and replace key policies (AWS IAM JSON grammar).'
@@ -202,6 +207,7 @@ complete -c kmscli -n '__kmscli_at \'\'' -s h -l help -d 'Show this message and 
 complete -c kmscli -n '__kmscli_at \'init\'' -l kdf-memory -x -d 'Argon2id memory in MiB (8..1024; default 512).'
 complete -c kmscli -n '__kmscli_at \'init\'' -l kdf-time -x -d 'Argon2id passes (1..8; default 2; memory x passes <= 2048).'
 complete -c kmscli -n '__kmscli_at \'init\'' -l kdf-parallelism -x -d 'Argon2id lanes (1..8; default 4).'
+complete -c kmscli -n '__kmscli_at \'init\'' -l account -x -d 'The vault\'s AWS account id, in every ARN (default: random).'
 complete -c kmscli -n '__kmscli_at \'init\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'init\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'init\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
@@ -303,10 +309,26 @@ complete -c kmscli -n '__kmscli_at \'random\'' -l region -x -a '(__kmscli_aliase
 complete -c kmscli -n '__kmscli_at \'random\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'random\'' -s h -l help -d 'Show this message and exit.'
 
+# kmscli serve
+complete -c kmscli -n '__kmscli_at \'serve\'' -l host -x -d 'Address to listen on (default 127.0.0.1; any other than loopback needs TLS).'
+complete -c kmscli -n '__kmscli_at \'serve\'' -l port -x -d 'Port (0: any free one; default 8080).'
+complete -c kmscli -n '__kmscli_at \'serve\'' -l tls-cert -r -F -d 'TLS certificate (PEM).'
+complete -c kmscli -n '__kmscli_at \'serve\'' -l tls-key -r -F -d 'TLS private key (PEM).'
+complete -c kmscli -n '__kmscli_at \'serve\'' -l ephemeral -d 'For test suites: no vault, state in memory, any SigV4 credentials accepted.'
+complete -c kmscli -n '__kmscli_at \'serve\'' -l account -x -d 'With --ephemeral: the account in ARNs (default 123456789012).'
+complete -c kmscli -n '__kmscli_at \'serve\'' -l seed -r -F -d 'With --ephemeral: keys, aliases, tags and policies to preload (YAML or JSON).'
+complete -c kmscli -n '__kmscli_at \'serve\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'serve\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'serve\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'serve\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'serve\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'serve\'' -s h -l help -d 'Show this message and exit.'
+
 # kmscli keys
 complete -c kmscli -n '__kmscli_at \'keys\'' -a create -d 'Create a symmetric key and print its key id.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a list -d 'List keys (with --all, also those pending deletion).'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a describe -d 'Show one key\'s metadata.'
+complete -c kmscli -n '__kmscli_at \'keys\'' -a tags -d 'List a key\'s tags (ListResourceTags).'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a enable -d 'Allow cryptographic use of a key.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a disable -d 'Forbid cryptographic use of a key (reversible).'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a schedule-delete -d 'Schedule a key\'s destruction after a waiting period (7..30 days, default 30).'
@@ -315,7 +337,7 @@ complete -c kmscli -n '__kmscli_at \'keys\'' -a set-description -d 'Replace a ke
 complete -c kmscli -n '__kmscli_at \'keys\'' -a tag -d 'Add or replace tags on a key.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a untag -d 'Remove tags from a key.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a rotate -d 'Give a key new material now; old ciphertexts still decrypt.'
-complete -c kmscli -n '__kmscli_at \'keys\'' -a rotation -d 'Turn automatic rotation on or off, or retire old material.'
+complete -c kmscli -n '__kmscli_at \'keys\'' -a rotation -d 'Show automatic rotation (GetKeyRotationStatus), turn it on or off, or retire old material.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a rotations -d 'List every material version of a key.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -s h -l help -d 'Show this message and exit.'
 
@@ -352,6 +374,16 @@ complete -c kmscli -n '__kmscli_at \'keys describe\'' -l region -x -a '(__kmscli
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys describe\' 0' -a '(__kmscli_aliases)' -d 'KEY'
+
+# kmscli keys tags
+complete -c kmscli -n '__kmscli_at \'keys tags\'' -l json -d 'Print the AWS KMS JSON response shape.'
+complete -c kmscli -n '__kmscli_at \'keys tags\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'keys tags\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys tags\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys tags\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys tags\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys tags\'' -s h -l help -d 'Show this message and exit.'
+complete -c kmscli -n '__kmscli_arg \'keys tags\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
 # kmscli keys enable
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
@@ -432,6 +464,7 @@ complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l enable -d 'Rotate autom
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l disable -d 'Stop rotating automatically.'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l days -x -d 'Rotation period (90..2560, default 365).'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l min-decrypt-version -x -d 'Refuse to decrypt ciphertexts sealed with material older than version N.'
+complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l json -d 'Print the GetKeyRotationStatus response (status only).'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'

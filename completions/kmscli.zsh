@@ -58,6 +58,7 @@ _kmscli() {
         'reencrypt:Move a ciphertext to another key or context without revealing the plaintext.'
         'datakey:Make a data key: plaintext and a copy encrypted under KEY.'
         'random:Print N random bytes (1..1024); needs no vault.'
+        'serve:Serve the vault over AWS KMS'\''s wire protocol: point AWS_ENDPOINT_URL_KMS at it and sign with a key from '\''kmscli credentials create'\''.'
         'keys:Create, inspect, enable, disable, rotate and delete keys.'
         'alias:Create, repoint, delete and list aliases (names start with alias/).'
         'policy:Read and replace key policies (AWS IAM JSON grammar).'
@@ -77,6 +78,7 @@ _kmscli() {
         (reencrypt) _kmscli_reencrypt && ret=0 ;;
         (datakey) _kmscli_datakey && ret=0 ;;
         (random) _kmscli_random && ret=0 ;;
+        (serve) _kmscli_serve && ret=0 ;;
         (keys) _kmscli_keys && ret=0 ;;
         (alias) _kmscli_alias && ret=0 ;;
         (policy) _kmscli_policy && ret=0 ;;
@@ -92,6 +94,7 @@ _kmscli_init() {
         '--kdf-memory=[Argon2id memory in MiB (8..1024; default 512).]:MIB: ' \
         '--kdf-time=[Argon2id passes (1..8; default 2; memory x passes <= 2048).]:N: ' \
         '--kdf-parallelism=[Argon2id lanes (1..8; default 4).]:N: ' \
+        '--account=[The vault'\''s AWS account id, in every ARN (default: random).]:12-DIGITS: ' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
@@ -236,6 +239,24 @@ _kmscli_random() {
         ':N: '
 }
 
+_kmscli_serve() {
+    _arguments -S \
+        '--host=[Address to listen on (default 127.0.0.1; any other than loopback needs TLS).]:ADDRESS: ' \
+        '--port=[Port (0: any free one; default 8080).]:N: ' \
+        '--tls-cert=[TLS certificate (PEM).]:FILE:_files' \
+        '--tls-key=[TLS private key (PEM).]:FILE:_files' \
+        '--ephemeral[For test suites: no vault, state in memory, any SigV4 credentials accepted.]' \
+        '--account=[With --ephemeral: the account in ARNs (default 123456789012).]:12-DIGITS: ' \
+        '--seed=[With --ephemeral: keys, aliases, tags and policies to preload (YAML or JSON).]:FILE:_files' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]'
+}
+
 _kmscli_keys() {
     local curcontext=$curcontext state state_descr line ret=1
     typeset -A opt_args
@@ -250,6 +271,7 @@ _kmscli_keys() {
         'create:Create a symmetric key and print its key id.'
         'list:List keys (with --all, also those pending deletion).'
         'describe:Show one key'\''s metadata.'
+        'tags:List a key'\''s tags (ListResourceTags).'
         'enable:Allow cryptographic use of a key.'
         'disable:Forbid cryptographic use of a key (reversible).'
         'schedule-delete:Schedule a key'\''s destruction after a waiting period (7..30 days, default 30).'
@@ -258,7 +280,7 @@ _kmscli_keys() {
         'tag:Add or replace tags on a key.'
         'untag:Remove tags from a key.'
         'rotate:Give a key new material now; old ciphertexts still decrypt.'
-        'rotation:Turn automatic rotation on or off, or retire old material.'
+        'rotation:Show automatic rotation (GetKeyRotationStatus), turn it on or off, or retire old material.'
         'rotations:List every material version of a key.'
         )
         _describe -t commands 'kmscli keys command' commands && ret=0 ;;
@@ -268,6 +290,7 @@ _kmscli_keys() {
         (create) _kmscli_keys_create && ret=0 ;;
         (list) _kmscli_keys_list && ret=0 ;;
         (describe) _kmscli_keys_describe && ret=0 ;;
+        (tags) _kmscli_keys_tags && ret=0 ;;
         (enable) _kmscli_keys_enable && ret=0 ;;
         (disable) _kmscli_keys_disable && ret=0 ;;
         (schedule-delete) _kmscli_keys_schedule_delete && ret=0 ;;
@@ -316,6 +339,19 @@ _kmscli_keys_list() {
 }
 
 _kmscli_keys_describe() {
+    _arguments -S \
+        '--json[Print the AWS KMS JSON response shape.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ':KEY:_kmscli_aliases'
+}
+
+_kmscli_keys_tags() {
     _arguments -S \
         '--json[Print the AWS KMS JSON response shape.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
@@ -435,6 +471,7 @@ _kmscli_keys_rotation() {
         '--disable[Stop rotating automatically.]' \
         '--days=[Rotation period (90..2560, default 365).]:N: ' \
         '--min-decrypt-version=[Refuse to decrypt ciphertexts sealed with material older than version N.]:N: ' \
+        '--json[Print the GetKeyRotationStatus response (status only).]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
