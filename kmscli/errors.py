@@ -174,8 +174,8 @@ class SessionAgentException(UnlockError):
 INVALID_CIPHERTEXT_MESSAGE = (
     "the ciphertext cannot be decrypted: it was modified or truncated, the "
     "encryption context differs from the one used to encrypt, it was made "
-    "under another key than --key names, or its key is not in this vault "
-    "(destroyed, from another vault, or in another region than --region)"
+    "under another key than the one asked for (--key, KeyId), or its key is "
+    "not in this vault (destroyed, from another vault, or of another region)"
 )
 
 

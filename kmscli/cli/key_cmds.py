@@ -216,7 +216,7 @@ def rotations(key: KeyArg, json_: JsonOpt = False) -> None:
     found: list[dict[str, Any]] = []
     marker = None
     while True:
-        page = svc.ListKeyRotations(KeyId=key, Limit=1000, Marker=marker)
+        page = svc.ListKeyRotations(KeyId=key, Limit=1000, Marker=marker, IncludeKeyMaterial="ALL_KEY_MATERIAL")
         found += page["Rotations"]
         marker = page.get("NextMarker")
         if marker is None:

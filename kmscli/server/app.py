@@ -16,6 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from . import wire
 #: fsync go to disk in one group commit (audit.GroupCommit), so sixteen
 #: connections share one fsync instead of queueing for sixteen.
 WORKERS = 16
+_GONE = object()
 #: Paths that reset an ephemeral server, as moto's server mode and kmscli name them.
 RESET_PATHS = frozenset({"/moto-api/reset", "/_kmscli/reset"})
 
@@ -130,10 +132,12 @@ class EphemeralBackend(Backend):
         self._seed = seed
         self._lock = threading.Lock()
         self._verifier = SigV4Verifier.accept_any()
-        self._folder: Path | None = None
+        self._state: _State | None = None
+        self._old: _State | None = None
         self._make()
 
     def _make(self) -> None:
+        """A new empty (or seeded) vault, swapped in whole: a request sees the old state or the new."""
         import tempfile
 
         from ..service import Kms
@@ -142,17 +146,23 @@ class EphemeralBackend(Backend):
 
         shm = Path("/dev/shm")
         base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-        self._folder = Path(tempfile.mkdtemp(prefix="kmscli-ephemeral-", dir=base))
+        folder = Path(tempfile.mkdtemp(prefix="kmscli-ephemeral-", dir=base))
         secret = os.urandom(32).hex().encode()
-        vault = self._folder / "vault.kms"
+        vault = folder / "vault.kms"
         # A random 256-bit passphrase: the KDF's cost adds nothing to it.
         opener = PassphraseKeySource(lambda: secret)
         Kms(vault, opener).CreateVault(F.KdfParams(memory_kib=8 * 1024, time_cost=1, parallelism=1),
                                        Account=self.account)
-        self.vault_path = vault
-        self.keys = FixedKeySource(VaultStore(vault).open(opener).vault_key)
+        state = _State(vault, FixedKeySource(VaultStore(vault).open(opener).vault_key), folder)
         if self._seed is not None:
-            self._seed(self)
+            self._seed(_Seeding(self, state))
+        with self._lock:
+            # Requests still running on the state before last are long done; the
+            # one before is kept until the next reset, so none fails mid-way.
+            old, self._old = self._old, self._state
+            self._state = state
+        if old is not None:
+            old.remove()
 
     def verify(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Any:
         return self._verifier.verify(method, target, headers, body, now=_now())
@@ -166,20 +176,47 @@ class EphemeralBackend(Backend):
                         access_key_id=identity.access_key_id if identity is not None else None,
                         source_ip=source_ip, user_agent=user_agent, request_id=request_id)
         region = identity.region if identity is not None else "local"
-        return Kms(self.vault_path, self.keys, caller=caller, region=region)
+        state = self._state
+        assert state is not None
+        return Kms(state.vault_path, state.keys, caller=caller, region=region)
 
     def reset(self) -> bool:
-        with self._lock:
-            self.close()
-            self._make()
+        self._make()
         return True
 
     def close(self) -> None:
+        with self._lock:
+            states, self._state, self._old = (self._state, self._old), None, None
+        for state in states:
+            if state is not None:
+                state.remove()
+
+
+@dataclass
+class _State:
+    """One ephemeral vault: its file, its key, the private folder holding it and its log."""
+
+    vault_path: Path
+    keys: Any
+    folder: Path
+
+    def remove(self) -> None:
         import shutil
 
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _Seeding:
+    """What a seed sees while the new state is built: the backend's service, on that state."""
+
+    def __init__(self, backend: EphemeralBackend, state: _State) -> None:
+        self.backend, self.state = backend, state
+
+    def service(self, *args: Any) -> Any:
+        from ..service import Caller, Kms
+
+        caller = Caller(user="seed", uid=None, pid=None, host=_hostname())
+        return Kms(self.state.vault_path, self.state.keys, caller=caller, region="local")
 
 
 _HOST: list[str] = []
@@ -209,6 +246,8 @@ class KmsApp:
             return
         request_id = str(uuid.uuid4())
         body = await self._body(receive)
+        if body is _GONE:
+            return  # the client hung up before its body was whole: nothing to answer, nothing done
         if body is None:
             await self._send(send, request_id, wire.Answer(413, b'{"__type":"RequestEntityTooLargeException",'
                                                                 b'"message":"the request body is over 1 MiB"}',
@@ -237,25 +276,30 @@ class KmsApp:
             identity = self.backend.verify(scope.get("method", ""), target, headers, body)
             if scope.get("method") != "POST":
                 raise errors.UnknownOperationException("KMS answers POST requests only")
-            operation = wire.operation_of(_header(headers, b"x-amz-target"))
             client = scope.get("client")
             kms = self.backend.service(identity, client[0] if client else None,
                                        _header(headers, b"user-agent"), request_id)
+            try:
+                operation = wire.operation_of(_header(headers, b"x-amz-target"))
+            except errors.KmsError as e:  # signed, so recorded like every request that names its caller
+                kms.record_refusal("UnknownOperation", e)
+                raise
             return wire.ok(operation, wire.call(kms, operation, body))
         except errors.KmsError as e:
-            return wire.failure(e)
+            return wire.failure(e, request_id)
         except Exception as e:  # the last line of defence: an AWS 500, the details on the server's stderr
             sys.stderr.write(f"kmscli: serve: request {request_id} failed: {type(e).__name__}: {e}\n")
-            return wire.failure(errors.KMSInternalException(f"internal error (request {request_id})"))
+            return wire.failure(errors.KMSInternalException(f"internal error (request {request_id})"), request_id)
 
     @staticmethod
-    async def _body(receive: Callable[..., Any]) -> bytes | None:
+    async def _body(receive: Callable[..., Any]) -> Any:
+        """The whole body; None when it is over the limit, _GONE when the client left before sending it all."""
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return b"".join(chunks)
+                return _GONE
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > wire.MAX_BODY_BYTES:

@@ -89,15 +89,31 @@ def _too_deep(body: bytes) -> bool:
 
 
 def call(kms: Any, operation: str, body: bytes) -> dict[str, Any]:
-    """Run one wire request against the service; its AWS response document (Python values)."""
-    params = shapes.validate_input(operation, parse_body(body))
+    """Run one wire request against the service; its AWS response document (Python values).
+
+    A request refused here, before the service saw it (a body that is not
+    JSON, a constraint of the model, a member kmscli cannot honour), is
+    recorded all the same: every signed request is one audit record.
+    """
+    try:
+        params = shapes.validate_input(operation, parse_body(body))
+        invoke = _prepare(kms, operation, params)
+    except errors.KmsError as e:
+        kms.record_refusal(operation, e)
+        raise
+    return invoke()
+
+
+def _prepare(kms: Any, operation: str, params: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """Check what only the wire can get wrong; return the one service call the request makes."""
     handler = _HANDLERS.get(operation)
     if handler is not None:
         return handler(kms, params)
     method = getattr(kms, operation, None)
     if method is None or operation.startswith("_"):
         raise errors.UnsupportedOperationException(f"kmscli does not support {operation} yet")
-    return method(**_arguments(method, operation, params))
+    arguments = _arguments(method, operation, params)
+    return lambda: method(**arguments)  # type: ignore[no-any-return]
 
 
 def _arguments(method: Callable[..., Any], operation: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -139,16 +155,23 @@ def _common(operation: str, params: dict[str, Any], allowed: tuple[str, ...] | f
             raise errors.UnsupportedOperationException(f"kmscli does not support {name} in {operation} yet")
 
 
-def _encrypt(kms: Any, params: dict[str, Any]) -> dict[str, Any]:
+Prepared = Callable[[], dict[str, Any]]
+
+
+def _encrypt(kms: Any, params: dict[str, Any]) -> Prepared:
     _algorithm(params)
     _common("Encrypt", params, ("KeyId", "Plaintext", "EncryptionContext"))
-    out = io.BytesIO()
-    answer = kms.Encrypt(params["KeyId"], io.BytesIO(params["Plaintext"]), out,
-                         EncryptionContext=params.get("EncryptionContext"))
-    return {**answer, "CiphertextBlob": out.getvalue()}
+
+    def run() -> dict[str, Any]:
+        out = io.BytesIO()
+        answer = kms.Encrypt(params["KeyId"], io.BytesIO(params["Plaintext"]), out,
+                             EncryptionContext=params.get("EncryptionContext"))
+        return {**answer, "CiphertextBlob": out.getvalue()}
+
+    return run
 
 
-def _decrypt(kms: Any, params: dict[str, Any]) -> dict[str, Any]:
+def _decrypt(kms: Any, params: dict[str, Any]) -> Prepared:
     _algorithm(params)
     _common("Decrypt", params, ("CiphertextBlob", "EncryptionContext", "KeyId"))
     if "CiphertextBlob" not in params:
@@ -156,26 +179,34 @@ def _decrypt(kms: Any, params: dict[str, Any]) -> dict[str, Any]:
             "1 validation error detected: Value null at 'ciphertextBlob' failed to satisfy constraint: "
             "Member must not be null"
         )
-    out = io.BytesIO()
-    answer = kms.Decrypt(io.BytesIO(params["CiphertextBlob"]), out, EncryptionContext=params.get("EncryptionContext"),
-                         KeyId=params.get("KeyId"))
-    return {**answer, "Plaintext": out.getvalue()}
+
+    def run() -> dict[str, Any]:
+        out = io.BytesIO()
+        answer = kms.Decrypt(io.BytesIO(params["CiphertextBlob"]), out,
+                             EncryptionContext=params.get("EncryptionContext"), KeyId=params.get("KeyId"))
+        return {**answer, "Plaintext": out.getvalue()}
+
+    return run
 
 
-def _reencrypt(kms: Any, params: dict[str, Any]) -> dict[str, Any]:
+def _reencrypt(kms: Any, params: dict[str, Any]) -> Prepared:
     _algorithm(params, "SourceEncryptionAlgorithm")
     _algorithm(params, "DestinationEncryptionAlgorithm")
     _common("ReEncrypt", params, ("CiphertextBlob", "SourceEncryptionContext", "SourceKeyId", "DestinationKeyId",
                                   "DestinationEncryptionContext"))
-    out = io.BytesIO()
-    answer = kms.ReEncrypt(io.BytesIO(params["CiphertextBlob"]), out, params["DestinationKeyId"],
-                           SourceEncryptionContext=params.get("SourceEncryptionContext"),
-                           DestinationEncryptionContext=params.get("DestinationEncryptionContext"),
-                           SourceKeyId=params.get("SourceKeyId"))
-    return {**answer, "CiphertextBlob": out.getvalue()}
+
+    def run() -> dict[str, Any]:
+        out = io.BytesIO()
+        answer = kms.ReEncrypt(io.BytesIO(params["CiphertextBlob"]), out, params["DestinationKeyId"],
+                               SourceEncryptionContext=params.get("SourceEncryptionContext"),
+                               DestinationEncryptionContext=params.get("DestinationEncryptionContext"),
+                               SourceKeyId=params.get("SourceKeyId"))
+        return {**answer, "CiphertextBlob": out.getvalue()}
+
+    return run
 
 
-def _generate_random(kms: Any, params: dict[str, Any]) -> dict[str, Any]:
+def _generate_random(kms: Any, params: dict[str, Any]) -> Prepared:
     _common("GenerateRandom", params, ("NumberOfBytes",))
     n = params.get("NumberOfBytes")
     if n is None:  # optional in the model; kmscli asks for it rather than guess a size
@@ -183,10 +214,10 @@ def _generate_random(kms: Any, params: dict[str, Any]) -> dict[str, Any]:
             "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy constraint: "
             "Member must not be null"
         )
-    return {"Plaintext": kms.GenerateRandomRecorded(n)}
+    return lambda: {"Plaintext": kms.GenerateRandomRecorded(n)}
 
 
-def _create_key(kms: Any, params: dict[str, Any]) -> dict[str, Any]:
+def _create_key(kms: Any, params: dict[str, Any]) -> Prepared:
     spec = params.pop("CustomerMasterKeySpec", None)
     if spec is not None and "KeySpec" not in params:
         params["KeySpec"] = spec
@@ -196,10 +227,10 @@ def _create_key(kms: Any, params: dict[str, Any]) -> dict[str, Any]:
         raise errors.UnsupportedOperationException("kmscli does not make multi-Region keys")
     _common("CreateKey", params, ("Description", "Tags", "Policy", "BypassPolicyLockoutSafetyCheck", "KeySpec",
                                   "KeyUsage"))
-    return kms.CreateKey(**params)  # type: ignore[no-any-return]
+    return lambda: kms.CreateKey(**params)  # type: ignore[no-any-return]
 
 
-_HANDLERS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
+_HANDLERS: dict[str, Callable[[Any, dict[str, Any]], Prepared]] = {
     "Encrypt": _encrypt,
     "Decrypt": _decrypt,
     "ReEncrypt": _reencrypt,
@@ -214,12 +245,20 @@ def ok(operation: str, doc: dict[str, Any]) -> Answer:
     return Answer(200, body, [("Content-Type", CONTENT_TYPE)])
 
 
-def failure(error: errors.KmsError) -> Answer:
-    """AWS's error document: HTTP 400 for the caller's errors, 500 only for ours (clients retry 5xx)."""
-    name, status = error.name, 400
+def failure(error: errors.KmsError, request_id: str = "") -> Answer:
+    """AWS's error document: HTTP 400 for the caller's errors, 500 only for ours (clients retry 5xx).
+
+    The vault or its log failing under the server, or a vault the server can
+    no longer unlock (its passphrase changed), is not the caller's doing: the
+    client gets KMSInternalException and the request id; the details (paths
+    included) go to the server's stderr only.
+    """
+    name, status, message = error.name, 400, error.message
     if isinstance(error, (errors.KMSInternalException, errors.VaultFileError, errors.UnlockError)):
-        # The vault or its log failed under the server, or it can no longer be
-        # unlocked (passwd ran): not the caller's doing. The name stays AWS's.
+        import sys
+
+        sys.stderr.write(f"kmscli: serve: request {request_id} failed: {error.name}: {error.message}\n")
         name, status = "KMSInternalException", 500
-    body = json.dumps({"__type": name, "message": error.message}, separators=(",", ":")).encode()
+        message = f"the server could not complete the request (request {request_id}); its log says why"
+    body = json.dumps({"__type": name, "message": message}, separators=(",", ":")).encode()
     return Answer(status, body, [("Content-Type", CONTENT_TYPE), ("X-Amzn-ErrorType", name)])

@@ -144,6 +144,15 @@ class Core:
             self._record(self.store.open(self.keys), Call(event, {}), refusal)
         raise refusal
 
+    def record_refusal(self, event: str, error: errors.KmsError, request: dict[str, Any] | None = None) -> None:
+        """Record a request an adapter refused before any operation ran (the wire's own checks).
+
+        Keyed like every record; best effort, since the refusal itself is what
+        the caller must get.
+        """
+        with contextlib.suppress(errors.KmsError), self._refusing(event, request or {}):
+            raise error
+
     @contextlib.contextmanager
     def _refusing(self, event: str, request: dict[str, Any]) -> Iterator[None]:
         """Record a request refused by validation, before anything else happens.

@@ -94,14 +94,23 @@ class RotationOps(Core):
 
         return self._mutate("RotateKeyOnDemand", {"keyId": KeyId}, rotate)
 
-    def ListKeyRotations(self, KeyId: str, Limit: int | None = None, Marker: str | None = None) -> dict[str, Any]:
-        request: dict[str, Any] = {"keyId": KeyId}
+    def ListKeyRotations(self, KeyId: str, Limit: int | None = None, Marker: str | None = None,
+                         IncludeKeyMaterial: str = "ROTATIONS_ONLY") -> dict[str, Any]:
+        """A key's material versions, oldest first: the rotations only (AWS's default) or, with
+        ``IncludeKeyMaterial="ALL_KEY_MATERIAL"``, the original material too (``keys rotations``)."""
+        request: dict[str, Any] = {"keyId": KeyId, "includeKeyMaterial": IncludeKeyMaterial}
         request.update({k: v for k, v in (("limit", Limit), ("marker", Marker)) if v is not None})
+        with self._refusing("ListKeyRotations", request):
+            if IncludeKeyMaterial not in ("ROTATIONS_ONLY", "ALL_KEY_MATERIAL"):
+                raise errors.ValidationException(
+                    f"IncludeKeyMaterial must be ROTATIONS_ONLY or ALL_KEY_MATERIAL (got '{IncludeKeyMaterial}')")
 
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:ListKeyRotations")
             current = key["Materials"][-1]["Version"]
-            materials, marker = page(key["Materials"], lambda m: (f"{m['Version']:010d}",), Limit, Marker,
+            shown = [m for m in key["Materials"]
+                     if IncludeKeyMaterial == "ALL_KEY_MATERIAL" or m["RotationType"] is not None]
+            materials, marker = page(shown, lambda m: (f"{m['Version']:010d}",), Limit, Marker,
                                      LIST_LIMIT_DEFAULT)
             out = []
             for m in materials:
