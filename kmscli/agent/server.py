@@ -33,7 +33,12 @@ from typing import Any
 from . import worker as W
 
 #: From SIGINT (the worker cleans up, as on Ctrl-C) to SIGKILL for a worker whose client is gone.
-GRACE_S = 2.0
+#: Cleaning up (removing a temporary output, recording the interrupted call)
+#: takes milliseconds, but a loaded machine (two test suites on two cores)
+#: stretched it past 2 s, and a killed worker leaves its temporary file for
+#: the next writer to reap. A client waits this long at most; a second
+#: Ctrl-C stops waiting at once.
+GRACE_S = 10.0
 #: The TTL clock (CLOCK_BOOTTIME) runs on while the machine sleeps, epoll's timer does not:
 #: wake at least this often so a suspended laptop's session ends on time.
 POLL_MAX_S = 5.0

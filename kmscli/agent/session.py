@@ -27,8 +27,9 @@ DEFAULT_TTL_S = 15 * 60
 MAX_TTL_S = 24 * 60 * 60
 #: How long ``unlock`` waits for a new agent to import the CLI and bind its socket.
 AGENT_START_TIMEOUT_S = 30.0
-#: How long ``lock`` and ``passwd`` wait for each agent to answer.
-AGENT_ANSWER_TIMEOUT_S = 5.0
+#: How long ``lock`` and ``passwd`` wait for each agent to answer: a healthy
+#: agent answers in milliseconds; the margin is for a machine under heavy load.
+AGENT_ANSWER_TIMEOUT_S = 30.0
 SOCKET_SUFFIX = ".sock"
 RUNTIME_ENV = "KMSCLI_RUNTIME_DIR"
 #: Where systemd-logind makes each user's runtime folder (XDG_RUNTIME_DIR's usual value).
