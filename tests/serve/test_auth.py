@@ -167,6 +167,15 @@ def test_what_was_signed_is_what_counts(served: Served) -> None:
     assert_aws_error(send(served.url, headers, body, path="/kms"), "InvalidSignatureException")
 
 
+def test_the_operation_must_be_signed(served: Served) -> None:
+    """An unsigned X-Amz-Target would let a captured request run as another operation with the same body."""
+    cred = served.creds["alice"]
+    body = body_of({})
+    headers = sign(served.url, None, body, cred.access_key_id, cred.secret)  # signed without a target
+    r = send(served.url, {**headers, "X-Amz-Target": op("ListKeys")}, body)
+    assert "target" in assert_aws_error(r, "InvalidSignatureException")["message"].lower()
+
+
 def test_a_deleted_credential_is_refused_at_once_while_the_server_runs(served: Served) -> None:
     carol = served.add_credential("carol")  # made while the server runs: it works without a restart
     kms = make_client(served.url, carol.access_key_id, carol.secret)
