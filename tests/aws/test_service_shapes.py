@@ -198,6 +198,7 @@ def test_every_service_operation_with_an_aws_counterpart_is_called() -> None:
     assert local == {"CreateVault", "Unlock", "ChangePassphrase", "SetMinDecryptVersion", "VerifyAuditLog",
                      "GetAuditHead", "RestartAuditLog", "ReadAuditLog", "ListKeyDetails", "DescribeKeyDetails",
                      "GenerateRandomRecorded",  # GenerateRandom as serve records it
+                     "SeedVault",  # serve --ephemeral --seed
                      # IAM's, for `kmscli serve` credentials (tests/cli/test_credentials_cli.py)
                      "CreateAccessKey", "ListAccessKeys", "DeleteAccessKey"}
 
