@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -35,14 +35,7 @@ def list_(
     json_: Annotated[bool, typer.Option("--json", help="Print the AWS KMS JSON response shape.")] = False,
 ) -> None:
     svc = common.service()
-    found: list[dict[str, Any]] = []
-    marker = None
-    while True:
-        page = svc.ListAliases(KeyId=key, Limit=100, Marker=marker)
-        found += page["Aliases"]
-        marker = page.get("NextMarker")
-        if marker is None:
-            break
+    found = common.all_pages(lambda m: svc.ListAliases(KeyId=key, Limit=100, Marker=m), "Aliases")
     if json_:
         output.emit_aws("ListAliases", {"Aliases": found, "Truncated": False})
         return

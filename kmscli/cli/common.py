@@ -146,3 +146,15 @@ def pairs(values: list[str] | None, what: str) -> dict[str, str]:
             raise errors.ValidationException(f"{what} key '{k}' is given twice with different values")
         out[k] = val
     return out
+
+
+def all_pages(fetch: Any, member: str) -> list[Any]:
+    """Every item of a paged List* answer, as the AWS CLI pages: ``fetch(marker)`` returns one page."""
+    items: list[Any] = []
+    marker = None
+    while True:
+        page = fetch(marker)
+        items += page[member]
+        marker = page.get("NextMarker")
+        if marker is None:
+            return items

@@ -45,14 +45,7 @@ def list_(
     svc = common.service()
     if json_:
         # ListKeys, every page (as the AWS CLI pages), printed as one response.
-        keys: list[dict[str, Any]] = []
-        marker = None
-        while True:
-            page = svc.ListKeys(Limit=1000, Marker=marker, IncludePendingDeletion=all_)
-            keys += page["Keys"]
-            marker = page.get("NextMarker")
-            if marker is None:
-                break
+        keys = common.all_pages(lambda m: svc.ListKeys(Limit=1000, Marker=m, IncludePendingDeletion=all_), "Keys")
         output.emit_aws("ListKeys", {"Keys": keys, "Truncated": False})
         return
     rows = []
@@ -100,14 +93,7 @@ def describe(key: KeyArg, json_: JsonOpt = False) -> None:
 @app.command("tags", cls=common.KmsCommand, help="List a key's tags (ListResourceTags).")
 def tags(key: KeyArg, json_: JsonOpt = False) -> None:
     svc = common.service()
-    found: list[dict[str, str]] = []
-    marker = None
-    while True:
-        page = svc.ListResourceTags(KeyId=key, Limit=50, Marker=marker)
-        found += page["Tags"]
-        marker = page.get("NextMarker")
-        if marker is None:
-            break
+    found = common.all_pages(lambda m: svc.ListResourceTags(KeyId=key, Limit=50, Marker=m), "Tags")
     if json_:
         output.emit_aws("ListResourceTags", {"Tags": found, "Truncated": False})
         return
@@ -213,14 +199,8 @@ def rotation(
 @app.command("rotations", cls=common.KmsCommand, help="List every material version of a key.")
 def rotations(key: KeyArg, json_: JsonOpt = False) -> None:
     svc = common.service()
-    found: list[dict[str, Any]] = []
-    marker = None
-    while True:
-        page = svc.ListKeyRotations(KeyId=key, Limit=1000, Marker=marker, IncludeKeyMaterial="ALL_KEY_MATERIAL")
-        found += page["Rotations"]
-        marker = page.get("NextMarker")
-        if marker is None:
-            break
+    found = common.all_pages(lambda m: svc.ListKeyRotations(KeyId=key, Limit=1000, Marker=m,
+                                                              IncludeKeyMaterial="ALL_KEY_MATERIAL"), "Rotations")
     if json_:
         output.emit_aws("ListKeyRotations", {"Rotations": found, "Truncated": False})
         return

@@ -845,6 +845,11 @@ def page(items: list[Any], sort_key: Callable[[Any], tuple[str, ...]], limit: in
     return items[:n], base64.urlsafe_b64encode(last.encode()).decode("ascii")
 
 
+def paging(limit: int | None, marker: str | None) -> dict[str, Any]:
+    """A List* call's paging members for its audit record, those given only."""
+    return {k: v for k, v in (("limit", limit), ("marker", marker)) if v is not None}
+
+
 def paged(name: str, items: list[Any], next_marker: str | None) -> dict[str, Any]:
     """A List* answer as AWS shapes it: the items, ``Truncated``, and ``NextMarker`` when truncated."""
     out: dict[str, Any] = {name: items, "Truncated": next_marker is not None}

@@ -44,12 +44,7 @@ class AliasOps(Core):
             ids.validate_alias_name(AliasName)
 
         def update(ov: OpenVault, call: Call) -> dict[str, Any]:
-            alias = self._alias(ov, AliasName)
-            if alias is None:
-                raise errors.NotFoundException(f"Alias {self._alias_arn(ov, AliasName)} is not found.")
-            old = ov.body["keys"].get(alias["TargetKeyId"])
-            if old is not None:
-                self._authorize(ov, call, old, "kms:UpdateAlias")
+            alias = self._existing_alias(ov, call, AliasName, "kms:UpdateAlias")
             key = self._key(ov, call, TargetKeyId, "kms:UpdateAlias")
             if key["KeyState"] == KeyState.PENDING_DELETION:
                 raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
@@ -65,12 +60,7 @@ class AliasOps(Core):
             ids.validate_alias_name(AliasName)
 
         def delete(ov: OpenVault, call: Call) -> dict[str, Any]:
-            alias = self._alias(ov, AliasName)
-            if alias is None:
-                raise errors.NotFoundException(f"Alias {self._alias_arn(ov, AliasName)} is not found.")
-            key = ov.body["keys"].get(alias["TargetKeyId"])
-            if key is not None:
-                self._authorize(ov, call, key, "kms:DeleteAlias")
+            alias = self._existing_alias(ov, call, AliasName, "kms:DeleteAlias")
             del ov.body["aliases"][self._alias_slot(AliasName)]
             call.response["keyId"] = alias["TargetKeyId"]
             return {}
@@ -100,3 +90,13 @@ class AliasOps(Core):
                          marker)
 
         return self._read("ListAliases", request, list_)
+
+    def _existing_alias(self, ov: OpenVault, call: Call, name: str, action: str) -> dict[str, Any]:
+        """An alias that must exist, once the policy of the key it names now allows ``action``."""
+        alias = self._alias(ov, name)
+        if alias is None:
+            raise errors.NotFoundException(f"Alias {self._alias_arn(ov, name)} is not found.")
+        key = ov.body["keys"].get(alias["TargetKeyId"])
+        if key is not None:
+            self._authorize(ov, call, key, action)
+        return alias

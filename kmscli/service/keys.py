@@ -22,6 +22,7 @@ from ._core import (
     new_key,
     page,
     paged,
+    paging,
     tag_dict,
 )
 
@@ -93,7 +94,7 @@ class KeyOps(Core):
         ``--all``) leaves out keys pending deletion; AWS lists every key.
         """
         request: dict[str, Any] = {"includePendingDeletion": IncludePendingDeletion}
-        request.update({k: v for k, v in (("limit", Limit), ("marker", Marker)) if v is not None})
+        request.update(paging(Limit, Marker))
 
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
             keys = self._region_keys(ov)
@@ -158,7 +159,7 @@ class KeyOps(Core):
     def ListResourceTags(self, KeyId: str, Limit: int | None = None, Marker: str | None = None) -> dict[str, Any]:
         """A key's tags, sorted by tag key, a page at a time."""
         request: dict[str, Any] = {"keyId": KeyId}
-        request.update({k: v for k, v in (("limit", Limit), ("marker", Marker)) if v is not None})
+        request.update(paging(Limit, Marker))
 
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:ListResourceTags")

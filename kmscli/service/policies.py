@@ -12,6 +12,7 @@ from ._core import (
     check_policy_name,
     page,
     paged,
+    paging,
 )
 
 
@@ -45,7 +46,7 @@ class PolicyOps(Core):
     def ListKeyPolicies(self, KeyId: str, Limit: int | None = None, Marker: str | None = None) -> dict[str, Any]:
         """The names of a key's policies: always just ``default``, as in AWS."""
         request: dict[str, Any] = {"keyId": KeyId}
-        request.update({k: v for k, v in (("limit", Limit), ("marker", Marker)) if v is not None})
+        request.update(paging(Limit, Marker))
 
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
             self._key(ov, call, KeyId, "kms:ListKeyPolicies")

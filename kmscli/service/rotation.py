@@ -19,6 +19,7 @@ from ._core import (
     check_range,
     page,
     paged,
+    paging,
 )
 
 
@@ -99,7 +100,7 @@ class RotationOps(Core):
         """A key's material versions, oldest first: the rotations only (AWS's default) or, with
         ``IncludeKeyMaterial="ALL_KEY_MATERIAL"``, the original material too (``keys rotations``)."""
         request: dict[str, Any] = {"keyId": KeyId, "includeKeyMaterial": IncludeKeyMaterial}
-        request.update({k: v for k, v in (("limit", Limit), ("marker", Marker)) if v is not None})
+        request.update(paging(Limit, Marker))
         with self._refusing("ListKeyRotations", request):
             if IncludeKeyMaterial not in ("ROTATIONS_ONLY", "ALL_KEY_MATERIAL"):
                 raise errors.ValidationException(
