@@ -365,11 +365,9 @@ def _bind_session(peer: tuple[int, int, int], served: Any) -> None:
     from .session import BoundSession, SessionKeySource
 
     cfg = served.config
-    from .server import now
-
     common.SESSION = BoundSession(vault=cfg.vault, keys=SessionKeySource(cfg.key, cfg.header),
                                   caller=caller_from_peer(peer, served), end=served.end,
-                                  alive=lambda: not served.shared.ended and now() < served.deadline)
+                                  alive=lambda: served.refusal() is None)
 
 
 def caller_from_peer(peer: tuple[int, int, int], served: Any) -> Any:

@@ -844,7 +844,7 @@ def test_actions_match_the_botocore_model() -> None:
 
 
 def test_actions_shape() -> None:
-    assert len(P.ACTIONS) == 55
+    assert len(P.ACTIONS) == 57
     assert all(a.startswith("kms:") and a[4:].isalnum() for a in P.ACTIONS)
     assert "kms:ReEncrypt" not in P.ACTIONS
     assert {"kms:Encrypt", "kms:Decrypt", "kms:PutKeyPolicy", "kms:ReEncryptFrom", "kms:ReEncryptTo"} <= P.ACTIONS
