@@ -82,7 +82,8 @@ class KeyRef:
 def parse_key_ref(text: str) -> KeyRef:
     """Parse a KEY argument: key id, ``alias/NAME``, key ARN or alias ARN.
 
-    Malformed input is ``NotFoundException`` as AWS answers it ("Invalid keyId").
+    Malformed input is ``NotFoundException`` as AWS answers it ("Invalid keyId"); a malformed
+    ARN is ``InvalidArnException``.
     """
     check_text(text, "KEY")
     if not text or len(text) > KEY_ID_ARG_MAX:

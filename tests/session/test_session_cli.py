@@ -23,14 +23,18 @@ def new_key(kms: Runner, alias: str = "alias/app") -> str:
 
 
 def test_round_trip_through_a_session_without_any_passphrase(kms: Runner, unlock: Unlocker) -> None:
-    new_key(kms)
+    key = new_key(kms)
     s = unlock()
     ct = ok(kms("encrypt", "--key", "alias/app", input=b"hello", env_update=s, env_remove=NO_PASS)).stdout
     assert ok(kms("decrypt", input=ct, env_update=s, env_remove=NO_PASS)).stdout == b"hello"
     # and a ciphertext made through the session decrypts without one
     assert ok(kms("decrypt", input=ct)).stdout == b"hello"
-    listed = ok(kms("keys", "list", "--json", env_update=s, env_remove=NO_PASS)).stdout
-    assert json.loads(listed)["Keys"][0]["KeyState"] == "Enabled"
+    listed = json.loads(ok(kms("keys", "list", "--json", env_update=s, env_remove=NO_PASS)).stdout)
+    meta = json.loads(ok(kms("keys", "describe", key, "--json", env_update=s, env_remove=NO_PASS)).stdout)
+    assert listed == {"Keys": [{"KeyId": key, "KeyArn": meta["KeyMetadata"]["Arn"]}], "Truncated": False}
+    assert meta["KeyMetadata"]["KeyState"] == "Enabled"
+    table = ok(kms("keys", "list", env_update=s, env_remove=NO_PASS)).stdout.decode()
+    assert table.split("\t")[:3] == [key, "Enabled", "alias/app"]
 
 
 def test_unlock_prints_the_export_line_for_sh_and_fish(kms: Runner, unlock: Unlocker, runtime_dir: Path) -> None:

@@ -25,7 +25,8 @@ def decrypt(svc: Kms, blob: bytes) -> bytes:
 
 
 def materials(svc: Kms, key: str) -> list[dict]:
-    return svc.ListKeyRotations(KeyId=key)["Rotations"]
+    """Every material version, the original included (as ``keys rotations`` asks)."""
+    return svc.ListKeyRotations(KeyId=key, IncludeKeyMaterial="ALL_KEY_MATERIAL")["Rotations"]
 
 
 def test_ciphertexts_carry_their_version(svc: Kms) -> None:
@@ -39,6 +40,11 @@ def test_ciphertexts_carry_their_version(svc: Kms) -> None:
     assert [r["KeyMaterialState"] for r in rot] == ["NON_CURRENT"] * 3 + ["CURRENT"]
     assert "RotationType" not in rot[0] and {r["RotationType"] for r in rot[1:]} == {"ON_DEMAND"}
     assert len({r["KeyMaterialId"] for r in rot}) == 4
+    # AWS's default (ROTATIONS_ONLY) leaves the original material out.
+    assert svc.ListKeyRotations(KeyId=key)["Rotations"] == rot[1:]
+    assert svc.ListKeyRotations(KeyId=key, IncludeKeyMaterial="ROTATIONS_ONLY")["Rotations"] == rot[1:]
+    with pytest.raises(errors.ValidationException):
+        svc.ListKeyRotations(KeyId=key, IncludeKeyMaterial="EVERYTHING")
 
 
 def test_automatic_rotation_once_however_overdue(svc: Kms, clock: Clock) -> None:
