@@ -19,8 +19,12 @@ from typing import Any
 
 from .. import errors
 
-#: How long a stop waits for requests in flight before closing their connections.
-GRACEFUL_STOP_S = 30
+#: How long a stop waits for connections to close. Requests in flight take
+#: milliseconds; what can last is an idle TLS connection, whose close waits for
+#: the client's close_notify (asyncio's 30 s by default): cut that to this. A
+#: request still running then finishes in its thread, record included (the
+#: application's shutdown waits for them); only its answer is lost.
+GRACEFUL_STOP_S = 10
 #: How often a server running through a session checks that the session still lasts.
 STOP_POLL_S = 0.25
 #: A connection idle this long between requests is closed (clients reconnect).

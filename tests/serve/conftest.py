@@ -47,7 +47,7 @@ from botocore.credentials import Credentials  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 CONTENT_TYPE = "application/x-amz-json-1.1"
-SERVING = re.compile(r"kmscli: serving on (http://127\.0\.0\.1:(\d+))")
+SERVING = re.compile(r"kmscli: serving on (https?://127\.0\.0\.1:(\d+))")
 STOPPED = "kmscli: stopped: every request in flight was answered and recorded"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 KEY_ARN = re.compile(r"arn:aws:kms:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):key/(?P<id>" + UUID.pattern + ")")
