@@ -60,13 +60,15 @@ def serve(
     app = KmsApp(backend)
     url = run.url_of(sock, tls_cert is not None)
     try:
-        alive = common.SESSION.alive if common.SESSION is not None and not ephemeral else None
+        alive = common.SESSION.alive if common.SESSION is not None and not ephemeral else (lambda: True)
         stopped_by = run.serve(app, sock, tls_cert=tls_cert, tls_key=tls_key,
                                on_ready=lambda: output.message(f"serving on {url}"),
-                               should_stop=(lambda: not alive()) if alive is not None else None)
+                               should_stop=lambda: app.stop_requested or not alive())
     finally:
         backend.close()
     output.message("stopped: every request in flight was answered and recorded")
+    if app.stop_requested:
+        raise typer.Exit(errors.EXIT_UNLOCK)  # the vault can no longer be unlocked with what it held
     if stopped_by == signal.SIGINT:
         raise typer.Exit(130)  # as any command ends on Ctrl-C
 

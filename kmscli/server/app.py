@@ -237,6 +237,10 @@ class KmsApp:
         self.backend = backend
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kmscli-serve")
         self.in_flight = 0
+        #: Set when the vault can no longer be unlocked with what the server holds
+        #: (passwd changed the passphrase and the vault key): the server stops, as
+        #: passwd ends every session, instead of answering 500 from then on.
+        self.stop_requested = False
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "lifespan":
@@ -285,6 +289,13 @@ class KmsApp:
                 kms.record_refusal("UnknownOperation", e)
                 raise
             return wire.ok(operation, wire.call(kms, operation, body))
+        except errors.UnlockError as e:
+            # A session's end stops the server by itself (serve polls it); this is the vault's key changing.
+            if not self.stop_requested and not isinstance(e, errors.InvalidSessionException):
+                self.stop_requested = True
+                sys.stderr.write("kmscli: serve: the vault can no longer be unlocked with the key this server holds "
+                                 "(was the passphrase changed?); stopping: start 'kmscli serve' again\n")
+            return wire.failure(e, request_id)
         except errors.KmsError as e:
             return wire.failure(e, request_id)
         except Exception as e:  # the last line of defence: an AWS 500, the details on the server's stderr

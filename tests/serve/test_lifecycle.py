@@ -85,3 +85,23 @@ def test_the_cli_and_the_server_write_the_same_vault_without_losing_updates(tmp_
     finally:
         server.assert_clean_stop()
     ok(run_kmscli(env, "audit", "verify"))
+
+
+def test_passwd_stops_a_running_server(tmp_path: Path) -> None:
+    """As passwd ends every session: a server holding the old key stops (exit 5) instead of answering 500s."""
+    env, _ = make_vault(tmp_path)
+    cred = create_credential(env, "alice")
+    server = ServerProcess(["--port", "0"], env)
+    kms = make_client(server.url, cred.access_key_id, cred.secret)
+    kms.list_keys()
+    ok(run_kmscli({**env, "KMSCLI_NEW_PASSPHRASE": "a new passphrase"}, "passwd"))
+    try:
+        kms.list_keys()
+    except ClientError as e:  # the request in between is the server's failure, not the caller's
+        assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    except EndpointConnectionError:
+        pass  # botocore retries a 500; a retry may find the server already gone
+    else:
+        raise AssertionError("a server holding the old vault key answered")
+    assert server.stop(None) == 5, server.lines
+    assert any("can no longer be unlocked" in line for line in server.lines), server.lines
