@@ -640,19 +640,25 @@ class Core:
     def _region_keys(self, ov: OpenVault) -> list[dict[str, Any]]:
         return [k for k in ov.body["keys"].values() if self._in_region(k)]
 
+    def _listed_keys(self, ov: OpenVault, include_pending_deletion: bool) -> list[dict[str, Any]]:
+        """This region's keys as List* shows them: oldest first, those pending deletion only when asked."""
+        keys = sorted(self._region_keys(ov), key=listing_order)
+        if not include_pending_deletion:
+            keys = [k for k in keys if k["KeyState"] != KeyState.PENDING_DELETION]
+        return keys
+
     def _alias_slot(self, name: str) -> str:
-        return name if self.region == ids.DEFAULT_REGION else f"{self.region}:{name}"
+        return alias_slot(self.region, name)
 
     def _alias(self, ov: OpenVault, name: str) -> dict[str, Any] | None:
         return ov.body["aliases"].get(self._alias_slot(name))  # type: ignore[no-any-return]
 
     def _region_aliases(self, ov: OpenVault) -> dict[str, dict[str, Any]]:
         """This region's aliases by name."""
-        prefix = "" if self.region == ids.DEFAULT_REGION else f"{self.region}:"
         out = {}
         for slot, alias in ov.body["aliases"].items():
             region, sep, name = slot.rpartition(":")
-            if (sep and prefix and region == self.region) or (not sep and not prefix):
+            if (region if sep else ids.DEFAULT_REGION) == self.region:
                 out[name] = alias
         return out
 
@@ -679,6 +685,14 @@ class Core:
             if self._rotation_due(key, now):
                 return True
         return False
+
+    @staticmethod
+    def _rotation_status(key: dict[str, Any]) -> tuple[bool, int, datetime | None]:
+        """(automatic rotation on, period in days, next date) as GetKeyRotationStatus reports them:
+        off for a key pending deletion, whatever its setting."""
+        rot = key["Rotation"]
+        enabled = bool(rot["Enabled"]) and key["KeyState"] != KeyState.PENDING_DELETION
+        return enabled, rot["PeriodInDays"], parse_iso(rot["NextRotationDate"]) if enabled else None
 
     def _rotation_due(self, key: dict[str, Any], now: datetime) -> bool:
         rot = key["Rotation"]
@@ -755,6 +769,17 @@ def _stored_policy(document: str) -> Any:
     from .. import policy as policy_mod
 
     return policy_mod.parse(document)
+
+
+def alias_slot(region: str, name: str) -> str:
+    """Where the vault body keeps an alias: the default region's under its name, another's as
+    ``<region>:<name>`` (no alias name holds a colon), so vaults from before regions read unchanged."""
+    return name if region == ids.DEFAULT_REGION else f"{region}:{name}"
+
+
+def listing_order(key: dict[str, Any]) -> tuple[str, str]:
+    """Keys are listed oldest first, ties by id: the order ListKeys pages in."""
+    return key["CreationDate"], key["KeyId"]
 
 
 def new_key(key_id: str, region: str, created: str, description: str, tags: dict[str, str], policy: str,

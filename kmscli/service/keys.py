@@ -19,6 +19,7 @@ from ._core import (
     Call,
     Core,
     check_range,
+    listing_order,
     new_key,
     page,
     paged,
@@ -97,10 +98,8 @@ class KeyOps(Core):
         request.update(paging(Limit, Marker))
 
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
-            keys = self._region_keys(ov)
-            if not IncludePendingDeletion:
-                keys = [k for k in keys if k["KeyState"] != KeyState.PENDING_DELETION]
-            keys, marker = page(keys, lambda k: (k["CreationDate"], k["KeyId"]), Limit, Marker, LIST_LIMIT_DEFAULT)
+            keys, marker = page(self._listed_keys(ov, IncludePendingDeletion), listing_order, Limit, Marker,
+                                LIST_LIMIT_DEFAULT)
             return paged("Keys", [{"KeyId": k["KeyId"], "KeyArn": self._arn(ov, k)} for k in keys], marker)
 
         return self._read("ListKeys", request, list_)
@@ -113,9 +112,7 @@ class KeyOps(Core):
         """
 
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
-            keys = sorted(self._region_keys(ov), key=lambda k: (k["CreationDate"], k["KeyId"]))
-            if not IncludePendingDeletion:
-                keys = [k for k in keys if k["KeyState"] != KeyState.PENDING_DELETION]
+            keys = self._listed_keys(ov, IncludePendingDeletion)
             aliases: dict[str, list[str]] = {}
             for name, a in sorted(self._region_aliases(ov).items()):
                 aliases.setdefault(a["TargetKeyId"], []).append(name)
@@ -147,11 +144,9 @@ class KeyOps(Core):
             if self._allowed(ov, call, key, "kms:ListResourceTags"):
                 out["Tags"] = [{"TagKey": k, "TagValue": v} for k, v in sorted(key["Tags"].items())]
             if self._allowed(ov, call, key, "kms:GetKeyRotationStatus"):
-                rot = key["Rotation"]
-                enabled = rot["Enabled"] and key["KeyState"] != KeyState.PENDING_DELETION
-                out["Rotation"] = {"Enabled": enabled, "PeriodInDays": rot["PeriodInDays"],
-                                   "NextRotationDate": parse_iso(rot["NextRotationDate"]) if enabled else None,
-                                   "MinDecryptVersion": rot["MinDecryptVersion"]}
+                enabled, period, next_date = self._rotation_status(key)
+                out["Rotation"] = {"Enabled": enabled, "PeriodInDays": period, "NextRotationDate": next_date,
+                                   "MinDecryptVersion": key["Rotation"]["MinDecryptVersion"]}
             return out
 
         return self._read("DescribeKey", {"keyId": KeyId, "detail": True}, describe)

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from .. import errors
-from ..model import KeyState, iso, parse_iso
+from ..model import iso, parse_iso
 from ..vault.store import OpenVault
 from ._core import (
     LIST_LIMIT_DEFAULT,
@@ -69,12 +69,10 @@ class RotationOps(Core):
     def GetKeyRotationStatus(self, KeyId: str) -> dict[str, Any]:
         def status(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:GetKeyRotationStatus")
-            rot = key["Rotation"]
-            enabled = rot["Enabled"] and key["KeyState"] != KeyState.PENDING_DELETION
+            enabled, period, next_date = self._rotation_status(key)
             out: dict[str, Any] = {"KeyId": self._arn(ov, key), "KeyRotationEnabled": enabled}
             if enabled:
-                out.update(RotationPeriodInDays=rot["PeriodInDays"],
-                           NextRotationDate=parse_iso(rot["NextRotationDate"]))
+                out.update(RotationPeriodInDays=period, NextRotationDate=next_date)
             return out
 
         return self._read("GetKeyRotationStatus", {"keyId": KeyId}, status)

@@ -12,7 +12,7 @@ from typing import Any
 from .. import errors, ids
 from ..model import KeyState, iso
 from ..vault.store import OpenVault
-from ._core import MATERIAL_SIZE, Call, Core, new_key, new_material, tag_dict
+from ._core import MATERIAL_SIZE, Call, Core, alias_slot, new_key, new_material, tag_dict
 
 
 class SeedOps(Core):
@@ -67,7 +67,7 @@ class SeedOps(Core):
                 if target is None or target.get("Region", ids.DEFAULT_REGION) != region:
                     raise errors.NotFoundException(
                         f"the seed's alias {a['AliasName']} names no seed key of region {region}")
-                slot = a["AliasName"] if region == ids.DEFAULT_REGION else f"{region}:{a['AliasName']}"
+                slot = alias_slot(region, a["AliasName"])
                 if slot in ov.body["aliases"]:
                     raise errors.AlreadyExistsException(f"the seed's alias {a['AliasName']} already exists")
                 ov.body["aliases"][slot] = {"TargetKeyId": target["KeyId"], "CreationDate": now,
