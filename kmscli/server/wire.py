@@ -10,6 +10,7 @@ service's; nothing here decides what a caller may do.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 import json
@@ -112,26 +113,15 @@ def _prepare(kms: Any, operation: str, params: dict[str, Any]) -> Callable[[], d
     method = getattr(kms, operation, None)
     if method is None or operation.startswith("_"):
         raise errors.UnsupportedOperationException(f"kmscli does not support {operation} yet")
-    arguments = _arguments(method, operation, params)
-    return lambda: method(**arguments)  # type: ignore[no-any-return]
+    # The request's members become the method's keyword arguments; one it cannot honour is refused.
+    _common(operation, params, _parameters(getattr(method, "__func__", method)))
+    return lambda: method(**params)  # type: ignore[no-any-return]
 
 
-def _arguments(method: Callable[..., Any], operation: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The request's members as the method's keyword arguments; a member it cannot honour is refused."""
-    _common(operation, params, _parameters(method))
-    return params
-
-
-_PARAMETER_CACHE: dict[Any, frozenset[str]] = {}
-
-
-def _parameters(method: Callable[..., Any]) -> frozenset[str]:
-    key = getattr(method, "__func__", method)
-    names = _PARAMETER_CACHE.get(key)
-    if names is None:
-        names = frozenset(p for p in inspect.signature(method).parameters if p[:1].isupper())
-        _PARAMETER_CACHE[key] = names
-    return names
+@functools.cache
+def _parameters(function: Callable[..., Any]) -> frozenset[str]:
+    """The AWS members a service method takes (its capitalised keyword parameters)."""
+    return frozenset(p for p in inspect.signature(function).parameters if p[:1].isupper())
 
 
 # -- operations whose service method is not AWS's call shape -------------------------------
