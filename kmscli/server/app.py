@@ -10,6 +10,7 @@ record.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 import threading
@@ -106,11 +107,9 @@ class VaultBackend(Backend):
         return identity
 
     def service(self, identity: Any, source_ip: str | None, user_agent: str | None, request_id: str) -> Any:
-        from ..service import Caller, Kms
+        from ..service import Kms
 
-        caller = Caller(user=identity.principal, uid=None, pid=None, host=_hostname(),
-                        access_key_id=identity.access_key_id, source_ip=source_ip, user_agent=user_agent,
-                        request_id=request_id)
+        caller = _served_caller(identity.principal, identity, source_ip, user_agent, request_id)
         return Kms(self.vault_path, self.keys, caller=caller, audit_path=self.audit_path, region=identity.region)
 
 
@@ -168,17 +167,13 @@ class EphemeralBackend(Backend):
         return self._verifier.verify(method, target, headers, body, now=_now())
 
     def service(self, identity: Any, source_ip: str | None, user_agent: str | None, request_id: str) -> Any:
-        from ..service import Caller, Kms
+        from ..service import Kms
 
         # Any credentials are accepted: the caller is the access key id itself.
-        user = identity.access_key_id if identity is not None else "seed"
-        caller = Caller(user=user, uid=None, pid=None, host=_hostname(),
-                        access_key_id=identity.access_key_id if identity is not None else None,
-                        source_ip=source_ip, user_agent=user_agent, request_id=request_id)
-        region = identity.region if identity is not None else "local"
+        caller = _served_caller(identity.access_key_id, identity, source_ip, user_agent, request_id)
         state = self._state
         assert state is not None
-        return Kms(state.vault_path, state.keys, caller=caller, region=region)
+        return Kms(state.vault_path, state.keys, caller=caller, region=identity.region)
 
     def reset(self) -> bool:
         self._make()
@@ -219,15 +214,20 @@ class _Seeding:
         return Kms(self.state.vault_path, self.state.keys, caller=caller, region="local")
 
 
-_HOST: list[str] = []
-
-
+@functools.cache
 def _hostname() -> str:
-    if not _HOST:
-        import socket
+    import socket
 
-        _HOST.append(socket.gethostname())
-    return _HOST[0]
+    return socket.gethostname()
+
+
+def _served_caller(user: str, identity: Any, source_ip: str | None, user_agent: str | None,
+                   request_id: str) -> Any:
+    """The caller of a verified request: the user its access key belongs to, as the record names it."""
+    from ..service import Caller
+
+    return Caller(user=user, uid=None, pid=None, host=_hostname(), access_key_id=identity.access_key_id,
+                  source_ip=source_ip, user_agent=user_agent, request_id=request_id)
 
 
 class KmsApp:
