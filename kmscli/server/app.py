@@ -207,7 +207,7 @@ class _Seeding:
     def __init__(self, backend: EphemeralBackend, state: _State) -> None:
         self.backend, self.state = backend, state
 
-    def service(self, *args: Any) -> Any:
+    def service(self) -> Any:
         from ..service import Caller, Kms
 
         caller = Caller(user="seed", uid=None, pid=None, host=_hostname())

@@ -45,8 +45,8 @@ def load_seed(path: str) -> Callable[[Any], None]:
     document = _parse(data, path)
     keys, aliases = _normalise(document, path)
 
-    def apply(backend: Any) -> None:
-        backend.service(None, None, "kmscli-seed", "seed").SeedVault(Keys=keys, Aliases=aliases)
+    def apply(backend: Any) -> None:  # an EphemeralBackend's _Seeding: the service on the state being built
+        backend.service().SeedVault(Keys=keys, Aliases=aliases)
 
     return apply
 
