@@ -226,6 +226,8 @@ def test_hostile_vault_file(s: Session, seed: int, monkeypatch: pytest.MonkeyPat
             choices = [0, 1, 16, 17, 8192, 1 << 22, (1 << 22) + 1, 2**32 - 1]
             data[11:23] = b"".join(rng.choice(choices).to_bytes(4, "big") for _ in range(3))
             data[99:131] = hashlib.sha256(bytes(data[:99])).digest()
+        if data == good:
+            continue  # the draw rewrote the vault's own KDF parameters (8192, 1, 1): not hostile, it opens
         s.vault.write_bytes(bytes(data))
         s.run(["keys", "list"], codes={5, 8})
         s.run(["encrypt", "--key", "alias/a"], b"x", codes={5, 8})
