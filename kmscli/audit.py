@@ -19,6 +19,7 @@ import math
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -144,6 +145,8 @@ class Tail:
     last_keyed: dict[str, Any] | None
     #: Its line (without the newline), to check its MAC.
     last_keyed_line: bytes = b""
+    #: The chain key this process sealed it with, when it wrote it itself (its MAC needs no check).
+    sealed_with: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -403,11 +406,30 @@ class AuditLog:
         self.lock_timeout = lock_timeout
         self.lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
         self._segment_re = re.compile(re.escape(self.path.name) + rf"\.(\d{{{SEGMENT_DIGITS},}})")
+        #: (device, inode, number) of the live file as last seen: its number is
+        #: the older files' count plus one, which changes only when a rotation
+        #: (or `audit restart`) puts a new live file, with a new inode, in place.
+        #: Saves listing the folder, whatever its size, at every append.
+        self._live: tuple[int, int, int] | None = None
+        #: (identity of the live file, its Tail) as this process last read or
+        #: wrote it: a long-lived process (serve, a session's worker) re-reads
+        #: the end only when the file changed (another inode, size, mtime or ctime).
+        self._known_tail: tuple[tuple[int, ...], Tail] | None = None
 
     # -- names ------------------------------------------------------------------
 
     def _segment_path(self, index: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{index:0{SEGMENT_DIGITS}d}")
+
+    def _live_number(self, st: os.stat_result) -> int:
+        """The number of the live file ``st`` (older files + 1), listing the folder only for a new live file."""
+        live = self._live
+        if live is not None and live[0] == st.st_dev and live[1] == st.st_ino:
+            return live[2]
+        segments = self._segments()
+        number = (segments[-1][0] if segments else 0) + 1
+        self._live = (st.st_dev, st.st_ino, number)
+        return number
 
     def _segments(self) -> list[tuple[int, str]]:
         """Older files as (number, name), oldest first."""
@@ -447,8 +469,11 @@ class AuditLog:
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
         """Hold the writers' lock, creating the folder and the lock file as needed."""
-        self._ensure_folder()
-        fd, _ = _open_private(self.lock_path, os.O_RDWR, "audit log lock file")
+        try:
+            fd, _ = _open_private(self.lock_path, os.O_RDWR, "audit log lock file")
+        except FileNotFoundError:  # no folder yet
+            self._ensure_folder()
+            fd, _ = _open_private(self.lock_path, os.O_RDWR, "audit log lock file")
         try:
             self._flock(fd, fcntl.LOCK_EX)
             yield
@@ -586,11 +611,19 @@ class AuditLog:
                        catch_up: Callable[[], list[str] | None] | None = None) -> list[ChainHead]:
         fd, created = self._open_live()
         try:
-            size = _repair_tail(fd)
+            st = os.fstat(fd)
+            known = self._known_tail
+            if known is not None and known[0] == _identity(st):
+                size = st.st_size  # as this process left it: ends with its last record, keyed
+                last: dict[str, Any] | None = known[1].last_keyed
+            else:
+                size, last = _repair_tail(fd), None
             missing = catch_up() if catch_up is not None else None
             if missing:
                 size += self._complete_into(fd, size, missing)[0]
-            last = self._last_before_append(fd, size)
+                last = None
+            if last is None:
+                last = self._last_before_append(fd, size)
             if last is None:
                 seq, prev = 1, genesis_link(ring.key_for(1) if ring else None, self.vault_id)
             else:
@@ -605,19 +638,17 @@ class AuditLog:
                 seq, prev = last[SEQ_FIELD] + 1, bytes.fromhex(last[MAC_FIELD])
             lines: list[bytes] = []
             macs: list[str] = []
+            k: bytes | None = None
             for i, rec in enumerate(recs):
                 seq_i = seq + i
-                if switch_at is not None and i >= switch_at:
-                    k: bytes | None = next_key
-                else:
-                    k = ring.key_for(seq_i) if ring else None
+                switched = switch_at is not None and i >= switch_at
+                k = next_key if switched else (ring.key_for(seq_i) if ring else None)
                 line, mac = seal_record(rec, k, seq_i, prev)
                 lines.append(line)
                 macs.append(mac.hex())
                 prev = mac
             data = b"".join(lines)
-            segments = self._segments()
-            index = (segments[-1][0] if segments else 0) + 1
+            index = self._live_number(st)
             rotate = size > 0 and size + len(data) > self.max_bytes
             if rotate:
                 index += 1
@@ -631,16 +662,29 @@ class AuditLog:
                             os.unlink(self.path)
                     raise
             if rotate:
+                _sync(fd)  # a deferred sync must not leave a hole behind in the file rotated away
                 os.close(fd)
                 fd = -1
                 os.rename(self.path, self._segment_path(index - 1))
                 self._fsync_folder()
                 fd, created = self._open_live()
                 size = 0
+                st = os.fstat(fd)
+                self._live = (st.st_dev, st.st_ino, index)
             if created:
                 self._fsync_folder()
+            self._known_tail = None
             _write_line(fd, data, size)
-            _sync(fd)
+            deferred = getattr(_DEFERRED, "fds", None)
+            if deferred is not None and before_write is None:
+                deferred.append(os.dup(fd))  # synced by the caller before it answers (see deferring_sync)
+            else:
+                _sync(fd)
+            if k is not None:  # the last record is keyed: the tail is known
+                line = lines[-1][:-1]
+                self._known_tail = (_identity(os.fstat(fd)),
+                                    Tail(last=heads[-1], last_keyed=parse_line(line, strict=False),
+                                         last_keyed_line=line, sealed_with=k))
             return heads
         finally:
             if fd >= 0:
@@ -696,26 +740,39 @@ class AuditLog:
         passed over (they are failed unlocks, few in a genuine log).
         """
         last: ChainHead | None = None
-        files = [*self._segments()]
-        live_index = (files[-1][0] if files else 0) + 1
+        known = self._known_tail
+        if known is not None:
+            with contextlib.suppress(OSError):
+                if known[0] == _identity(os.stat(self.path, follow_symlinks=False)):
+                    return known[1]
         try:
-            for index, name in reversed([*files, (live_index, self.path.name)]):
+            try:
+                fd = _open_existing(self.path)
+            except FileNotFoundError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    st = os.fstat(fd)
+                    number = self._live_number(st)
+                    for rec, line in self._records_backwards(fd, st.st_size, self.path.name):
+                        if last is None:
+                            last = ChainHead(file_index=number, seq=rec[SEQ_FIELD], mac=rec[MAC_FIELD])
+                        if rec[KEYED_FIELD]:
+                            tail = Tail(last=last, last_keyed=rec, last_keyed_line=line)
+                            if last.seq == rec[SEQ_FIELD]:  # kept only when the last record is the keyed one
+                                self._known_tail = (_identity(st), tail)
+                            return tail
+                finally:
+                    os.close(fd)
+            for number, name in reversed(self._segments()):
                 try:
                     fd = _open_existing(self.path.with_name(name))
                 except FileNotFoundError:
                     continue
                 try:
-                    size = _complete_size(fd, os.fstat(fd).st_size)
-                    for line in _lines_backwards(fd, size):
-                        try:
-                            rec = parse_line(line, strict=False)
-                        except _BadLine as e:
-                            raise AuditLogException(
-                                f"the audit log file {self.path.with_name(name)} ends with a damaged record ({e}); "
-                                "run 'kmscli audit verify' to see where"
-                            ) from None
+                    for rec, line in self._records_backwards(fd, os.fstat(fd).st_size, name):
                         if last is None:
-                            last = ChainHead(file_index=index, seq=rec[SEQ_FIELD], mac=rec[MAC_FIELD])
+                            last = ChainHead(file_index=number, seq=rec[SEQ_FIELD], mac=rec[MAC_FIELD])
                         if rec[KEYED_FIELD]:
                             return Tail(last=last, last_keyed=rec, last_keyed_line=line)
                 finally:
@@ -723,6 +780,17 @@ class AuditLog:
         except OSError as e:
             raise AuditLogException(f"cannot read the audit log {self.path}: {_oserror(e)}") from None
         return Tail(last=last, last_keyed=None)
+
+    def _records_backwards(self, fd: int, size: int, name: str) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """(record, line) of a file's complete lines, last first; a damaged one is an AuditLogException."""
+        for line in _lines_backwards(fd, _complete_size(fd, size)):
+            try:
+                yield parse_line(line, strict=False), line
+            except _BadLine as e:
+                raise AuditLogException(
+                    f"the audit log file {self.path.with_name(name)} ends with a damaged record ({e}); "
+                    "run 'kmscli audit verify' to see where"
+                ) from None
 
     def complete(self, lines: list[str]) -> int:
         """Append those of ``lines`` (a vault's last write) that a crash kept out of the log.
@@ -1050,6 +1118,11 @@ def _open_private(path: Path, flags: int, what: str) -> tuple[int, bool]:
     return fd, created
 
 
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's content may have: a new file, a new size, a write or a metadata change."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _open_existing(path: Path) -> int:
     """Open a log file for reading without blocking or following a link; refuse a non-regular file."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -1140,23 +1213,20 @@ def _last_line(fd: int, size: int) -> bytes | None:
     """The last line of a file that ends in a newline (without it); None if over the limit."""
     end = size - 1  # the final newline
     pos = end
-    chunk = 512  # a typical record fits in one read
+    chunk = 4096  # a typical record fits in one read, which is then all it takes
+    data = b""
     while pos > 0:
         start = max(0, pos - chunk)
-        data = os.pread(fd, pos - start, start)
+        data = os.pread(fd, pos - start, start) + data
         i = data.rfind(b"\n")
         if i >= 0:
-            begin = start + i + 1
-            break
+            line = data[i + 1 :]
+            return line if len(line) <= MAX_LINE_BYTES else None
         pos = start
         if end - pos > MAX_LINE_BYTES:
             return None
         chunk = min(chunk * 4, 1 << 20)
-    else:
-        begin = 0
-    if end - begin > MAX_LINE_BYTES:
-        return None
-    return os.pread(fd, end - begin, begin)
+    return data if len(data) <= MAX_LINE_BYTES else None
 
 
 def _file_lines(f: _File) -> Iterator[tuple[_File, int, bytes, bool]]:
@@ -1222,6 +1292,62 @@ def _parse_event_time(value: Any) -> datetime | None:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
+_DEFERRED = threading.local()
+
+
+@contextlib.contextmanager
+def deferring_sync() -> Iterator[list[int]]:
+    """Appends made by this thread meanwhile are written but not yet synced: the caller syncs them.
+
+    For ``kmscli serve``, which runs requests on its event loop's thread: a
+    record is written under the log's lock as usual (so the chain and every
+    other process see it at once), and the descriptors to ``fdatasync`` are
+    collected in the yielded list (duplicates the caller must hand to
+    :func:`sync_batch`, which closes them). The caller sends no answer before
+    they are synced, so a response still never leaves before its record is on
+    disk; one ``fdatasync`` then covers every request waiting at that moment.
+    Appends that carry a vault write (``before_write``) sync at once, as ever.
+    A rotation syncs the file it moves away first, so a crash never leaves a
+    gap between a synced newer file and an older one.
+    """
+    fds: list[int] = []
+    _DEFERRED.fds = fds
+    try:
+        yield fds
+    finally:
+        _DEFERRED.fds = None
+
+
+def sync_batch(batch: list[list[int]]) -> list[OSError | None]:
+    """``fdatasync`` what :func:`deferring_sync` collected for several requests; close the descriptors.
+
+    Each file is synced once, which covers every record written to it before
+    the call, however many requests wait on it. Returns, per request, None
+    when all its records are on disk, else the error.
+    """
+    synced: dict[tuple[int, int], OSError | None] = {}
+    outcome: list[OSError | None] = []
+    for fds in batch:
+        error: OSError | None = None
+        for fd in fds:
+            try:
+                st = os.fstat(fd)
+                file = (st.st_dev, st.st_ino)
+                if file not in synced:
+                    try:
+                        _sync(fd)
+                        synced[file] = None
+                    except OSError as e:
+                        synced[file] = e
+                error = error or synced[file]
+            except OSError as e:
+                error = error or e
+            finally:
+                os.close(fd)
+        outcome.append(error)
+    return outcome
+
+
 class GroupCommit:
     """Appends from the threads of one process, as few writes and fsyncs as possible (``kmscli serve``).
 
@@ -1236,14 +1362,15 @@ class GroupCommit:
     """
 
     def __init__(self) -> None:
-        import threading
-
         self._cond = threading.Condition()
         self._queue: list[_Queued] = []
         self._leading = False
 
     def append(self, log: AuditLog, record: dict[str, Any], ring: KeyRing, *,
                catch_up: Callable[[], list[str] | None] | None, event_id: str) -> ChainHead:
+        if getattr(_DEFERRED, "fds", None) is not None:
+            # Its sync is the caller's (deferring_sync): never lead other threads' records into it.
+            return log.append_batch([record], ring, catch_up=catch_up, event_ids=[event_id])[-1]
         entry = _Queued(log, record, ring, catch_up, event_id)
         with self._cond:
             self._queue.append(entry)

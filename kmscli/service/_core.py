@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import hmac
+import io
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -112,8 +114,10 @@ class Core:
         clock: Callable[[], datetime] = utcnow,
         audit_max_bytes: int | None = None,
         region: str = ids.DEFAULT_REGION,
+        store: VaultStore | None = None,
     ) -> None:
-        self.store = VaultStore(vault_path)
+        #: ``store``: one shared by the calls of a long-lived process (``serve``), which keeps what it opened.
+        self.store = store if store is not None else VaultStore(vault_path)
         #: Keys and aliases belong to the region they were made in; another region's are not found (as in AWS).
         self.region = ids.validate_region(region)
         self.audit_max_bytes = audit_max_bytes
@@ -323,7 +327,9 @@ class Core:
             return (f"the audit log {path} is missing or holds no record written with the key, but the vault's "
                     f"last write recorded record {head['seq']}: the log was deleted, cut or replaced{hint}")
         seq = last[audit.SEQ_FIELD]
-        if not audit.record_mac_ok(self._ring(ov).key_for(seq), last):
+        key = self._ring(ov).key_for(seq)
+        sealed_here = tail.sealed_with is not None and hmac.compare_digest(tail.sealed_with, key)
+        if not sealed_here and not audit.record_mac_ok(key, last):
             return (f"the last keyed record of the audit log {path} (record {seq}) was not written under this "
                     f"vault's key: the log was replaced{hint}")
         if seq < head["seq"] or (seq == head["seq"] and last[audit.MAC_FIELD] != head["mac"]):
@@ -385,6 +391,15 @@ class Core:
         if records:
             self._audit_log(ov).append_batch(records, self._ring(ov))
 
+    def _preflight(self, ov: OpenVault, writer: Any) -> None:
+        """Fail closed before output that cannot be taken back: when the log could not be appended to.
+
+        Output kept in memory (a served request's answer, sent only after its
+        record is on disk) can be taken back, so it needs no early check.
+        """
+        if not isinstance(writer, io.BytesIO):
+            self._audit_log(ov).preflight()
+
     def _log_path(self, ov: OpenVault) -> Path:
         stored = ov.body.get("audit_log")
         return Path(stored) if stored else self.store.path.with_name(AUDIT_FILE)
@@ -396,7 +411,6 @@ class Core:
                                    if k["from_seq"] is not None))
 
     def _audit_log(self, ov: OpenVault | None) -> Any:
-        from .. import audit
 
         if ov is None:
             path, chain_id = self.audit_path, ""
@@ -407,8 +421,7 @@ class Core:
             # earlier log of the same vault can pass for it.
             chain_id = ov.body["vault_id"] if epoch == 0 else f"{ov.body['vault_id']}:{epoch}"
         if self._audit is None or self._audit_key != (str(path), chain_id):
-            size = {"max_bytes": self.audit_max_bytes} if self.audit_max_bytes else {}
-            self._audit = audit.AuditLog(path, vault_id=chain_id, **size)
+            self._audit = _shared_log(str(path), chain_id, self.audit_max_bytes)
             self._audit_key = (str(path), chain_id)
         return self._audit
 
@@ -757,6 +770,15 @@ class RecordFirst:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._writer, name)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_log(path: str, chain_id: str, max_bytes: int | None) -> Any:
+    """One AuditLog object per log in a process, so that what it learns (where the
+    log ends, which file is live) serves every call of a long-lived process."""
+    from .. import audit
+
+    return audit.AuditLog(path, vault_id=chain_id, **({"max_bytes": max_bytes} if max_bytes else {}))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -35,7 +35,7 @@ class CryptoOps(Core):
             key = self._key(ov, call, KeyId, "kms:Encrypt", context_conditions(context))
             self._require_enabled(ov, key)
             material = key["Materials"][-1]
-            self._audit_log(ov).preflight()  # fail closed before output that cannot be taken back
+            self._preflight(ov, writer)
             n = stream.encrypt_stream(reader, writer, master_key=material_bytes(material), key_id=key["KeyId"],
                                       material_version=material["Version"], context=context, progress=progress)
             call.request["inputBytes"] = n
@@ -59,7 +59,7 @@ class CryptoOps(Core):
             header = stream.read_header(reader)
             key, material = self._ciphertext_key(ov, call, header, KeyId, "kms:Decrypt", context)
             call.response["keyMaterialId"] = material["KeyMaterialId"]
-            self._audit_log(ov).preflight()
+            self._preflight(ov, writer)
             # The record that releases plaintext is on disk before its first byte
             # leaves (after the header and first chunk authenticated, so a wrong
             # context is one failed record): a call stopped half-way has it.
@@ -101,7 +101,7 @@ class CryptoOps(Core):
                             {**context_conditions(dst_ctx), "kms:ReEncryptOnSameKey": same})
             self._require_enabled(ov, dst)
             dst_material = dst["Materials"][-1]
-            self._audit_log(ov).preflight()
+            self._preflight(ov, writer)
             stream.rewrap_stream(header, reader, writer, old_master_key=material_bytes(src_material), context=src_ctx,
                                  new_master_key=material_bytes(dst_material), new_key_id=dst["KeyId"],
                                  new_material_version=dst_material["Version"], new_context=dst_ctx)

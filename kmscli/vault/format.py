@@ -162,13 +162,21 @@ def seal_body(header: Header, vault_key: bytes, body: dict[str, Any], nonce: byt
 
 
 def open_body(data: bytes, header: Header, vault_key: bytes) -> dict[str, Any]:
+    return parse_body(open_body_bytes(data, header, vault_key))
+
+
+def open_body_bytes(data: bytes, header: Header, vault_key: bytes) -> bytes:
+    """The body's plaintext (JSON bytes), after its integrity check."""
     nonce = data[HEADER_SIZE : HEADER_SIZE + P.NONCE_SIZE]
     try:
-        plain = P.open_(body_key(vault_key), nonce, data[HEADER_SIZE + P.NONCE_SIZE :], header.raw)
+        return P.open_(body_key(vault_key), nonce, data[HEADER_SIZE + P.NONCE_SIZE :], header.raw)
     except P.AuthenticationFailed:
         raise errors.VaultCorruptException(
             "the vault body failed its integrity check (modified or truncated); restore it from a backup"
         ) from None
+
+
+def parse_body(plain: bytes) -> dict[str, Any]:
     try:
         body = json.loads(plain)
     except ValueError:

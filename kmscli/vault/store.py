@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hmac
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -133,12 +134,13 @@ class OpenVault:
     body: dict[str, Any]
     #: Audit records that go to the log with the next write (None: records are appended at once).
     pending: list[dict[str, Any]] | None = None
-    #: Which file this was read from (inode, size, mtime), to notice a write since.
-    file_id: tuple[int, int, int] | None = None
+    #: Which file this was read from (see file_id), to notice a write since.
+    file_id: tuple[int, ...] | None = None
 
 
-def file_id(st: os.stat_result) -> tuple[int, int, int]:
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+def file_id(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever the file may have: every write renames a new file (a new inode) in."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class KeySource:
@@ -186,14 +188,23 @@ class FixedKeySource(KeySource):
 
 
 class VaultStore:
-    def __init__(self, path: Path) -> None:
+    """One vault file. With ``keep_opened`` (a long-lived process: ``serve``), the last
+    vault opened is kept decrypted in memory and reused while the file on disk
+    is the same one (see file_id): a request then costs two ``stat`` calls, not
+    a read, a decryption and a key check. The plaintext stays in this process,
+    which holds the vault key anyway."""
+
+    def __init__(self, path: Path, *, keep_opened: bool = False) -> None:
         # The real path, resolved once: a vault reached through a symlink (kept
         # on another disk, say) is written where it really is, and its lock and
         # its default log sit beside the real file, so two writers that name it
         # through two paths still take the same lock.
         self.path = Path(os.path.realpath(path))
         self.lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
-        self.last_read_id: tuple[int, int, int] | None = None
+        self.last_read_id: tuple[int, ...] | None = None
+        self.keep_opened = keep_opened
+        #: (file id, header, vault key, body plaintext) of the last vault opened, with keep_opened.
+        self._opened: tuple[tuple[int, ...], F.Header, bytes, bytes] | None = None
 
     # -- reading ---------------------------------------------------------
     def read_bytes(self) -> bytes:
@@ -225,11 +236,36 @@ class VaultStore:
             os.close(fd)
 
     def open(self, keys: KeySource) -> OpenVault:
+        kept = self._opened
+        if kept is not None:
+            reopened = self._reopen(kept, keys)
+            if reopened is not None:
+                return reopened
         data = self.read_bytes()
+        read_id = self.last_read_id
         header = F.parse_header(data)
         vault_key = keys.vault_key(header)
-        return OpenVault(header=header, vault_key=vault_key, body=F.open_body(data, header, vault_key),
-                         file_id=self.last_read_id)
+        plain = F.open_body_bytes(data, header, vault_key)
+        body = F.parse_body(plain)
+        if self.keep_opened and read_id is not None:
+            self._opened = (read_id, header, vault_key, plain)
+        return OpenVault(header=header, vault_key=vault_key, body=body, file_id=read_id)
+
+    def _reopen(self, kept: tuple[tuple[int, ...], F.Header, bytes, bytes], keys: KeySource) -> OpenVault | None:
+        """The kept vault, if the file on disk is still the one it was read from and ``keys`` open it."""
+        read_id, header, vault_key, plain = kept
+        check_private_folder(self.path.parent, "the vault")
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None  # read it the usual way, with its usual errors
+        if not stat.S_ISREG(st.st_mode) or file_id(st) != read_id:
+            return None
+        check_private_file(st, self.path, "the vault")
+        if not hmac.compare_digest(keys.vault_key(header), vault_key):
+            return None  # another key: let the file say whether it opens the vault
+        self.last_read_id = read_id
+        return OpenVault(header=header, vault_key=vault_key, body=F.parse_body(plain), file_id=read_id)
 
     def changed_since(self, ov: OpenVault) -> bool:
         """Whether the vault file was replaced since ``ov`` was read (every write renames a new file in)."""
