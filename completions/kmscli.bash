@@ -50,8 +50,8 @@ _kmscli_spec() {
             vals=' --format=choice:base64,hex,raw -f=choice:base64,hex,raw --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='none' ;;
         'serve')
-            cmds='  ' opts='--host --port --tls-cert --tls-key --ephemeral --account --seed --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --host=none --port=none --tls-cert=file --tls-key=file --account=none --seed=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--host --port --tls-cert --tls-key --ephemeral --account --seed --workers --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --host=none --port=none --tls-cert=file --tls-key=file --account=none --seed=file --workers=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'keys')
             cmds=' create list describe tags enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations ' opts='-h|--help'

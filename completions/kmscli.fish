@@ -44,7 +44,7 @@ function __kmscli_vopts --argument-names path
         case 'random'
             echo --format -f --vault --audit-log --passphrase-file --region
         case 'serve'
-            echo --host --port --tls-cert --tls-key --account --seed --vault --audit-log --passphrase-file --region
+            echo --host --port --tls-cert --tls-key --account --seed --workers --vault --audit-log --passphrase-file --region
         case 'keys create'
             echo --description -d --alias --tag --policy --vault --audit-log --passphrase-file --region
         case 'keys list'
@@ -317,6 +317,7 @@ complete -c kmscli -n '__kmscli_at \'serve\'' -l tls-key -r -F -d 'TLS private k
 complete -c kmscli -n '__kmscli_at \'serve\'' -l ephemeral -d 'For test suites: no vault, state in memory, any SigV4 credentials accepted.'
 complete -c kmscli -n '__kmscli_at \'serve\'' -l account -x -d 'With --ephemeral: the account in ARNs (default 123456789012).'
 complete -c kmscli -n '__kmscli_at \'serve\'' -l seed -r -F -d 'With --ephemeral: keys, aliases, tags and policies to preload (YAML or JSON).'
+complete -c kmscli -n '__kmscli_at \'serve\'' -l workers -x -d 'Processes serving the vault (default: one per CPU, at most 4; 1 with --ephemeral or through a session).'
 complete -c kmscli -n '__kmscli_at \'serve\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'serve\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'serve\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'

@@ -248,6 +248,7 @@ _kmscli_serve() {
         '--ephemeral[For test suites: no vault, state in memory, any SigV4 credentials accepted.]' \
         '--account=[With --ephemeral: the account in ARNs (default 123456789012).]:12-DIGITS: ' \
         '--seed=[With --ephemeral: keys, aliases, tags and policies to preload (YAML or JSON).]:FILE:_files' \
+        '--workers=[Processes serving the vault (default: one per CPU, at most 4; 1 with --ephemeral or through a session).]:N: ' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \

@@ -33,6 +33,9 @@ def serve(
                        help="With --ephemeral: the account in ARNs (default 123456789012).")] = None,
     seed: Annotated[str | None, typer.Option("--seed", metavar="FILE",
                     help="With --ephemeral: keys, aliases, tags and policies to preload (YAML or JSON).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", metavar="N",
+                       help="Processes serving the vault (default: one per CPU, at most 4; "
+                            "1 with --ephemeral or through a session).")] = None,
 ) -> None:
     from ..ids import validate_account
     from ..server import run
@@ -53,24 +56,48 @@ def serve(
     for path in (tls_cert, tls_key):
         if path is not None and not os.access(path, os.R_OK):
             raise errors.UsageError(f"cannot read {path}")
+    through_session = common.SESSION is not None and not ephemeral
+    workers = _workers(workers, ephemeral, through_session)
     backend = _backend(ephemeral, account, seed)
     sock = run.bind(host, port)
     from ..server.app import KmsApp
 
-    app = KmsApp(backend)
     url = run.url_of(sock, tls_cert is not None)
+    parent = os.getpid()
     try:
-        alive = common.SESSION.alive if common.SESSION is not None and not ephemeral else (lambda: True)
-        stopped_by = run.serve(app, sock, tls_cert=tls_cert, tls_key=tls_key,
-                               on_ready=lambda: output.message(f"serving on {url}"),
-                               should_stop=lambda: app.stop_requested or not alive())
+        alive = common.SESSION.alive if through_session else (lambda: True)
+        outcome = run.serve(lambda: KmsApp(backend), sock, workers=workers, tls_cert=tls_cert, tls_key=tls_key,
+                            on_ready=lambda: output.message(f"serving on {url}"), alive=alive)
     finally:
-        backend.close()
+        if os.getpid() == parent:
+            backend.close()
+    if outcome.worker_failed is not None:
+        raise errors.KMSInternalException(
+            f"a serving process ended unexpectedly (exit status {outcome.worker_failed}), so the server stopped; "
+            "the others answered and recorded their requests in flight; see the lines above"
+        )
     output.message("stopped: every request in flight was answered and recorded")
-    if app.stop_requested:
+    if outcome.unlock_lost:
         raise typer.Exit(errors.EXIT_UNLOCK)  # the vault can no longer be unlocked with what it held
-    if stopped_by == signal.SIGINT:
+    if outcome.signal == signal.SIGINT:
         raise typer.Exit(130)  # as any command ends on Ctrl-C
+
+
+#: The most processes `serve` starts by default: past that the audit log's lock, not the CPUs, sets the pace.
+DEFAULT_WORKERS_MAX = 4
+
+
+def _workers(given: int | None, ephemeral: bool, through_session: bool) -> int:
+    """How many processes serve: one per CPU by default (at most 4); one where the state lives in one."""
+    single = "--ephemeral keeps its state in one process" if ephemeral else (
+        "a server running through a session lives in the session's process" if through_session else None)
+    if given is None:
+        return 1 if single else max(1, min(os.cpu_count() or 1, DEFAULT_WORKERS_MAX))
+    if not 1 <= given <= 64:
+        raise errors.ValidationException(f"--workers must be 1..64 (got {given})")
+    if given > 1 and single:
+        raise errors.ValidationException(f"--workers {given}: {single}; serve with --workers 1")
+    return given
 
 
 def _backend(ephemeral: bool, account: str | None, seed: str | None) -> Any:

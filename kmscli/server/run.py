@@ -5,16 +5,23 @@ The socket is bound here, before uvicorn starts, so ``--port 0`` can report the
 port the kernel picked; the "serving on" line is written once the server
 accepts connections. On SIGTERM or SIGINT uvicorn stops accepting, lets the
 requests in flight finish (their records go to disk first), then the
-application's shutdown waits for its worker threads.
+application's shutdown waits for the last audit sync.
+
+With ``--workers N`` the process forks N workers after binding (so they share
+the socket and inherit the unlocked vault key, which never crosses a pipe);
+each runs its own event loop, and the parent announces, supervises and stops them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import os
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .. import errors
@@ -29,6 +36,8 @@ GRACEFUL_STOP_S = 10
 STOP_POLL_S = 0.25
 #: A connection idle this long between requests is closed (clients reconnect).
 KEEP_ALIVE_S = 15
+#: How much longer than GRACEFUL_STOP_S a worker may take to stop before it is killed.
+WORKER_STOP_MARGIN_S = 20
 
 
 def is_loopback(host: str) -> bool:
@@ -63,9 +72,37 @@ def url_of(sock: socket.socket, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
-def serve(app: Any, sock: socket.socket, *, tls_cert: str | None = None, tls_key: str | None = None,
-          on_ready: Callable[[], None] | None = None, should_stop: Callable[[], bool] | None = None) -> int | None:
-    """Serve until stopped; the signal that stopped it (SIGTERM, SIGINT), or None.
+@dataclass(frozen=True)
+class Outcome:
+    """How serving ended: the stop signal (SIGTERM, SIGINT) if any, and whether the
+    vault could no longer be unlocked with what the server held (passwd)."""
+
+    signal: int | None
+    unlock_lost: bool = False
+    #: A worker process ended by itself other than by losing the unlock: its exit status.
+    worker_failed: int | None = None
+
+
+def serve(make_app: Callable[[], Any], sock: socket.socket, *, workers: int = 1, tls_cert: str | None = None,
+          tls_key: str | None = None, on_ready: Callable[[], None] | None = None,
+          alive: Callable[[], bool] = lambda: True) -> Outcome:
+    """Serve until stopped, in ``workers`` processes sharing the socket.
+
+    ``make_app()`` builds the application in the process that runs it (after
+    the fork, so no thread crosses one); ``alive()`` turning false stops the
+    server as SIGTERM does. With several workers the parent only starts them,
+    says "serving" once all accept, passes a stop on to them and waits: every
+    worker then finishes its requests in flight, records on disk, as one would.
+    """
+    if workers <= 1:
+        return _serve_one(make_app, sock, tls_cert=tls_cert, tls_key=tls_key, on_ready=on_ready, alive=alive)
+    return _serve_forked(make_app, sock, workers, tls_cert=tls_cert, tls_key=tls_key, on_ready=on_ready,
+                         alive=alive)
+
+
+def _serve_one(make_app: Callable[[], Any], sock: socket.socket, *, tls_cert: str | None, tls_key: str | None,
+               on_ready: Callable[[], None] | None, alive: Callable[[], bool]) -> Outcome:
+    """Serve in this process until stopped.
 
     uvicorn re-raises the stop signal once it has shut down cleanly; the
     handlers installed here only note it, so the caller can say so and exit
@@ -79,6 +116,7 @@ def serve(app: Any, sock: socket.socket, *, tls_cert: str | None = None, tls_key
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stopped_by.append(signum))
 
+    app = make_app()
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="on", server_header=False, date_header=True,
         ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_graceful_shutdown=GRACEFUL_STOP_S,
@@ -92,8 +130,8 @@ def serve(app: Any, sock: socket.socket, *, tls_cert: str | None = None, tls_key
             await asyncio.sleep(0.01)
         if server.started and on_ready is not None:
             on_ready()
-        while should_stop is not None and not task.done():
-            if should_stop():  # the session it serves through ended: stop as on SIGTERM
+        while not task.done():
+            if app.stop_requested or not alive():  # the session it serves through ended: stop as on SIGTERM
                 server.should_exit = True
                 break
             await asyncio.sleep(STOP_POLL_S)
@@ -102,4 +140,92 @@ def serve(app: Any, sock: socket.socket, *, tls_cert: str | None = None, tls_key
     asyncio.run(main())
     if not server.started:
         sys.exit(errors.EXIT_USAGE)
-    return stopped_by[0] if stopped_by else None
+    return Outcome(stopped_by[0] if stopped_by else None, unlock_lost=app.stop_requested)
+
+
+def _serve_forked(make_app: Callable[[], Any], sock: socket.socket, workers: int, *, tls_cert: str | None,
+                  tls_key: str | None, on_ready: Callable[[], None] | None, alive: Callable[[], bool]) -> Outcome:
+    import signal
+    import time
+
+    parent = os.getpid()
+    ready_r, ready_w = os.pipe()
+    stopped_by: list[int] = []
+    # Noted from before the first fork: a stop that arrives while workers start is not lost.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stopped_by.append(signum))
+    pids: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: serve, then leave without running the parent's cleanup
+            os.close(ready_r)
+            code = 70  # EX_SOFTWARE: it died of something unexpected
+
+            def accepting() -> None:
+                os.write(ready_w, b".")
+
+            try:
+                outcome = _serve_one(make_app, sock, tls_cert=tls_cert, tls_key=tls_key, on_ready=accepting,
+                                     alive=lambda: alive() and os.getppid() == parent)
+                code = errors.EXIT_UNLOCK if outcome.unlock_lost else 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException as e:  # noqa: BLE001 - said on stderr, then the worker's exit status tells
+                sys.stderr.write(f"kmscli: serve: a worker failed: {type(e).__name__}: {e}\n")
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        pids.append(pid)
+    os.close(ready_w)
+    codes = _supervise(pids, ready_r, workers, stopped_by, on_ready, time.monotonic)
+    os.close(ready_r)
+    if codes and codes[0] == errors.EXIT_USAGE and not stopped_by:
+        sys.exit(errors.EXIT_USAGE)  # no worker could start (TLS files unreadable, say): as one process would
+    failed = next((c for c in codes if c not in (0, errors.EXIT_UNLOCK)), None)
+    return Outcome(stopped_by[0] if stopped_by else None, unlock_lost=errors.EXIT_UNLOCK in codes,
+                   worker_failed=failed)
+
+
+def _supervise(pids: list[int], ready_r: int, workers: int, stopped_by: list[int],
+               on_ready: Callable[[], None] | None, clock: Callable[[], float]) -> list[int]:
+    """Announce once every worker accepts; when one ends or a stop comes, stop all; their exit codes."""
+    import select
+    import signal
+    import time
+
+    running = set(pids)
+    codes: list[int] = []
+    ready = 0
+    stopping_since: float | None = None
+
+    def stop_all() -> float:
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        return clock()
+
+    while running:
+        if ready < workers:
+            readable, _, _ = select.select([ready_r], [], [], 0.05)
+            if readable:
+                got = os.read(ready_r, workers)
+                ready += len(got)
+                if ready >= workers and on_ready is not None and stopping_since is None:
+                    on_ready()
+        else:
+            time.sleep(0.05)
+        if stopped_by and stopping_since is None:
+            stopping_since = stop_all()
+        while running:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            running.discard(pid)
+            codes.append(os.waitstatus_to_exitcode(status))
+            if stopping_since is None:  # one worker ended by itself: the server ends as a whole
+                stopping_since = stop_all()
+        if stopping_since is not None and clock() - stopping_since > GRACEFUL_STOP_S + WORKER_STOP_MARGIN_S:
+            for pid in running:  # bounded: a worker that ignores the stop is killed
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    return codes
