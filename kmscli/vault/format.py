@@ -13,6 +13,9 @@ from ..crypto import primitives as P
 
 MAGIC = b"KMSVAULT"
 FORMAT_VERSION = 1
+#: The record store (kmscli/vault/records.py, docs/vault-v2.md): the same header, version 2,
+#: kept in a clear table of a SQLite file instead of at the start of a sealed file.
+RECORDS_FORMAT_VERSION = 2
 KDF_ARGON2ID = 1
 SALT_SIZE = 16
 VAULT_KEY_SIZE = 32
@@ -96,30 +99,30 @@ def derive_kek(passphrase: bytes, header: Header) -> bytes:
     return P.argon2id(passphrase, header.salt, kdf.memory_kib, kdf.time_cost, kdf.parallelism)
 
 
-def build_header(kdf: KdfParams, salt: bytes, kek: bytes, vault_key: bytes, wrap_nonce: bytes) -> Header:
-    fixed = _FIXED.pack(MAGIC, FORMAT_VERSION, KDF_ARGON2ID, kdf.memory_kib, kdf.time_cost, kdf.parallelism, salt)
+def build_header(kdf: KdfParams, salt: bytes, kek: bytes, vault_key: bytes, wrap_nonce: bytes,
+                 *, version: int = FORMAT_VERSION) -> Header:
+    fixed = _FIXED.pack(MAGIC, version, KDF_ARGON2ID, kdf.memory_kib, kdf.time_cost, kdf.parallelism, salt)
     wrapped = P.seal(kek, wrap_nonce, vault_key, fixed)
     unsummed = fixed + wrap_nonce + wrapped
     raw = unsummed + hashlib.sha256(unsummed).digest()
     return Header(kdf=kdf, salt=salt, wrap_nonce=wrap_nonce, wrapped_vault_key=wrapped, raw=raw)
 
 
-def parse_header(data: bytes) -> Header:
-    """Parse and bound-check the header; no secret needed, nothing derived."""
+def _check_version(data: bytes, version: int) -> None:
+    """Magic bytes, then the format version: a newer one is refused before anything else is parsed."""
     if len(data) < len(MAGIC) + 2 or data[: len(MAGIC)] != MAGIC:
         raise errors.VaultCorruptException("the vault file is not a kmscli vault (bad magic bytes)")
-    (version,) = struct.unpack_from(">H", data, len(MAGIC))
-    if version > FORMAT_VERSION:
+    (found,) = struct.unpack_from(">H", data, len(MAGIC))
+    if found > version:
         raise errors.VaultVersionException(
-            f"vault format version {version} is newer than this kmscli understands ({FORMAT_VERSION}); upgrade kmscli"
+            f"vault format version {found} is newer than this kmscli understands ({version}); upgrade kmscli"
         )
-    if version != FORMAT_VERSION:
-        raise errors.VaultCorruptException(f"the vault file has an unknown format version {version}")
-    if len(data) < MIN_FILE_SIZE:
-        raise errors.VaultCorruptException(
-            f"the vault file is truncated ({len(data)} bytes, a vault has at least {MIN_FILE_SIZE})"
-        )
-    raw = data[:HEADER_SIZE]
+    if found != version:
+        raise errors.VaultCorruptException(f"the vault file has an unknown format version {found}")
+
+
+def _parse_fields(raw: bytes) -> Header:
+    """Checksum, KDF id and KDF bounds of exactly HEADER_SIZE bytes whose version was checked."""
     if not P.constant_time_equal(hashlib.sha256(raw[:-HEADER_CHECKSUM_SIZE]).digest(), raw[-HEADER_CHECKSUM_SIZE:]):
         raise errors.VaultCorruptException("the vault header is damaged (checksum mismatch); restore it from a backup")
     _magic, _v, kdf_id, m, t, p, salt = _FIXED.unpack_from(raw)
@@ -130,12 +133,31 @@ def parse_header(data: bytes) -> Header:
         raise errors.VaultCorruptException(
             f"the vault's KDF parameters are out of bounds (m={m} KiB, t={t}, p={p}); refusing to derive"
         )
-    if len(data) - HEADER_SIZE - P.NONCE_SIZE > MAX_BODY_SIZE + P.TAG_SIZE:
-        raise errors.VaultCorruptException("the vault body is larger than kmscli allows (64 MiB)")
     off = KDF_AAD_SIZE
     wrap_nonce = raw[off : off + P.NONCE_SIZE]
     wrapped = raw[off + P.NONCE_SIZE : off + P.NONCE_SIZE + WRAPPED_KEY_SIZE]
     return Header(kdf=kdf, salt=salt, wrap_nonce=wrap_nonce, wrapped_vault_key=wrapped, raw=raw)
+
+
+def parse_header(data: bytes) -> Header:
+    """Parse and bound-check the header; no secret needed, nothing derived."""
+    _check_version(data, FORMAT_VERSION)
+    if len(data) < MIN_FILE_SIZE:
+        raise errors.VaultCorruptException(
+            f"the vault file is truncated ({len(data)} bytes, a vault has at least {MIN_FILE_SIZE})"
+        )
+    header = _parse_fields(data[:HEADER_SIZE])
+    if len(data) - HEADER_SIZE - P.NONCE_SIZE > MAX_BODY_SIZE + P.TAG_SIZE:
+        raise errors.VaultCorruptException("the vault body is larger than kmscli allows (64 MiB)")
+    return header
+
+
+def parse_records_header(raw: bytes) -> Header:
+    """The header row of a format-2 record store: the same layout and checks, version 2, nothing after it."""
+    _check_version(raw, RECORDS_FORMAT_VERSION)
+    if len(raw) != HEADER_SIZE:
+        raise errors.VaultCorruptException(f"the vault header is {len(raw)} bytes long, not {HEADER_SIZE}")
+    return _parse_fields(raw)
 
 
 def unwrap_vault_key(header: Header, kek: bytes) -> bytes:
