@@ -59,7 +59,7 @@ def serve(
     through_session = common.SESSION is not None and not ephemeral
     workers = _workers(workers, ephemeral, through_session)
     backend = _backend(ephemeral, account, seed)
-    sock = run.bind(host, port)
+    sock = run.bind(host, port, share=workers > 1)
     from ..server.app import KmsApp
 
     url = run.url_of(sock, tls_cert is not None)

@@ -84,3 +84,32 @@ def test_workers_are_refused_where_the_state_lives_in_one_process(tmp_path: Path
         "serve with --workers 1"]
     r = run_kmscli(env, "serve", "--workers", "0", "--port", "0")
     assert r.returncode == 2 and b"--workers must be 1..64 (got 0)" in r.stderr
+
+
+def test_connections_are_spread_over_the_workers(tmp_path: Path) -> None:
+    """Each worker listens on its own socket (SO_REUSEPORT): with one shared socket the first
+    worker to wake took 16 connections of 17. The kernel spreads them by a hash of the
+    address: the chance that 32 land on one of two workers is 2**-31."""
+    import http.client
+
+    env, _ = make_vault(tmp_path)
+    server = ServerProcess(["--port", "0", "--workers", "2"], env)
+    try:
+        workers = _children(server.proc.pid)
+
+        def sockets(pid: int) -> int:
+            return sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir() if "socket:" in os.readlink(fd))
+
+        idle = {pid: sockets(pid) for pid in workers}  # the listening socket, the event loop's own pair
+        connections = []
+        for _ in range(32):
+            c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=HANG_GUARD_S)
+            c.request("POST", "/", body=b"{}")  # unsigned: refused, but accepted and answered by a worker
+            assert c.getresponse().read()
+            connections.append(c)
+        held = {pid: sockets(pid) - idle[pid] for pid in workers}
+        assert sum(held.values()) == 32 and all(n > 0 for n in held.values()), held
+        for c in connections:
+            c.close()
+    finally:
+        server.assert_clean_stop()
