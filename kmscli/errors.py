@@ -31,9 +31,13 @@ class KmsError(Exception):
     #: Name printed and logged; AWS's exception name where there is one.
     name = "KMSInternalException"
 
-    def __init__(self, message: str = "") -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str = "", *, hint: str | None = None) -> None:
+        full = f"{message}; {hint}" if hint else message
+        super().__init__(full)
+        #: What a person reads (the CLI's line, the audit record): AWS's words, then what to do next.
+        self.message = full
+        #: AWS's words only: what `kmscli serve` answers an SDK, for which a kmscli command is no help.
+        self.aws_message = message
 
     def __str__(self) -> str:
         return self.message

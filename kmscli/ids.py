@@ -105,9 +105,8 @@ def parse_key_ref(text: str) -> KeyRef:
             f"Invalid arn '{_clip(text)}': KMS ARNs look like arn:aws:kms:<region>:<account>:key/<key id> "
             "or arn:aws:kms:<region>:<account>:alias/<name>"
         )
-    raise errors.NotFoundException(
-        f"Invalid keyId '{_clip(text)}': give a key id (a UUID), alias/NAME, or an ARN; see 'kmscli keys list'"
-    )
+    raise errors.NotFoundException(f"Invalid keyId '{_clip(text)}': give a key id (a UUID), alias/NAME, or an ARN",
+                                   hint="see 'kmscli keys list'")
 
 
 def validate_alias_name(name: str) -> str:

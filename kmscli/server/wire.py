@@ -243,7 +243,7 @@ def failure(error: errors.KmsError, request_id: str = "") -> Answer:
     client gets KMSInternalException and the request id; the details (paths
     included) go to the server's stderr only.
     """
-    name, status, message = error.name, 400, error.message
+    name, status, message = error.name, 400, error.aws_message
     if isinstance(error, (errors.KMSInternalException, errors.VaultFileError, errors.UnlockError)):
         import sys
 

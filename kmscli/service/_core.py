@@ -519,15 +519,13 @@ class Core:
         if ref.alias is not None:
             alias = self._alias(ov, ref.alias)
             if alias is None:
-                raise errors.NotFoundException(
-                    f"Alias {self._alias_arn(ov, ref.alias)} is not found; see 'kmscli alias list'"
-                )
+                raise errors.NotFoundException(f"Alias {self._alias_arn(ov, ref.alias)} is not found",
+                                               hint="see 'kmscli alias list'")
             key_id = alias["TargetKeyId"]
         key = self._region_key(ov, key_id)
         if key is None:
-            raise errors.NotFoundException(
-                f"Key '{self._key_arn(ov, key_id or '')}' does not exist; see 'kmscli keys list --all'"
-            )
+            raise errors.NotFoundException(f"Key '{self._key_arn(ov, key_id or '')}' does not exist",
+                                           hint="see 'kmscli keys list --all'")
         call.response.setdefault("keyId", key["KeyId"])
         arn = self._key_arn(ov, key["KeyId"])
         if arn not in call.resources:

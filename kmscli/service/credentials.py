@@ -61,9 +61,8 @@ class CredentialOps(Core):
             mine = [c for c in creds.values() if c["UserName"] == UserName]
             if len(mine) >= ACCESS_KEYS_PER_USER_MAX:
                 raise errors.LimitExceededException(
-                    f"user {UserName} already has {ACCESS_KEYS_PER_USER_MAX} access keys, the most IAM allows; "
-                    "delete one with 'kmscli credentials delete' first"
-                )
+                    f"user {UserName} already has {ACCESS_KEYS_PER_USER_MAX} access keys, the most IAM allows",
+                    hint="delete one with 'kmscli credentials delete' first")
             access_key_id = new_access_key_id()
             while access_key_id in creds:  # pragma: no cover - 80 random bits
                 access_key_id = new_access_key_id()
@@ -97,9 +96,8 @@ class CredentialOps(Core):
         def delete(ov: OpenVault, call: Call) -> dict[str, Any]:
             entry = (ov.body.get("credentials") or {}).pop(AccessKeyId, None)
             if entry is None:
-                raise errors.NotFoundException(
-                    f"The Access Key with id {AccessKeyId[:32]} cannot be found; see 'kmscli credentials list'"
-                )
+                raise errors.NotFoundException(f"The Access Key with id {AccessKeyId[:32]} cannot be found",
+                                               hint="see 'kmscli credentials list'")
             call.response = {"userName": entry["UserName"]}
             return {}
 

@@ -255,3 +255,17 @@ def test_json_with_extra_whitespace_and_unicode_escapes_is_read(served: Served, 
     assert got["Description"] == "caf\u00e9 \U0001f600"
     assert json.loads(served.post(op("DescribeKey"), body_of({"KeyId": key["KeyId"]})).body)["KeyMetadata"][
         "Description"] == "caf\u00e9 \U0001f600"
+
+
+def test_errors_answer_in_awss_words_without_the_clis_hints(served: Served) -> None:
+    """An SDK user gets AWS's message; what to run next is for the CLI's line (and its record)."""
+    doc = assert_aws_error(served.post(op("DescribeKey"), body_of({"KeyId": "alias/missing"})), "NotFoundException")
+    assert doc["message"] == f"Alias arn:aws:kms:us-east-1:{served.account}:alias/missing is not found"
+    missing = "1234abcd-12ab-34cd-56ef-1234567890ab"
+    doc = assert_aws_error(served.post(op("DescribeKey"), body_of({"KeyId": missing})), "NotFoundException")
+    assert doc["message"] == f"Key 'arn:aws:kms:us-east-1:{served.account}:key/{missing}' does not exist"
+    assert "kmscli" not in doc["message"]
+    r = served.kms("--region", "us-east-1", "keys", "describe", missing)
+    assert r.returncode == 3
+    assert r.stderr.decode().strip() == (f"kmscli: NotFoundException: Key 'arn:aws:kms:us-east-1:{served.account}:"
+                                         f"key/{missing}' does not exist; see 'kmscli keys list --all'")
