@@ -22,8 +22,8 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -372,14 +372,56 @@ def _parse_json_object(line: bytes) -> dict[str, Any] | None:
 # -- files -------------------------------------------------------------------
 
 
+#: How far before ``since`` ``read(since=...)`` starts reading every line
+#: (docs/audit.md, "Reading"): eventTime is stamped before the writer takes the
+#: log's lock, and clocks step back, so times are only nearly in order.
+SINCE_SLACK = timedelta(minutes=10)
+#: What readers read at once when they go through a file, and when they look
+#: for a single line (the start of ``read(since=...)``).
+SCAN_BLOCK = 1 << 20
+PROBE_BLOCK = 1 << 11
+#: Seam: the reading side's reads of lines go through it, so tests can count the bytes.
+_pread = os.pread
+#: Length of the member '"chainMac":"<64 hex>",' in a line.
+_MAC_MEMBER = 78
+#: Seam: False makes verify check every line fully (tests compare the two ways).
+_QUICK_CHECK = True
+
+
 @dataclass
 class _File:
-    """One file of a snapshot: open descriptor and the size it had under the lock."""
+    """One file of a snapshot: its name, number, and the size and identity it had under the lock.
+
+    Only the live file is kept open (``fd``) from the snapshot on, since a
+    rotation may rename it; older files never change and are opened one at a
+    time when a reader gets to them, checked to be the same file (``ident``).
+    """
 
     name: str
     index: int
-    fd: int
     size: int
+    ident: tuple[int, int]  # (st_dev, st_ino)
+    fd: int = -1
+
+
+@dataclass
+class _Walk:
+    """Where :meth:`AuditLog._verify` is in the chain, for the lines it checks fully."""
+
+    files: list[_File]
+    ring: KeyRing
+    head: ChainHead | None
+    witness: tuple[int, str] | None
+    strict: bool
+    seq: int = 0
+    prev: bytes = b""
+    prev_hex: bytes = b""
+    prev_file: _File | None = None
+    keyed: int = 0
+    unkeyed: int = 0
+    unauthenticated: list[str] = field(default_factory=list)
+    head_seen: bool = False
+    witness_seen: bool = False
 
 
 def _oserror(e: OSError) -> str:
@@ -858,28 +900,85 @@ class AuditLog:
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[list[_File]]:
-        """Open every file of the log, oldest first, noting sizes under the shared lock."""
+        """Note every file of the log, oldest first, with its size, under the shared lock.
+
+        Older files are opened one at a time to check them and closed again: they
+        never change once renamed, and readers open them again, one at a time,
+        when they get to them (:meth:`_opened`). The live file stays open, since
+        a rotation may rename it. So the set of files and their sizes are fixed
+        here, whatever happens next, with at most two files of the log open.
+        """
         files: list[_File] = []
+        live = -1
         try:
             with self._shared():
                 segments = self._segments()
                 live_index = (segments[-1][0] if segments else 0) + 1
-                for index, name in [*segments, (live_index, self.path.name)]:
+                for index, name in segments:
                     try:
                         fd = _open_existing(self.path.with_name(name))
                     except FileNotFoundError:
                         continue
-                    files.append(_File(name, index, fd, 0))
-                    files[-1].size = os.fstat(fd).st_size
-        except OSError as e:
-            for f in files:
-                os.close(f.fd)
-            raise AuditLogException(f"cannot read the audit log {self.path}: {_oserror(e)}") from None
+                    try:
+                        st = os.fstat(fd)
+                    finally:
+                        os.close(fd)
+                    files.append(_File(name, index, st.st_size, (st.st_dev, st.st_ino)))
+                try:
+                    live = _open_existing(self.path)
+                except FileNotFoundError:
+                    pass
+                else:
+                    st = os.fstat(live)
+                    files.append(_File(self.path.name, live_index, st.st_size, (st.st_dev, st.st_ino), live))
+        except BaseException as e:
+            if live >= 0:
+                os.close(live)
+            if isinstance(e, OSError):
+                raise AuditLogException(f"cannot read the audit log {self.path}: {_oserror(e)}") from None
+            raise
         try:
             yield files
         finally:
-            for f in files:
-                os.close(f.fd)
+            if live >= 0:
+                os.close(live)
+
+    @contextlib.contextmanager
+    def _opened(self, f: _File) -> Iterator[int]:
+        """A descriptor of the snapshot's file ``f``: the live file's, or an older file's opened for the while."""
+        if f.fd >= 0:
+            yield f.fd
+            return
+        fd = self._reopen(f)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _reopen(self, f: _File) -> int:
+        """Open the older file ``f`` of the snapshot again: the same file, wherever a rename put it."""
+        try:
+            fd = _open_existing(self.path.with_name(f.name))
+        except FileNotFoundError:
+            pass
+        else:
+            if _ident(fd) == f.ident:
+                return fd
+            os.close(fd)
+        # Renamed since the snapshot: 'audit restart' sets every file aside as NAME.retired-...
+        for name in os.listdir(self.path.parent):
+            if not name.startswith(f.name + "."):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(self.path.with_name(name), follow_symlinks=False)
+                if (st.st_dev, st.st_ino) == f.ident:
+                    fd = _open_existing(self.path.with_name(name))
+                    if _ident(fd) == f.ident:
+                        return fd
+                    os.close(fd)
+        raise AuditLogException(
+            f"the audit log file {f.name} was removed or replaced while it was being read; run the command again"
+        )
 
     def _where(self, files: list[_File], f: _File, n: int) -> str:
         return f"line {n}" if len(files) <= 1 else f"file {f.name} line {n}"
@@ -889,20 +988,21 @@ class AuditLog:
     def head(self) -> ChainHead | None:
         """The last record's head (reads only the end of the last file), or None for an empty log."""
         with self._snapshot() as files:
-            try:
-                for f in reversed(files):
-                    size = _complete_size(f.fd, f.size)
-                    if f.size - size <= MAX_LINE_BYTES:  # a whole record missing only its newline?
-                        tail = os.pread(f.fd, f.size - size, size)
-                        if tail and _is_record(tail):
-                            rec = parse_line(tail)
-                            return ChainHead(file_index=f.index, seq=rec[SEQ_FIELD], mac=rec[MAC_FIELD])
-                    if size == 0:
-                        continue
-                    rec = self._last_record(f.fd, size, f.name)
-                    return ChainHead(file_index=f.index, seq=rec[SEQ_FIELD], mac=rec[MAC_FIELD])
-            except OSError as e:
-                raise AuditLogException(f"cannot read the audit log {self.path}: {_oserror(e)}") from None
+            for f in reversed(files):
+                try:
+                    with self._opened(f) as fd:
+                        size = _complete_size(fd, f.size)
+                        if f.size - size <= MAX_LINE_BYTES:  # a whole record missing only its newline?
+                            tail = os.pread(fd, f.size - size, size)
+                            if tail and _is_record(tail):
+                                rec = parse_line(tail)
+                                return ChainHead(file_index=f.index, seq=rec[SEQ_FIELD], mac=rec[MAC_FIELD])
+                        if size == 0:
+                            continue
+                        rec = self._last_record(fd, size, f.name)
+                        return ChainHead(file_index=f.index, seq=rec[SEQ_FIELD], mac=rec[MAC_FIELD])
+                except OSError as e:
+                    raise AuditLogException(f"cannot read the audit log {self.path}: {_oserror(e)}") from None
         return None
 
     # -- read -----------------------------------------------------------------
@@ -920,39 +1020,76 @@ class AuditLog:
         (key ARNs by key id, alias ARNs by alias name); ``operation`` matches
         eventName case-insensitively; ``since`` keeps eventTime >= since (naive = UTC).
         Lines are parsed, not verified: use verify() for that.
+
+        With ``since``, reading starts near the first record at ``since -
+        SINCE_SLACK``, found by bisection over the files and then over the byte
+        offsets of one file; docs/audit.md ("Reading") says exactly what that
+        guarantees when times are out of order.
         """
         want_key = _key_name(key_id) if key_id is not None else None
         want_op = operation.casefold() if operation is not None else None
-        if since is not None and since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
+        bound = None
+        if since is not None:
+            if since.tzinfo is None:
+                since = since.replace(tzinfo=UTC)
+            with contextlib.suppress(OverflowError):  # nothing is older than that
+                bound = since - SINCE_SLACK
         with self._snapshot() as files:
-            for f, n, line, complete in self._lines(files):
-                if not complete and not (f is files[-1] and _is_record(line)):
-                    if f is files[-1]:
-                        return  # an append cut short: not a record
-                    raise AuditLogException(f"{self._where(files, f, n)}: incomplete line; run 'kmscli audit verify'")
-                rec = _parse_json_object(line)
-                if rec is None:
-                    raise AuditLogException(f"{self._where(files, f, n)}: not a JSON object; run 'kmscli audit verify'")
-                if want_op is not None and str(rec.get("eventName", "")).casefold() != want_op:
-                    continue
-                if want_key is not None and not _names_key(rec, want_key):
-                    continue
-                if since is not None:
-                    t = _parse_event_time(rec.get("eventTime"))
-                    if t is None:
-                        raise AuditLogException(f"{self._where(files, f, n)}: eventTime is not an ISO 8601 time")
-                    if t < since:
-                        continue
-                yield rec
+            first = self._first_file(files, bound) if bound is not None else 0
+            for f in files[first:]:
+                try:
+                    with self._opened(f) as fd:
+                        start = _start_offset(fd, f.size, bound) if bound is not None and f is files[first] else 0
+                        n = 0
+                        for lines, complete in _line_blocks(f, fd, start):
+                            for line in lines:
+                                n += 1
+                                if not complete and not (f is files[-1] and _is_record(line)):
+                                    if f is files[-1]:
+                                        return  # an append cut short: not a record
+                                    where = self._where(files, f, _line_number(fd, start, n))
+                                    raise AuditLogException(f"{where}: incomplete line; run 'kmscli audit verify'")
+                                rec = _parse_json_object(line)
+                                if rec is None:
+                                    where = self._where(files, f, _line_number(fd, start, n))
+                                    raise AuditLogException(f"{where}: not a JSON object; run 'kmscli audit verify'")
+                                if want_op is not None and str(rec.get("eventName", "")).casefold() != want_op:
+                                    continue
+                                if want_key is not None and not _names_key(rec, want_key):
+                                    continue
+                                if since is not None:
+                                    t = _parse_event_time(rec.get("eventTime"))
+                                    if t is None:
+                                        where = self._where(files, f, _line_number(fd, start, n))
+                                        raise AuditLogException(f"{where}: eventTime is not an ISO 8601 time")
+                                    if t < since:
+                                        continue
+                                yield rec
+                except OSError as e:
+                    raise AuditLogException(f"cannot read the audit log file {f.name}: {_oserror(e)}") from None
 
-    def _lines(self, files: list[_File]) -> Iterator[tuple[_File, int, bytes, bool]]:
-        """(file, line number in it, line without newline, ended by a newline) for each line."""
-        for f in files:
+    def _first_file(self, files: list[_File], bound: datetime) -> int:
+        """Where ``read(since)`` starts: a file such that every file before it ends with a record older than bound.
+
+        Bisection over the files, each probe opening one file to read its last
+        line. The last file is never passed over: it may end with a record
+        missing only its newline.
+        """
+        lo, hi = 0, len(files) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            f = files[mid]
             try:
-                yield from _file_lines(f)
+                with self._opened(f) as fd:
+                    end = _complete_end(fd, f.size)
+                    found = _probe(fd, end - 1, 0, end) if end else None
             except OSError as e:
                 raise AuditLogException(f"cannot read the audit log file {f.name}: {_oserror(e)}") from None
+            if found is not None and _older_than(found[2], bound):
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
 
     # -- verify ---------------------------------------------------------------
 
@@ -972,96 +1109,74 @@ class AuditLog:
 
     def _verify(self, files: list[_File], ring: KeyRing, head: ChainHead | None,
                 witness: tuple[int, str] | None, strict: bool) -> VerifyReport:
-        prev = b""
-        seq = 0
-        keyed = unkeyed = 0
-        unauthenticated: list[str] = []
-        last: ChainHead | None = None
+        """Walk the files one at a time, checking each line quickly if it can be, fully if not.
+
+        The quick check (docs/audit.md, "Verifying quickly") accepts a keyed line
+        whose MAC, over the line's own bytes without its chainMac member, is
+        right, with that member where canonical form puts it: such a line is
+        byte for byte one the chain key sealed. Every other line, and every line
+        the head or the witness names, gets :meth:`_check_line`, which parses
+        it, checks its canonical form and every rule, and names what is wrong.
+        """
+        w = _Walk(files, ring, head, witness, strict)
+        seq = 0  # the last record's seq, its link (raw and as written), in locals for speed
+        prev = genesis_link(ring.key_for(1), self.vault_id)
+        prev_hex = prev.hex().encode()
+        quick = 0  # records the quick check accepted (all keyed)
+        head_seq = head.seq if head is not None else -1
+        witness_seq = witness[0] if witness is not None else -1
+        inner = outer = hashlib.sha256()
+        pads_until = 0  # the first seq the current key's pads do not cover
+        compare = constant_time_equal
+        quick_check = _QUICK_CHECK
         last_file: _File | None = None
         last_n = 0
-        prev_file: _File | None = None
-        head_seen = witness_seen = False
+        for f in files:
+            n = 0
+            try:
+                with self._opened(f) as fd:
+                    for lines, complete in _line_blocks(f, fd):
+                        for line in lines:
+                            n += 1
+                            s = seq + 1
+                            if quick_check and complete and s != head_seq and s != witness_seq:
+                                if s >= pads_until:
+                                    inner, outer, pads_until = _pads_for(ring, s)
+                                i = line.find(b'"chain')
+                                j = i + _MAC_MEMBER
+                                after = b'"chainPrev":"%s","chainSeq":%d,' % (prev_hex, s)
+                                if (
+                                    i > 0
+                                    and line.startswith(b'Mac":"', i + 6)
+                                    and line.startswith(b'",', j - 2)
+                                    and line.startswith(after, j)
+                                    and line.find(b'"chain', j + len(after)) < 0
+                                ):
+                                    h = inner.copy()
+                                    h.update(prev)
+                                    h.update(line[:i])
+                                    h.update(line[j:])
+                                    o = outer.copy()
+                                    o.update(h.digest())
+                                    mac = o.digest()
+                                    written = line[i + 12 : j - 2]
+                                    if compare(mac.hex().encode(), written):
+                                        seq, prev, prev_hex = s, mac, written
+                                        quick += 1
+                                        continue
+                            w.seq, w.prev = seq, prev
+                            w.prev_file = f if n > 1 else last_file
+                            self._check_line(w, f, n, line, complete)
+                            seq, prev, prev_hex = w.seq, w.prev, w.prev_hex
+            except OSError as e:
+                raise AuditLogException(f"cannot read the audit log file {f.name}: {_oserror(e)}") from None
+            if n:
+                last_file, last_n = f, n
 
         def bad(f: _File, n: int, what: str) -> AuditVerificationException:
             return AuditVerificationException(f"{self._where(files, f, n)}: {what}")
 
-        for f, n, line, complete in self._lines(files):
-            # A whole record that lacks only its final newline is checked like any other.
-            if not complete and not (f is files[-1] and _is_record(line)):
-                if f is files[-1]:
-                    raise bad(
-                        f,
-                        n,
-                        "torn final line (no newline at the end): an append was cut short (disk full or "
-                        "killed) and never acknowledged; the next append removes it",
-                    )
-                raise bad(f, n, "incomplete line (no newline) before the end of the log")
-            try:
-                rec = parse_line(line)
-            except _BadLine as e:
-                raise bad(f, n, str(e)) from None
-            rec_seq: int = rec[SEQ_FIELD]
-            rec_keyed: bool = rec[KEYED_FIELD]
-            rec_key = ring.key_for(rec_seq) if rec_keyed else None
-            if seq == 0:
-                prev = genesis_link(rec_key, self.vault_id)
-            starts_file = f is not prev_file and prev_file is not None
-            if rec_seq != seq + 1:
-                if seq == 0:
-                    what = f"the log begins at record {rec_seq}, not 1: its first records or files are missing"
-                    raise bad(f, n, what)
-                if rec_seq > seq + 1:
-                    what = f"record {rec_seq} follows record {seq}: records are missing or out of order here"
-                    if starts_file:
-                        what += " (a file may be missing)"
-                    raise bad(f, n, what)
-                raise bad(f, n, f"record {rec_seq} follows record {seq}: a record was copied, moved or inserted here")
-            if not constant_time_equal(bytes.fromhex(rec[PREV_FIELD]), prev):
-                if seq == 0:
-                    raise bad(
-                        f,
-                        n,
-                        "the log does not begin with this vault's genesis link: it belongs to another vault "
-                        "or was written under another key",
-                    )
-                raise bad(f, n, f"{PREV_FIELD} is not the previous record's {MAC_FIELD}: the chain is broken here")
-            body = dict(rec)
-            mac_hex = body.pop(MAC_FIELD)
-            mac = link(rec_key, prev, canonical(body))
-            if not constant_time_equal(bytes.fromhex(mac_hex), mac):
-                if rec_keyed:
-                    raise bad(f, n, f"{MAC_FIELD} does not match: the record was edited or written under another key")
-                raise bad(f, n, f"{MAC_FIELD} does not match: the record (written without the key) was edited")
-            if not rec_keyed:
-                why = unkeyed_claim_error(rec)
-                if why is not None:
-                    raise bad(f, n, why)
-                if strict:
-                    raise bad(f, n, "written without the key (a failed unlock that anyone could have written); "
-                                    "--strict accepts only keyed records")
-                unauthenticated.append(self._where(files, f, n))
-            if head is not None and rec_seq == head.seq:
-                if f.index != head.file_index or not constant_time_equal(mac_hex.encode(), head.mac.encode()):
-                    raise bad(
-                        f,
-                        n,
-                        f"record {rec_seq} is not the one the vault last recorded (file {head.file_index}, "
-                        f"{MAC_FIELD} {head.mac[:16]}...): the log was replaced from here",
-                    )
-                head_seen = True
-            if witness is not None and rec_seq == witness[0]:
-                if not constant_time_equal(mac_hex.encode(), witness[1].encode()):
-                    raise bad(f, n, f"record {rec_seq} is not the one 'audit head' printed ({witness[1][:16]}...): "
-                                    "the log was replaced or rolled back and rewritten from here")
-                witness_seen = True
-            if rec_keyed:
-                keyed += 1
-            else:
-                unkeyed += 1
-            seq, prev = rec_seq, mac
-            last = ChainHead(file_index=f.index, seq=rec_seq, mac=mac_hex)
-            last_file, last_n, prev_file = f, n, f
-        if head is not None and not head_seen:
+        if head is not None and not w.head_seen:
             if last_file is None:
                 raise AuditVerificationException(
                     f"line 1: the log is empty, but the vault last recorded record {head.seq}: the log was removed"
@@ -1072,7 +1187,7 @@ class AuditLog:
                 f"the log ends after record {seq}, but the vault last recorded record {head.seq}: "
                 "records were removed from the end",
             )
-        if witness is not None and not witness_seen:
+        if witness is not None and not w.witness_seen:
             where = f"line {last_n + 1}" if last_file is None else self._where(files, last_file, last_n + 1)
             raise AuditVerificationException(
                 f"{where}: the log ends after record {seq}, but 'audit head' printed record {witness[0]}: "
@@ -1081,12 +1196,87 @@ class AuditLog:
         return VerifyReport(
             records=seq,
             files=len(files),
-            keyed=keyed,
-            unkeyed=unkeyed,
-            last_head=last,
-            unproven=unkeyed,
-            unauthenticated=tuple(unauthenticated),
+            keyed=quick + w.keyed,
+            unkeyed=w.unkeyed,
+            last_head=None if last_file is None else ChainHead(last_file.index, seq, prev_hex.decode("ascii")),
+            unproven=w.unkeyed,
+            unauthenticated=tuple(w.unauthenticated),
         )
+
+    def _check_line(self, w: _Walk, f: _File, n: int, line: bytes, complete: bool) -> None:
+        """Check one line fully against the chain so far (``w``), and move ``w`` past it; raise if it is bad."""
+        files = w.files
+
+        def bad(what: str) -> AuditVerificationException:
+            return AuditVerificationException(f"{self._where(files, f, n)}: {what}")
+
+        # A whole record that lacks only its final newline is checked like any other.
+        if not complete and not (f is files[-1] and _is_record(line)):
+            if f is files[-1]:
+                raise bad(
+                    "torn final line (no newline at the end): an append was cut short (disk full or "
+                    "killed) and never acknowledged; the next append removes it"
+                )
+            raise bad("incomplete line (no newline) before the end of the log")
+        try:
+            rec = parse_line(line)
+        except _BadLine as e:
+            raise bad(str(e)) from None
+        seq, prev, head, witness = w.seq, w.prev, w.head, w.witness
+        rec_seq: int = rec[SEQ_FIELD]
+        rec_keyed: bool = rec[KEYED_FIELD]
+        rec_key = w.ring.key_for(rec_seq) if rec_keyed else None
+        if seq == 0:
+            prev = genesis_link(rec_key, self.vault_id)
+        starts_file = f is not w.prev_file and w.prev_file is not None
+        if rec_seq != seq + 1:
+            if seq == 0:
+                raise bad(f"the log begins at record {rec_seq}, not 1: its first records or files are missing")
+            if rec_seq > seq + 1:
+                what = f"record {rec_seq} follows record {seq}: records are missing or out of order here"
+                if starts_file:
+                    what += " (a file may be missing)"
+                raise bad(what)
+            raise bad(f"record {rec_seq} follows record {seq}: a record was copied, moved or inserted here")
+        if not constant_time_equal(bytes.fromhex(rec[PREV_FIELD]), prev):
+            if seq == 0:
+                raise bad(
+                    "the log does not begin with this vault's genesis link: it belongs to another vault "
+                    "or was written under another key"
+                )
+            raise bad(f"{PREV_FIELD} is not the previous record's {MAC_FIELD}: the chain is broken here")
+        body = dict(rec)
+        mac_hex = body.pop(MAC_FIELD)
+        mac = link(rec_key, prev, canonical(body))
+        if not constant_time_equal(bytes.fromhex(mac_hex), mac):
+            if rec_keyed:
+                raise bad(f"{MAC_FIELD} does not match: the record was edited or written under another key")
+            raise bad(f"{MAC_FIELD} does not match: the record (written without the key) was edited")
+        if not rec_keyed:
+            why = unkeyed_claim_error(rec)
+            if why is not None:
+                raise bad(why)
+            if w.strict:
+                raise bad("written without the key (a failed unlock that anyone could have written); "
+                          "--strict accepts only keyed records")
+            w.unauthenticated.append(self._where(files, f, n))
+        if head is not None and rec_seq == head.seq:
+            if f.index != head.file_index or not constant_time_equal(mac_hex.encode(), head.mac.encode()):
+                raise bad(
+                    f"record {rec_seq} is not the one the vault last recorded (file {head.file_index}, "
+                    f"{MAC_FIELD} {head.mac[:16]}...): the log was replaced from here"
+                )
+            w.head_seen = True
+        if witness is not None and rec_seq == witness[0]:
+            if not constant_time_equal(mac_hex.encode(), witness[1].encode()):
+                raise bad(f"record {rec_seq} is not the one 'audit head' printed ({witness[1][:16]}...): "
+                          "the log was replaced or rolled back and rewritten from here")
+            w.witness_seen = True
+        if rec_keyed:
+            w.keyed += 1
+        else:
+            w.unkeyed += 1
+        w.seq, w.prev, w.prev_hex = rec_seq, mac, mac_hex.encode("ascii")
 
 
 # -- file helpers --------------------------------------------------------------
@@ -1229,33 +1419,147 @@ def _last_line(fd: int, size: int) -> bytes | None:
     return data if len(data) <= MAX_LINE_BYTES else None
 
 
-def _file_lines(f: _File) -> Iterator[tuple[_File, int, bytes, bool]]:
-    """Lines of the snapshot ``f`` (up to its noted size), bounded by MAX_LINE_BYTES."""
-    pos = 0  # how much of the file is in buf
-    n = 0
-    buf = b""
-    start = 0  # where the next line begins in buf
-    while True:
-        i = buf.find(b"\n", start)
-        if i >= 0:
-            n += 1
-            yield f, n, buf[start:i], True
-            start = i + 1
-            continue
-        rest = len(buf) - start
-        if rest > MAX_LINE_BYTES or (pos >= f.size and rest > 0):
-            # Over-long (the parser says so) or the file ends without a newline.
-            yield f, n + 1, buf[start : start + MAX_LINE_BYTES + 1], rest > MAX_LINE_BYTES
-            return
-        if pos >= f.size:
-            return
-        data = os.pread(f.fd, min(READ_BLOCK, f.size - pos), pos)
+def _ident(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _line_blocks(f: _File, fd: int, pos: int = 0) -> Iterator[tuple[list[bytes], bool]]:
+    """The lines of the snapshot's file ``f`` from byte ``pos`` (a line start) up to its noted size.
+
+    Yields (lines without their newlines, True) a block of SCAN_BLOCK bytes at
+    a time; then, if the file does not end in a newline, ([what follows the
+    last one], False). A line longer than MAX_LINE_BYTES is cut to one byte
+    over the limit and ends the file (the parsers refuse it), so memory stays
+    bounded whatever the file holds.
+    """
+    rest = b""
+    while pos < f.size:
+        data = _pread(fd, min(SCAN_BLOCK, f.size - pos), pos)
         if not data:  # the file shrank under us (an append removed a torn tail)
             f.size = pos
-            continue
+            break
         pos += len(data)
-        buf = buf[start:] + data
-        start = 0
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            rest += data
+            if len(rest) > MAX_LINE_BYTES:
+                yield [rest[: MAX_LINE_BYTES + 1]], True
+                return
+            continue
+        lines = (rest + data[:cut] if rest else data[:cut]).split(b"\n")
+        rest = data[cut + 1 :]
+        yield lines, True
+    if rest:
+        yield [rest[: MAX_LINE_BYTES + 1]], len(rest) > MAX_LINE_BYTES
+
+
+def _line_number(fd: int, start: int, n: int) -> int:
+    """The number of the ``n``-th line read from byte ``start`` (only for messages: it reads what came before)."""
+    pos = 0
+    while pos < start:
+        data = _pread(fd, min(SCAN_BLOCK, start - pos), pos)
+        if not data:
+            break
+        n += data.count(b"\n")
+        pos += len(data)
+    return n
+
+
+def _complete_end(fd: int, size: int) -> int:
+    """Just after the last newline in the first ``size`` bytes (0 if none within a line's length of the end)."""
+    pos = size
+    while pos > 0 and size - pos <= MAX_LINE_BYTES:
+        start = max(0, pos - PROBE_BLOCK)
+        data = _pread(fd, pos - start, start)
+        i = data.rfind(b"\n")
+        if i >= 0:
+            return start + i + 1
+        pos = start
+    return 0
+
+
+def _probe(fd: int, pos: int, lo: int, end: int) -> tuple[int, int, bytes] | None:
+    """The line holding byte ``pos``: (its start, where its newline is, the line), or None if it is over the limit.
+
+    ``lo`` is a line start at or before ``pos``, ``end`` is just after a
+    newline after it: the search goes no further either way. It reads
+    PROBE_BLOCK bytes around ``pos`` first, which hold a typical line.
+    """
+    a = max(lo, pos - PROBE_BLOCK // 2)
+    b = min(end, a + PROBE_BLOCK)
+    buf = _pread(fd, b - a, a)
+    grow = PROBE_BLOCK
+    while len(buf) == b - a:  # else the file shrank
+        i = buf.rfind(b"\n", 0, pos - a)
+        start = a + i + 1 if i >= 0 else (lo if a == lo else -1)
+        j = buf.find(b"\n", pos - a)
+        if start >= 0 and j >= 0:
+            return start, a + j, buf[start - a : j]
+        if b - a > MAX_LINE_BYTES + PROBE_BLOCK:
+            return None
+        if start < 0:
+            na = max(lo, a - grow)
+            buf = _pread(fd, a - na, na) + buf
+            a = na
+        if j < 0:
+            if b >= end:
+                return None
+            nb = min(end, b + grow)
+            buf += _pread(fd, nb - b, b)
+            b = nb
+        grow *= 2
+    return None
+
+
+def _older_than(line: bytes, bound: datetime) -> bool:
+    """Whether the line is a record whose eventTime is before ``bound`` (False for anything else)."""
+    rec = _parse_json_object(line)
+    t = _parse_event_time(rec.get("eventTime")) if rec is not None else None
+    return t is not None and t < bound
+
+
+def _start_offset(fd: int, size: int, bound: datetime) -> int:
+    """A line start in the file from which ``read(since)`` reads every line: 0, or just after a record older than bound.
+
+    Bisection over byte offsets: each probe reads the line that holds the
+    middle byte. Soundness needs no order at all: the line just before the
+    offset returned is always a record older than ``bound`` (or there is none).
+    """
+    end = _complete_end(fd, size)
+    lo, hi = 0, end
+    while lo < hi:
+        mid = (lo + hi) // 2
+        found = _probe(fd, mid, lo, end)
+        if found is None:
+            hi = mid
+            continue
+        start, stop, line = found
+        if _older_than(line, bound):
+            lo = stop + 1
+        else:
+            hi = start
+    return lo
+
+
+def _pads_for(ring: KeyRing, seq: int) -> tuple[Any, Any, int]:
+    """HMAC-SHA-256 (RFC 2104) for record ``seq``'s key, its inner and outer hash states made once.
+
+    Returns the two states and the first seq they no longer cover (the next
+    key's first record). The same MAC as :func:`link` for keyed records, without
+    hashing the padded key again for every record.
+    """
+    key = ring.entries[0][1]
+    until = 1 << 63
+    for first, k in ring.entries:
+        if first > seq:
+            until = first
+            break
+        key = k
+    block = key.ljust(64, b"\0")  # chain keys are 32 bytes, under SHA-256's 64-byte block
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+    return inner, outer, until
 
 
 def _key_name(value: str) -> str:
