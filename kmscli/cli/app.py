@@ -6,7 +6,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from typer._click.exceptions import UsageError
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.exceptions import Abort, Exit
 
 from .. import __version__, errors
@@ -92,6 +92,9 @@ def run(args: list[str]) -> int:
     except errors.KmsError as e:
         sys.stderr.write(error_line(e.name, e.message) + "\n")
         return e.exit_code
+    except NoArgsIsHelpError as e:  # bare `kmscli` or `kmscli keys`: the usage, as a CLI prints it
+        sys.stderr.write(e.format_message().rstrip("\n") + "\n")
+        return errors.EXIT_USAGE
     except UsageError as e:
         hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
         sys.stderr.write(error_line("ValidationException", e.format_message() + hint) + "\n")

@@ -321,3 +321,16 @@ def test_full_stdout_is_exit_2(kms: Runner, vault: Path, env: dict[str, str], ar
                            timeout=HANG_GUARD_S)
     assert r.returncode == 2, r.stderr
     assert r.stderr.decode().strip() == "kmscli: ValidationException: cannot write to standard output: the disk is full"
+
+
+@pytest.mark.parametrize("args", [(), ("keys",), ("alias",), ("audit",), ("credentials",), ("policy",)])
+def test_a_command_without_its_subcommand_prints_the_usage(kms: Runner, args: tuple[str, ...]) -> None:
+    """Bare `kmscli` or `kmscli keys` prints the usage as a CLI does, not one squashed error line (issue 15)."""
+    r = kms(*args)
+    assert r.returncode == 2 and r.stdout == b""
+    err = r.stderr.decode()
+    lines = err.splitlines()
+    assert lines[0] == f"Usage: {' '.join(('kmscli', *args))} [OPTIONS] COMMAND [ARGS]...", lines[0]
+    assert "ValidationException" not in err and "Commands:" in lines
+    commands = lines[lines.index("Commands:") + 1:]
+    assert len(commands) >= 2 and all(c.startswith("  ") for c in commands), commands
