@@ -85,7 +85,23 @@ def click_command() -> Any:
 
 
 def run(args: list[str]) -> int:
-    """Run the CLI on ``args``; return the exit code. Never lets a traceback out unasked."""
+    """Run the CLI on ``args``; return the exit code. Never lets a traceback out unasked.
+
+    After SIGTERM or SIGHUP (which interrupt it as Ctrl-C does, see
+    pipes.Terminated) it ends by that signal once everything is cleaned up.
+    """
+    code = _run(args)
+    from . import pipes
+
+    if pipes.TERMINATED_BY is not None:
+        sys.stderr.write("kmscli: terminated\n")
+        sys.stderr.flush()
+        pipes.end_by(pipes.TERMINATED_BY)
+        return 128 + pipes.TERMINATED_BY
+    return code
+
+
+def _run(args: list[str]) -> int:
     common.STATE = common.Globals()
     try:
         rv = click_command().main(args=args, prog_name="kmscli", standalone_mode=False)
@@ -101,10 +117,7 @@ def run(args: list[str]) -> int:
         return errors.EXIT_USAGE
     except Exit as e:
         return int(e.exit_code or 0)
-    except Abort:
-        sys.stderr.write("kmscli: interrupted\n")
-        return 130
-    except KeyboardInterrupt:
+    except (Abort, KeyboardInterrupt):
         sys.stderr.write("kmscli: interrupted\n")
         return 130
     except BrokenPipeError:

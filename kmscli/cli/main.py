@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         from kmscli.agent import client
 
         return client.run(token, args, command)
+    from kmscli.cli.pipes import interrupt_on_termination
+
+    interrupt_on_termination()
     from kmscli.cli.app import run
 
     return run(args)

@@ -259,3 +259,37 @@ def test_pipes_are_enlarged_for_throughput(kms: Runner, key: str, env: dict[str,
         get_size = getattr(fcntl, "F_GETPIPE_SZ", 1032)
         assert fcntl.fcntl(out.fileno(), get_size) == 1 << 20
     assert len(ct) > 1000
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_termination_mid_decrypt_leaves_no_plaintext_behind(kms: Runner, key: str, tmp_path: Path, env: dict,
+                                                            sig: str) -> None:
+    """`timeout` or `kill` during `decrypt -o FILE` used to leave `.FILE.<hex>.tmp` holding the plaintext
+    written so far (issue 15): SIGTERM and SIGHUP now unwind as Ctrl-C does, then end the process by the
+    signal, as a shell expects."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import HANG_GUARD_S, kmscli_command
+
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(os.urandom(6 << 20))
+    ok(kms("encrypt", "--key", key, "-i", str(plain), "-o", str(tmp_path / "c.kms")))
+    blob = (tmp_path / "c.kms").read_bytes()
+    out = tmp_path / "out" / "restored"
+    out.parent.mkdir()
+    proc = subprocess.Popen([*kmscli_command(), "decrypt", "-o", str(out)], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    assert proc.stdin is not None
+    proc.stdin.write(blob[: len(blob) // 2])  # half: three chunks, two of them released; the rest never comes
+    proc.stdin.flush()
+    deadline = time.monotonic() + HANG_GUARD_S  # a guard only: the loop ends once plaintext is on disk
+    while not any(p.stat().st_size for p in out.parent.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [p.name.startswith(".restored.") for p in out.parent.iterdir()] == [True]
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=HANG_GUARD_S)
+    assert proc.returncode == -getattr(signal, sig), (proc.returncode, err)
+    assert err.decode().strip().splitlines()[-1] == "kmscli: terminated"
+    assert list(out.parent.iterdir()) == []  # neither the target nor the temporary file
