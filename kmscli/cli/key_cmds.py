@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -204,8 +205,10 @@ def rotations(key: KeyArg, json_: JsonOpt = False) -> None:
     if json_:
         output.emit_aws("ListKeyRotations", {"Rotations": found, "Truncated": False})
         return
-    rows = [(n, r["KeyMaterialId"][:16] + "…", r["KeyMaterialState"], r.get("RotationType", "ORIGINAL"),
-             output.when(r.get("RotationDate"))) for n, r in enumerate(found, 1)]
+    # Shortened to fit a terminal only: a script reading the lines gets every id whole.
+    short = output.is_tty(sys.stdout)
+    rows = [(n, r["KeyMaterialId"][:16] + "…" if short else r["KeyMaterialId"], r["KeyMaterialState"],
+             r.get("RotationType", "ORIGINAL"), output.when(r.get("RotationDate"))) for n, r in enumerate(found, 1)]
     output.table("Key material", ["Version", "KeyMaterialId", "State", "Type", "RotationDate"], rows)
 
 

@@ -110,3 +110,12 @@ def test_on_demand_limit(kms: Runner, key: str) -> None:
     line = fails(kms("keys", "rotate", key), 2, "LimitExceededException")
     assert "25" in line
     assert len(rotations(kms, key)) == 26
+
+
+def test_rotations_in_a_pipe_give_every_material_id_whole(kms: Runner, key: str) -> None:
+    """A script reading `keys rotations` got ids cut with an ellipsis (issue 15): in a pipe nothing is cut."""
+    ok(kms("keys", "rotate", key))
+    ids = [r["KeyMaterialId"] for r in rotations(kms, key)]
+    lines = ok(kms("keys", "rotations", key)).stdout.decode().splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [["1", ids[0]], ["2", ids[1]]]
+    assert "…" not in "".join(lines) and all(len(i) == 64 for i in ids)
