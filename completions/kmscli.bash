@@ -46,7 +46,7 @@ _kmscli_spec() {
             vals=' --spec=choice:AES_256,AES_128 --bytes=none --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps=' --context -c ' args='alias' ;;
         'random')
-            cmds='  ' opts='--format|-f --vault --audit-log --passphrase-file --region --debug -h|--help'
+            cmds='  ' opts='--format|-f --json --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --format=choice:base64,hex,raw -f=choice:base64,hex,raw --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='none' ;;
         'serve')
@@ -86,7 +86,7 @@ _kmscli_spec() {
             vals=' --days=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'keys cancel-delete')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'keys set-description')
@@ -102,7 +102,7 @@ _kmscli_spec() {
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias none*' ;;
         'keys rotate')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'keys rotation')
@@ -138,7 +138,7 @@ _kmscli_spec() {
             vals='  '
             reps='  ' args='' ;;
         'policy get')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='alias' ;;
         'policy put')

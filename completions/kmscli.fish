@@ -302,6 +302,7 @@ complete -c kmscli -n '__kmscli_arg \'datakey\' 0' -a '(__kmscli_aliases)' -d 'K
 
 # kmscli random
 complete -c kmscli -n '__kmscli_at \'random\'' -l format -s f -x -a 'base64 hex raw' -d 'Output encoding (default base64).'
+complete -c kmscli -n '__kmscli_at \'random\'' -l json -d 'Print the AWS KMS JSON response shape (GenerateRandom).'
 complete -c kmscli -n '__kmscli_at \'random\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'random\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'random\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
@@ -416,6 +417,7 @@ complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -s h -l help -d 'Sh
 complete -c kmscli -n '__kmscli_arg \'keys schedule-delete\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
 # kmscli keys cancel-delete
+complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l json -d 'Print the AWS KMS JSON response shape.'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
@@ -452,6 +454,7 @@ complete -c kmscli -n '__kmscli_at \'keys untag\'' -s h -l help -d 'Show this me
 complete -c kmscli -n '__kmscli_arg \'keys untag\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
 # kmscli keys rotate
+complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l json -d 'Print the AWS KMS JSON response shape.'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
@@ -535,6 +538,7 @@ complete -c kmscli -n '__kmscli_at \'policy\'' -a put -d 'Replace a key\'s polic
 complete -c kmscli -n '__kmscli_at \'policy\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli policy get
+complete -c kmscli -n '__kmscli_at \'policy get\'' -l json -d 'Print the AWS KMS JSON response shape (the document as a string in Policy).'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'

@@ -229,6 +229,7 @@ _kmscli_random() {
     _arguments -S \
         '(--format -f)--format=[Output encoding (default base64).]:base64|hex|raw:(base64 hex raw)' \
         '(--format -f)-f+[Output encoding (default base64).]:base64|hex|raw:(base64 hex raw)' \
+        '--json[Print the AWS KMS JSON response shape (GenerateRandom).]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
@@ -405,6 +406,7 @@ _kmscli_keys_schedule_delete() {
 
 _kmscli_keys_cancel_delete() {
     _arguments -S \
+        '--json[Print the AWS KMS JSON response shape.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
@@ -456,6 +458,7 @@ _kmscli_keys_untag() {
 
 _kmscli_keys_rotate() {
     _arguments -S \
+        '--json[Print the AWS KMS JSON response shape.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
@@ -604,6 +607,7 @@ _kmscli_policy() {
 
 _kmscli_policy_get() {
     _arguments -S \
+        '--json[Print the AWS KMS JSON response shape (the document as a string in Policy).]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \

@@ -117,12 +117,17 @@ def random(
     n: Annotated[int, typer.Argument(metavar="N", help="How many bytes (1..1024).")],
     format_: Annotated[str, typer.Option("--format", "-f", metavar="base64|hex|raw",
                        help="Output encoding (default base64).")] = "base64",
+    json_: Annotated[bool, typer.Option("--json", help="Print the AWS KMS JSON response shape (GenerateRandom).")
+                     ] = False,
 ) -> None:
     from ..service import Kms
 
     if format_ not in ("base64", "hex", "raw"):
         raise errors.ValidationException(f"--format must be base64, hex or raw (got '{format_}')")
     data = Kms.GenerateRandom(NumberOfBytes=n)
+    if json_:
+        output.emit_aws("GenerateRandom", {"Plaintext": data})
+        return
     if format_ == "raw":
         with fileio.output(None, binary=True) as dest:
             _write_all(dest.stream, data)

@@ -128,8 +128,10 @@ def schedule_delete(
 
 @app.command("cancel-delete", cls=common.KmsCommand,
              help="Cancel a scheduled deletion; the key comes back Disabled, as in AWS KMS.")
-def cancel_delete(key: KeyArg) -> None:
-    common.service().CancelKeyDeletion(KeyId=key)
+def cancel_delete(key: KeyArg, json_: JsonOpt = False) -> None:
+    result = common.service().CancelKeyDeletion(KeyId=key)
+    if json_:
+        output.emit_aws("CancelKeyDeletion", result)
     output.message("deletion cancelled; the key is Disabled until you run 'kmscli keys enable'")
 
 
@@ -152,8 +154,10 @@ def untag(key: KeyArg, keys: Annotated[list[str], typer.Argument(metavar="K...",
 
 
 @app.command("rotate", cls=common.KmsCommand, help="Give a key new material now; old ciphertexts still decrypt.")
-def rotate(key: KeyArg) -> None:
-    common.service().RotateKeyOnDemand(KeyId=key)
+def rotate(key: KeyArg, json_: JsonOpt = False) -> None:
+    result = common.service().RotateKeyOnDemand(KeyId=key)
+    if json_:
+        output.emit_aws("RotateKeyOnDemand", result)
 
 
 @app.command("rotation", cls=common.KmsCommand,

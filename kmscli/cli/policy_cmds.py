@@ -13,9 +13,14 @@ app = common.new_app("Read and replace key policies (AWS IAM JSON grammar).")
 
 
 @app.command("get", cls=common.KmsCommand, help="Print a key's policy document.")
-def get(key: KeyArg) -> None:
-    text = common.service().GetKeyPolicy(KeyId=key)["Policy"]
-    output.emit_line(text.rstrip("\n"))
+def get(key: KeyArg, json_: Annotated[bool, typer.Option("--json", help="Print the AWS KMS JSON response shape "
+                                                                        "(the document as a string in Policy).")
+                                       ] = False) -> None:
+    result = common.service().GetKeyPolicy(KeyId=key)
+    if json_:
+        output.emit_aws("GetKeyPolicy", result)
+        return
+    output.emit_line(result["Policy"].rstrip("\n"))
 
 
 @app.command("put", cls=common.KmsCommand, help="Replace a key's policy with FILE (or stdin).")

@@ -70,8 +70,11 @@ def test_every_json_document_is_its_aws_response(kms: Runner, key: str) -> None:
     ok(kms("keys", "rotation", key, "--enable", "--days", "90"))
     status = run("GetKeyRotationStatus", "keys", "rotation", key)
     assert status["RotationPeriodInDays"] == 90 and "NextRotationDate" in status
-    ok(kms("keys", "rotate", key))
+    assert run("RotateKeyOnDemand", "keys", "rotate", key) == {"KeyId": key}
     assert len(run("ListKeyRotations", "keys", "rotations", key)["Rotations"]) == 2
+    policy = run("GetKeyPolicy", "policy", "get", key)
+    assert policy["PolicyName"] == "default" and json.loads(policy["Policy"])["Statement"]
+    assert len(run("GenerateRandom", "random", "32")["Plaintext"]) == 44  # 32 bytes, base64
     run("ListAliases", "alias", "list")
     run("ListAliases", "alias", "list", "--key", key)
     dk = run("GenerateDataKey", "datakey", "alias/app", "--context", "k=v")
@@ -83,6 +86,7 @@ def test_every_json_document_is_its_aws_response(kms: Runner, key: str) -> None:
     assert scheduled["KeyState"] == "PendingDeletion" and scheduled["KeyId"].endswith(second)
     run("DescribeKey", "keys", "describe", second)
     run("ListKeys", "keys", "list", "--all")
+    assert run("CancelKeyDeletion", "keys", "cancel-delete", second)["KeyId"].endswith(second)
 
 
 def test_a_data_key_blob_fits_the_model_with_the_largest_context(kms: Runner, key: str) -> None:
