@@ -187,8 +187,8 @@ class InvalidCiphertextException(KmsError):
     exit_code = EXIT_CIPHERTEXT
     name = "InvalidCiphertextException"
 
-    def __init__(self, message: str = INVALID_CIPHERTEXT_MESSAGE) -> None:
-        super().__init__(message)
+    def __init__(self, message: str = INVALID_CIPHERTEXT_MESSAGE, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
 
 
 class IncorrectKeyException(InvalidCiphertextException):

@@ -328,9 +328,12 @@ def parse_header(raw: bytes) -> Header:
 def _check_fixed(fixed: bytes) -> int:
     """Bound-check the fixed part and return the whole header's size."""
     magic, version, log2, _key_id, material_version, _ps, _ws, ctx_len = _FIXED.unpack(fixed)
+    if magic != MAGIC:
+        # Public knowledge (anyone can read the first bytes): said plainly.
+        raise InvalidCiphertextException(NOT_A_CIPHERTEXT)
     # Refuse an unknown version before trusting any other field: a later
     # version may lay out everything after byte 8 differently.
-    if magic != MAGIC or version not in READABLE_VERSIONS:
+    if version not in READABLE_VERSIONS:
         raise InvalidCiphertextException()
     # Bounding the chunk size bounds what a hostile header can make a reader
     # allocate (3 records) and how many AEAD calls it costs per byte.
@@ -345,6 +348,26 @@ def _check_fixed(fixed: bytes) -> int:
     return FIXED_SIZE + field + _TRAILER_SIZE
 
 
+NOT_A_CIPHERTEXT = ("the input is not a kmscli ciphertext: it begins neither with kmscli's magic bytes nor "
+                    "with '-----BEGIN KMSCLI ENCRYPTED MESSAGE-----'")
+EMPTY_INPUT = "the input is empty: there is no ciphertext to decrypt"
+
+
+TRUNCATED_HEADER = "the ciphertext is truncated: it ends inside its header"
+
+
+def context_differs(header: Header) -> str:
+    """What to say when the context given is not the one the ciphertext was made with."""
+    if header.context is None:  # stored as its digest: its keys are not in the header
+        return ("the encryption context differs from the one the ciphertext was made with (a context of "
+                f"{header.context_length} encoded bytes)")
+    if not header.context:
+        return "the ciphertext was made without an encryption context"
+    keys = ", ".join(sorted(header.context))
+    return (f"the encryption context differs from the one the ciphertext was made with, which has the "
+            f"key(s) {keys}")
+
+
 def read_header(reader: Any) -> Header:
     """Read exactly one header from ``reader`` and bound-check it; needs no key.
 
@@ -353,12 +376,15 @@ def read_header(reader: Any) -> Header:
     """
     source = Source(reader)
     fixed = bytearray(FIXED_SIZE)
-    if source.fill(memoryview(fixed)) != FIXED_SIZE:
-        raise InvalidCiphertextException()
+    got = source.fill(memoryview(fixed))
+    if got != FIXED_SIZE:
+        start = bytes(fixed[: min(got, len(MAGIC))])
+        raise InvalidCiphertextException(EMPTY_INPUT if not got else TRUNCATED_HEADER if MAGIC.startswith(start)
+                                         else NOT_A_CIPHERTEXT)
     total = _check_fixed(bytes(fixed))
     rest = bytearray(total - FIXED_SIZE)
     if source.fill(memoryview(rest)) != len(rest):
-        raise InvalidCiphertextException()
+        raise InvalidCiphertextException(TRUNCATED_HEADER)
     return parse_header(bytes(fixed) + bytes(rest))
 
 
@@ -379,7 +405,10 @@ def open_header(header: Header, *, master_key: bytes, context: Mapping[str, str]
     # the header's stored bytes (the context, or its digest).
     expected = _context_field(header.format_version, given)
     if len(given) != header.context_length or expected != raw[FIXED_SIZE:prefix_end]:
-        raise InvalidCiphertextException()
+        # Compared before any key is used, with what the header holds in the
+        # clear: saying so (and the keys it holds) is no oracle.
+        raise InvalidCiphertextException(context_differs(header), hint="decrypt it without --context" if
+                                         header.context == {} else "give exactly the same pairs with --context")
     key_id = _key_id_bytes(header.key_id)
     wrap_key = _wrap_key(master_key, header.wrap_salt, key_id, header.material_version, header.format_version)
     try:

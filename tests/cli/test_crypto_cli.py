@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kmscli.errors import INVALID_CIPHERTEXT_MESSAGE
 from tests.conftest import Runner, fails, ok
 
 CHUNK = 256 * 1024
@@ -293,3 +294,30 @@ def test_termination_mid_decrypt_leaves_no_plaintext_behind(kms: Runner, key: st
     assert proc.returncode == -getattr(signal, sig), (proc.returncode, err)
     assert err.decode().strip().splitlines()[-1] == "kmscli: terminated"
     assert list(out.parent.iterdir()) == []  # neither the target nor the temporary file
+
+
+def test_decrypt_says_what_is_public_and_keeps_one_message_for_the_rest(kms: Runner, key: str) -> None:
+    """Issue 15: what anyone can read from the input (not a ciphertext, empty, cut in its header, the
+    context keys the header holds in the clear) is said plainly; what needs the key (a tag, the wrapped
+    data key, another key) keeps the one message that tells nothing apart."""
+    ct = ok(kms("encrypt", "--key", key, "-c", "app=web", "-c", "env=prod", input=b"s3cret")).stdout
+    plain_ct = ok(kms("encrypt", "--key", key, input=b"s3cret")).stdout
+    cases = {
+        b"hello\n": "the input is not a kmscli ciphertext: it begins neither with kmscli's magic bytes nor with "
+                    "'-----BEGIN KMSCLI ENCRYPTED MESSAGE-----'",
+        b"": "the input is empty: there is no ciphertext to decrypt",
+        ct[:40]: "the ciphertext is truncated: it ends inside its header",
+    }
+    for data, message in cases.items():
+        assert fails(kms("decrypt", input=data), 6, "InvalidCiphertextException") == \
+            f"kmscli: InvalidCiphertextException: {message}"
+    line = fails(kms("decrypt", "-c", "app=web", input=ct), 6, "InvalidCiphertextException")
+    assert line == ("kmscli: InvalidCiphertextException: the encryption context differs from the one the ciphertext "
+                    "was made with, which has the key(s) app, env; give exactly the same pairs with --context")
+    assert "prod" not in line and "web" not in line.split("which has")[1]  # keys named, values not
+    line = fails(kms("decrypt", "-c", "a=b", input=plain_ct), 6, "InvalidCiphertextException")
+    assert line.endswith("the ciphertext was made without an encryption context; decrypt it without --context")
+    tampered = bytearray(ct)
+    tampered[-1] ^= 1  # the body's last tag: only the key can tell
+    assert fails(kms("decrypt", "-c", "app=web", "-c", "env=prod", input=bytes(tampered)), 6) == \
+        "kmscli: InvalidCiphertextException: " + INVALID_CIPHERTEXT_MESSAGE
