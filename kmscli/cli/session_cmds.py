@@ -34,8 +34,17 @@ def unlock(
         raise errors.ValidationException(f"--shell must be one of {', '.join(session.SHELLS)} (got '{shell}')")
     # Always a passphrase, even with KMSCLI_SESSION set: a session cannot
     # extend itself past its TTL by minting a new one.
-    svc = common.service(PassphraseKeySource(passphrase.current(common.STATE.passphrase_file)))
-    token = session.open_session(svc, ttl_s, idle_s)
+    try:
+        svc = common.service(PassphraseKeySource(passphrase.current(common.STATE.passphrase_file)))
+        token = session.open_session(svc, ttl_s, idle_s)
+    except errors.KmsError:
+        # `eval "$(kmscli unlock)"` would run nothing and succeed: give the eval
+        # something that fails, so `set -e` stops and `&&` chains stop.
+        import sys
+
+        if not output.is_tty(sys.stdout):
+            output.emit_line("false")
+        raise
     output.emit_line(session.export_line(token, shell))
     idle_text = f", or after {session.human_duration(idle_s)} unused" if idle_s else ""
     output.message(f"unlocked {svc.store.path} for {session.human_duration(ttl_s)}{idle_text}; "

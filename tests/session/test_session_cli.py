@@ -48,6 +48,21 @@ def test_unlock_prints_the_export_line_for_sh_and_fish(kms: Runner, unlock: Unlo
     ok(kms("lock", env_update={"KMSCLI_SESSION": fish_token}))
 
 
+def test_a_failed_unlock_fails_the_eval_that_runs_it(kms: Runner, vault: Path, env: dict[str, str],
+                                                     runtime_dir: Path) -> None:
+    """`eval "$(kmscli unlock)"` ran an empty string and succeeded when unlock failed (issue 15): the
+    script went on without a session. A failed unlock prints `false` for the eval, in sh and fish alike."""
+    script = 'set -e; eval "$("$KMSCLI" unlock)"; echo "went on"'
+    r = subprocess.run(["bash", "-c", script], capture_output=True, timeout=HANG_GUARD_S, start_new_session=True,
+                       env={**env, "KMSCLI": kmscli_command()[0], "KMSCLI_PASSPHRASE": "not the passphrase"})
+    assert r.returncode == 1 and b"went on" not in r.stdout
+    assert r.stderr.decode().strip().splitlines() == [
+        "kmscli: IncorrectPassphraseException: the passphrase does not unlock this vault; check it and try again"]
+    r = kms("unlock", "--shell", "fish", env_update={"KMSCLI_PASSPHRASE": "not the passphrase"})
+    assert r.returncode == 5 and r.stdout == b"false\n"
+    assert not list(runtime_dir.glob("*.sock"))
+
+
 def test_files_are_private(kms: Runner, unlock: Unlocker, runtime_dir: Path) -> None:
     s = unlock()
     assert runtime_dir.stat().st_mode & 0o777 == 0o700
