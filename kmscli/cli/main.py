@@ -37,9 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         from kmscli.agent import client
 
         return client.run(token, args, command)
+    from kmscli.cli import kdf_slots
     from kmscli.cli.pipes import interrupt_on_termination
 
     interrupt_on_termination()
+    kdf_slots.install()
     from kmscli.cli.app import run
 
     return run(args)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 KEY_SIZE = 32
@@ -79,8 +81,22 @@ def constant_time_equal(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
+#: Taken around every Argon2id run when set: a context manager factory given the
+#: run's memory in KiB. The CLI sets it to bound how many run at once for one
+#: user (kmscli/cli/kdf_slots.py); the library itself sets no limit.
+kdf_gate: Callable[[int], AbstractContextManager[None]] | None = None
+
+
 def argon2id(passphrase: bytes, salt: bytes, memory_kib: int, time_cost: int, parallelism: int) -> bytes:
     """Derive a 32-byte key from a passphrase with Argon2id (RFC 9106)."""
+    gate = kdf_gate
+    if gate is None:
+        return _argon2id(passphrase, salt, memory_kib, time_cost, parallelism)
+    with gate(memory_kib):
+        return _argon2id(passphrase, salt, memory_kib, time_cost, parallelism)
+
+
+def _argon2id(passphrase: bytes, salt: bytes, memory_kib: int, time_cost: int, parallelism: int) -> bytes:
     from argon2.low_level import Type, hash_secret_raw
 
     return hash_secret_raw(
