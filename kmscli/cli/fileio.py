@@ -30,6 +30,7 @@ What ``-o PATH`` does with what is already at PATH (see :func:`_open_existing`):
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import stat
@@ -45,6 +46,9 @@ def open_input(path: str | None) -> tuple[BinaryIO, int | None]:
     """The input stream and its size when known (for the progress bar)."""
     if path in (None, "-"):
         stream = sys.stdin.buffer
+        if is_tty(sys.stdin):
+            # Unbuffered: a buffered read may swallow a Ctrl-D that arrives with the last line.
+            return _TerminalInput(getattr(stream, "raw", stream)), None  # type: ignore[return-value]
         grow_pipe(stream)
         return stream, _regular_size(stream)
     try:
@@ -52,6 +56,30 @@ def open_input(path: str | None) -> tuple[BinaryIO, int | None]:
     except OSError as e:
         raise errors.UsageError(f"cannot read the input {path}: {e.strerror}") from None
     return f, _regular_size(f)
+
+
+class _TerminalInput(io.RawIOBase):
+    """Standard input that is a terminal: the first read says how to end the input, as gpg does,
+    instead of waiting in silence (it comes after any passphrase prompt, when the data is wanted)."""
+
+    def __init__(self, raw: Any) -> None:
+        super().__init__()
+        self._raw = raw
+        self._said = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int | None:
+        if not self._said:
+            self._said = True
+            sys.stderr.write("kmscli: reading the input from the terminal: type or paste it, then Ctrl-D on a "
+                             "line of its own (or give -i FILE)\n")
+            sys.stderr.flush()
+        return self._raw.readinto(b)  # type: ignore[no-any-return]
+
+    def fileno(self) -> int:
+        return self._raw.fileno()  # type: ignore[no-any-return]
 
 
 #: Linux's F_SETPIPE_SZ; a 1 MiB pipe (the unprivileged maximum by default)

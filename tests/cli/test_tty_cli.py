@@ -104,3 +104,48 @@ def test_progress_bar_on_terminal_for_big_inputs(tmp_path: Path) -> None:
     small.write_bytes(b"x" * 1000)
     code, screen = run_on_tty(["encrypt", "--key", "alias/t", "-i", str(small), "-o", str(tmp_path / "c")], env, [])
     assert code == 0 and b"encrypting" not in screen, screen
+
+
+def test_input_typed_on_the_terminal_is_asked_for(tmp_path: Path) -> None:
+    """encrypt with the terminal as its input used to wait in silence (issue 15): it says how to end
+    the input, as gpg does, then encrypts what was typed."""
+    import pty
+    import select
+    import subprocess
+    import time
+
+    env = clean_env(KMSCLI_VAULT=str(tmp_path / "v" / "vault.kms"), KMSCLI_PASSPHRASE="pw")
+    for args in (["init", *CHEAP_KDF], ["keys", "create", "--alias", "alias/t"]):
+        subprocess.run([*kmscli_command(), *args], env=env, check=True, capture_output=True, timeout=HANG_GUARD_S)
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execve(kmscli_command()[0], [*kmscli_command(), "encrypt", "--key", "alias/t", "--armor"], env)
+        finally:
+            os._exit(127)
+    screen = b""
+    typed = False
+    deadline = time.monotonic() + HANG_GUARD_S  # a guard: the loop ends when the terminal closes
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([fd], [], [], 1.0)[0]:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break  # EIO: the process ended and everything was read
+            if not chunk:
+                break
+            screen += chunk
+            if not typed and b"Ctrl-D" in screen:
+                os.write(fd, b"typed secret\n\x04")
+                typed = True
+        _, status = os.waitpid(pid, 0)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    text = screen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert ("kmscli: reading the input from the terminal: type or paste it, then Ctrl-D on a line of its own "
+            "(or give -i FILE)") in text
+    assert "-----BEGIN KMSCLI ENCRYPTED MESSAGE-----" in text
