@@ -59,7 +59,8 @@ PRELOAD = (
     "kmscli.cli.main", "kmscli.cli.app", "kmscli.cli.fileio", "kmscli.cli.output", "kmscli.cli.passphrase",
     "kmscli.service", "kmscli.audit", "kmscli.policy", "kmscli.ids", "kmscli.model",
     "kmscli.crypto.primitives", "kmscli.crypto.stream", "kmscli.crypto.armor", "kmscli.vault.format",
-    "kmscli.vault.store", "kmscli.agent.worker", "kmscli.agent.session", "filelock", "pwd", "hmac", "io",
+    "kmscli.vault.store", "kmscli.vault.state", "kmscli.vault.records", "sqlite3", "kmscli.agent.worker",
+    "kmscli.agent.session", "filelock", "pwd", "hmac", "io",
     "cryptography.hazmat.primitives.ciphers.aead", "typer._click.decorators", "typer._click._textwrap",
     "rich.console", "rich.table",
 )

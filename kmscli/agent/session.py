@@ -356,6 +356,10 @@ def _read_status(fd: int, timeout: float) -> str:
 
 
 # -- inside the agent's worker ------------------------------------------------
+#: Header bytes 10..39: KDF id, parameters and salt (docs/vault.md).
+_KDF_FIELDS = slice(10, 39)
+
+
 class SessionKeySource(KeySource):
     """The vault key held by the agent, valid only while the vault's header is the one it unlocked.
 
@@ -368,7 +372,10 @@ class SessionKeySource(KeySource):
         self._header = header_raw
 
     def vault_key(self, header: Any) -> bytes:
-        if not hmac.compare_digest(header.raw, self._header):
+        # The same KDF parameters and salt are the same passphrase epoch: only init and
+        # passwd make a salt. So a session outlives the upgrade of its vault to format 2,
+        # whose header differs in its version (and wrap nonce) only.
+        if not hmac.compare_digest(header.raw[_KDF_FIELDS], self._header[_KDF_FIELDS]):
             raise errors.InvalidSessionException(
                 f"the vault's passphrase changed (or the vault was replaced) since this session began; {_UNLOCK_HINT}"
             )

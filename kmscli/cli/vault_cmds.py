@@ -78,10 +78,8 @@ def passwd(
     kdf_time: Annotated[int | None, _TIME] = None,
     kdf_parallelism: Annotated[int | None, _LANES] = None,
 ) -> None:
-    from ..vault import format as F
-
     svc = common.service()
-    header = F.parse_header(svc.store.read_bytes())  # a missing vault fails before any prompt
+    header = svc.store.read_header()  # a missing vault fails before any prompt
     given = (kdf_memory, kdf_time, kdf_parallelism)
     kdf = _kdf(*given, base=header.kdf) if any(v is not None for v in given) else None
 

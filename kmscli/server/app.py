@@ -14,6 +14,7 @@ record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sys
@@ -69,28 +70,17 @@ class VaultBackend(Backend):
         self.clock = clock
         self.store = VaultStore(vault_path, keep_opened=True)
         self._lock = threading.Lock()
-        self._credentials: dict[str, tuple[str, str]] = {}
-        self._read_id: Any = None
         self._verifier = SigV4Verifier(self._secret_for)
         #: Served through a session: whether it still lasts (checked before every request).
         self.alive = alive
 
     def _secret_for(self, access_key_id: str) -> tuple[str, str] | None:
-        """(secret, user name) of an active access key, read again whenever the vault file changed."""
-        from ..vault.store import file_id
-
-        with self._lock:
-            try:
-                current = file_id(os.stat(self.store.path))
-            except OSError:
-                current = None
-            if current is None or current != self._read_id:
-                ov = self.store.open(self.keys)
-                creds = ov.body.get("credentials") or {}
-                self._credentials = {k: (c["SecretAccessKey"], c["UserName"]) for k, c in creds.items()
-                                     if c.get("Status") == "Active"}
-                self._read_id = ov.file_id
-            return self._credentials.get(access_key_id)
+        """(secret, user name) of an active access key, as the vault holds it now (one record read)."""
+        with self._lock, contextlib.closing(self.store.open(self.keys)) as ov:
+            entry = ov.get_credential(access_key_id)
+        if entry is None or entry.get("Status") != "Active":
+            return None
+        return entry["SecretAccessKey"], entry["UserName"]
 
     def verify(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Any:
         if self.alive is not None and not self.alive():
@@ -111,6 +101,9 @@ class VaultBackend(Backend):
         caller = _served_caller(identity.principal, identity, source_ip, user_agent, request_id)
         return Kms(self.vault_path, self.keys, caller=caller, audit_path=self.audit_path, region=identity.region,
                    store=self.store)
+
+    def close(self) -> None:
+        self.store.close()
 
 
 class EphemeralBackend(Backend):
@@ -153,7 +146,8 @@ class EphemeralBackend(Backend):
         Kms(vault, opener).CreateVault(F.KdfParams(memory_kib=8 * 1024, time_cost=1, parallelism=1),
                                        Account=self.account)
         store = VaultStore(vault, keep_opened=True)
-        state = _State(vault, FixedKeySource(store.open(opener).vault_key), folder, store)
+        with contextlib.closing(store.open(opener)) as opened:
+            state = _State(vault, FixedKeySource(opened.vault_key), folder, store)
         if self._seed is not None:
             self._seed(_Seeding(self, state))
         with self._lock:
@@ -200,6 +194,7 @@ class _State:
     def remove(self) -> None:
         import shutil
 
+        self.store.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

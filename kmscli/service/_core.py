@@ -20,8 +20,8 @@ from typing import Any
 
 from .. import errors, ids
 from ..model import KeyState, iso, parse_iso, utcnow
-from ..vault import format as F
-from ..vault.store import KeySource, OpenVault, PassphraseKeySource, VaultStore
+from ..vault.state import Cursor, OpenVault
+from ..vault.store import KeySource, PassphraseKeySource, VaultStore
 
 # AWS KMS's limits, from botocore's service model and the KMS quotas page.
 DELETION_WINDOW_MIN, DELETION_WINDOW_MAX, DELETION_WINDOW_DEFAULT = 7, 30, 30
@@ -144,8 +144,8 @@ class Core:
             "run it without KMSCLI_SESSION (the passphrase comes from --passphrase-file, "
             "KMSCLI_PASSPHRASE or the terminal)"
         )
-        with contextlib.suppress(errors.KmsError):
-            self._record(self.store.open(self.keys), Call(event, {}), refusal)
+        with contextlib.suppress(errors.KmsError), contextlib.closing(self.store.open(self.keys)) as ov:
+            self._record(ov, Call(event, {}), refusal)
         raise refusal
 
     def record_refusal(self, event: str, error: errors.KmsError, request: dict[str, Any] | None = None) -> None:
@@ -178,7 +178,8 @@ class Core:
                 raise e from None
             except errors.KmsError:
                 raise e from None  # no vault (or an unreadable one): nothing to record in
-            self._record(ov, call, e)
+            with contextlib.closing(ov):
+                self._record(ov, call, e)
             raise
 
     def _read(self, event: str, request: dict[str, Any],
@@ -186,29 +187,35 @@ class Core:
         """Run an operation that changes nothing in the vault: no lock taken."""
         call = Call(event, request)
         ov = self._open_recording(call)
-        if self._due_events(ov):
-            # Something fell due: apply it under the lock and write it, then
-            # answer without the lock, so a long stream never blocks writers.
-            with self.store.locked():
-                ov = self._open_recording(call)
-                ov.pending = []
-                if self._apply_due_events(ov):
-                    self._commit(ov)
-                ov.pending = None
         try:
-            result = fn(ov, call)
-        except errors.KmsError as e:
-            self._record_outcome(ov, call, e)
-            raise
-        except BaseException as e:
-            if call.event_id is not None:  # released output, then died: say so after its record
-                with contextlib.suppress(BaseException):
-                    self._record_outcome(ov, call, errors.KMSInternalException(
-                        f"the call stopped after its output began ({type(e).__name__})"))
-            raise
-        if call.event_id is None:
-            self._record(ov, call)
-        return result
+            if self._due_events(ov):
+                # Something fell due: apply it under the lock and write it, then
+                # answer without the lock, so a long stream never blocks writers.
+                ov.close()
+                with self.store.locked(), contextlib.closing(self._open_recording(call, write=True)) as w:
+                    w.pending = []
+                    if self._apply_due_events(w):
+                        self._commit(w)
+                    elif w.repaired:
+                        self.store.write_vault(w)  # a stale schedule entry, mended: nothing to record
+                    w.pending = None
+                ov = self._open_recording(call)
+            try:
+                result = fn(ov, call)
+            except errors.KmsError as e:
+                self._record_outcome(ov, call, e)
+                raise
+            except BaseException as e:
+                if call.event_id is not None:  # released output, then died: say so after its record
+                    with contextlib.suppress(BaseException):
+                        self._record_outcome(ov, call, errors.KMSInternalException(
+                            f"the call stopped after its output began ({type(e).__name__})"))
+                raise
+            if call.event_id is None:
+                self._record(ov, call)
+            return result
+        finally:
+            ov.close()
 
     def _mutate(self, event: str, request: dict[str, Any],
                 fn: Callable[[OpenVault, Call], dict[str, Any]]) -> dict[str, Any]:
@@ -217,40 +224,43 @@ class Core:
     def _mutate_call(self, call: Call, fn: Callable[[OpenVault, Call], dict[str, Any]],
                      write: bool = True) -> dict[str, Any]:
         """Read-modify-write under the vault's exclusive lock."""
-        # Derive the key before queueing for the lock, so writers wait for
-        # milliseconds of AEAD work rather than for each other's Argon2 runs.
-        self._open_recording(call)
+        if isinstance(self.keys, PassphraseKeySource):
+            # Derive the key before queueing for the lock, so writers wait for
+            # milliseconds of AEAD work rather than for each other's Argon2 runs.
+            # A session's key needs no derivation: it goes straight to the lock.
+            self._open_recording(call).close()
         with self.store.locked():
             self.store.remove_stale_temps()
-            ov = self._open_recording(call)
-            ov.pending = []
-            events_changed = self._apply_due_events(ov)
-            try:
-                result = fn(ov, call)
-            except errors.KmsError as e:
-                self._record(ov, call, e)
-                if events_changed:
+            with contextlib.closing(self._open_recording(call, write=True)) as ov:
+                ov.pending = []
+                events_changed = self._apply_due_events(ov)
+                try:
+                    result = fn(ov, call)
+                except errors.KmsError as e:
+                    self._record(ov, call, e)
+                    if events_changed:
+                        self._commit(ov)
+                    else:
+                        self._flush(ov)
+                    raise
+                self._record(ov, call)
+                if write or events_changed:
                     self._commit(ov)
                 else:
                     self._flush(ov)
-                raise
-            self._record(ov, call)
-            if write or events_changed:
-                self._commit(ov)
-            else:
-                self._flush(ov)
         return result
 
-    def _open_recording(self, call: Call, *, check_log: bool = True) -> OpenVault:
+    def _open_recording(self, call: Call, *, check_log: bool = True, write: bool = False) -> OpenVault:
         """Open the vault and check its log; a failed unlock is recorded without the key, then raised.
 
         The log check refuses (exit 8) a log cut back behind the vault's last
         write and a vault older than its log, and completes an append that a
-        crash cut off between the vault's write and the log's.
+        crash cut off between the vault's write and the log's. With ``write``
+        (the vault lock held) the vault is opened for a change.
         """
         for _attempt in range(100):
             try:
-                ov = self.store.open(self.keys)
+                ov = self.store.open(self.keys, write=write)
             except errors.UnlockError as e:
                 try:
                     self._record(None, call, e)
@@ -259,21 +269,26 @@ class Core:
                     raise type(e)(f"{e.message} (the failed attempt could not be recorded: {a.message})") from None
                 raise
             try:
-                self._check_audit_location(ov)
-            except errors.KmsError as e:
-                self._record_where_it_belongs(ov, call, e)
+                try:
+                    self._check_audit_location(ov)
+                except errors.KmsError as e:
+                    self._record_where_it_belongs(ov, call, e)
+                    raise
+                if not check_log:
+                    return ov
+                problem = self._check_log(ov)
+                if problem is None:
+                    return ov
+                if problem.startswith("the vault is older") and self.store.changed_since(ov):
+                    # Writers replace the vault before they append its records: a
+                    # log newer than the vault we read is a rollback only if that
+                    # vault is still the one on disk. Otherwise read the new one.
+                    ov.close()
+                    continue
+                raise errors.AuditLogException(problem)
+            except BaseException:
+                ov.close()
                 raise
-            if not check_log:
-                return ov
-            problem = self._check_log(ov)
-            if problem is None:
-                return ov
-            if problem.startswith("the vault is older") and self.store.changed_since(ov):
-                # Writers replace the vault before they append its records: a
-                # log newer than the vault we read is a rollback only if that
-                # vault is still the one on disk. Otherwise read the new one.
-                continue
-            raise errors.AuditLogException(problem)
         raise errors.AuditLogException("the vault kept changing while this call read it (100 times); run it again")
 
     def _check_audit_location(self, ov: OpenVault) -> None:
@@ -305,7 +320,7 @@ class Core:
         problem = self._log_problem(ov, log.tail())
         if problem is None:
             return None
-        lines = (ov.body.get("audit_head") or {}).get("lines")
+        lines = (ov.audit_head or {}).get("lines")
         if not lines:
             return problem
         # Under the log's lock: either a crash kept these records out (they are
@@ -316,7 +331,7 @@ class Core:
     def _log_problem(self, ov: OpenVault, tail: Any) -> str | None:
         from .. import audit
 
-        head = ov.body.get("audit_head")
+        head = ov.audit_head
         if not head:
             return None
         path = self._log_path(ov)
@@ -336,9 +351,9 @@ class Core:
             return (f"the audit log {path} was cut or rolled back: its last keyed record is record {seq}, "
                     f"but the vault's last write recorded record {head['seq']}{hint}")
         generation = (last.get("additionalEventData") or {}).get(audit.GENERATION_FIELD)
-        if isinstance(generation, int) and generation > ov.body.get("generation", 0):
+        if isinstance(generation, int) and generation > ov.generation:
             return (f"the vault is older than its audit log: the log records vault generation {generation}, "
-                    f"the vault {self.store.path} is at generation {ov.body.get('generation', 0)}: the vault file "
+                    f"the vault {self.store.path} is at generation {ov.generation}: the vault file "
                     "was rolled back (restored from an older copy); restore the newest copy of the vault")
         return None
 
@@ -360,12 +375,11 @@ class Core:
             if rekey is not None:
                 rekey["from_seq"] = heads[-1].seq  # this call's record is the first under the new key
             last = heads[-1]
-            ov.body["audit_head"] = {"file_index": last.file_index, "seq": last.seq, "mac": last.mac,
-                                     "lines": lines}
-            self.store.write(F.seal_body(ov.header, ov.vault_key, ov.body), create=create)
+            ov.audit_head = {"file_index": last.file_index, "seq": last.seq, "mac": last.mac, "lines": lines}
+            self.store.write_vault(ov, create=create)
             written = True
 
-        ov.body["generation"] = ov.body.get("generation", 0) + 1
+        ov.generation = ov.generation + 1
         try:
             self._audit_log(ov).append_batch(
                 records, self._ring(ov), before_write=before_write,
@@ -387,7 +401,7 @@ class Core:
         records = ov.pending or []
         ov.pending = None
         for r in records:  # no write after all: they saw the generation the vault keeps
-            r["additionalEventData"] = {audit.GENERATION_FIELD: ov.body.get("generation", 0)}
+            r["additionalEventData"] = {audit.GENERATION_FIELD: ov.generation}
         if records:
             self._audit_log(ov).append_batch(records, self._ring(ov))
 
@@ -401,7 +415,7 @@ class Core:
             self._audit_log(ov).preflight()
 
     def _log_path(self, ov: OpenVault) -> Path:
-        stored = ov.body.get("audit_log")
+        stored = ov.audit_log
         return Path(stored) if stored else self.store.path.with_name(AUDIT_FILE)
 
     def _ring(self, ov: OpenVault) -> Any:
@@ -416,10 +430,10 @@ class Core:
             path, chain_id = self.audit_path, ""
         else:
             path = self._log_path(ov)
-            epoch = int(ov.body.get("audit_epoch", 0))
+            epoch = ov.audit_epoch
             # A restarted log is a new chain: its genesis names the epoch, so no
             # earlier log of the same vault can pass for it.
-            chain_id = ov.body["vault_id"] if epoch == 0 else f"{ov.body['vault_id']}:{epoch}"
+            chain_id = ov.vault_id if epoch == 0 else f"{ov.vault_id}:{epoch}"
         if self._audit is None or self._audit_key != (str(path), chain_id):
             self._audit = _shared_log(str(path), chain_id, self.audit_max_bytes)
             self._audit_key = (str(path), chain_id)
@@ -442,10 +456,10 @@ class Core:
             return self._audit_log(None).append(record, None)
         if ov.pending is not None:
             # Written with the vault, under the generation that write makes.
-            record["additionalEventData"] = {audit.GENERATION_FIELD: ov.body.get("generation", 0) + 1}
+            record["additionalEventData"] = {audit.GENERATION_FIELD: ov.generation + 1}
             ov.pending.append(record)
             return None
-        record["additionalEventData"] = {audit.GENERATION_FIELD: ov.body.get("generation", 0)}
+        record["additionalEventData"] = {audit.GENERATION_FIELD: ov.generation}
         # Through the group commit: concurrent requests of a server share one write and fsync.
         return audit.GROUP_COMMIT.append(self._audit_log(ov), record, self._ring(ov),
                                          catch_up=lambda: self._lines_of_a_newer_write(ov),
@@ -458,19 +472,11 @@ class Core:
         a newer vault seen here is either fully logged already or its writer
         died in between: then its records go first, never forked from by ours.
         """
-        if not self.store.changed_since(ov):
-            return None
-        from ..vault.store import FixedKeySource
-
-        try:
-            newer = self.store.open(FixedKeySource(ov.vault_key))
-        except errors.KmsError:
-            return None  # rewritten under another key (passwd): the append refuses a stale key itself
-        return (newer.body.get("audit_head") or {}).get("lines")
+        return self.store.newer_lines(ov)
 
     def _make_record(self, ov: OpenVault | None, call: Call, error: errors.KmsError | None,
                      event_type: str) -> dict[str, Any]:
-        account = ov.body["account"] if ov is not None else None
+        account = ov.account if ov is not None else None
         record: dict[str, Any] = {
             "eventName": call.event,
             "eventType": event_type,
@@ -508,7 +514,7 @@ class Core:
     # -- keys, state and policy -------------------------------------------
     def _resolve(self, ov: OpenVault, call: Call, key_ref: str) -> dict[str, Any]:
         ref = ids.parse_key_ref(key_ref)
-        account = ov.body["account"]
+        account = ov.account
         if ref.account is not None and ref.account != account:
             raise errors.NotFoundException(f"'{key_ref}' names another account than this vault's ({account})")
         if ref.region is not None and ref.region != self.region:
@@ -545,7 +551,7 @@ class Core:
                    conditions: dict[str, Any] | None = None) -> None:
         from .. import policy as policy_mod
 
-        account = ov.body["account"]
+        account = ov.account
         principal = self.caller.arn(account)
         context: dict[str, Any] = {
             "aws:CurrentTime": iso(self.clock()),
@@ -632,8 +638,7 @@ class Core:
             raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
 
     def _check_alias_quota(self, ov: OpenVault, key_id: str) -> None:
-        count = sum(1 for a in ov.body["aliases"].values() if a["TargetKeyId"] == key_id)
-        if count >= ALIASES_PER_KEY_MAX:
+        if len(ov.key_aliases(key_id)) >= ALIASES_PER_KEY_MAX:
             raise errors.LimitExceededException(f"a key can have at most {ALIASES_PER_KEY_MAX} aliases")
 
     # -- regions ------------------------------------------------------------
@@ -645,39 +650,44 @@ class Core:
         return key.get("Region", ids.DEFAULT_REGION) == self.region
 
     def _region_key(self, ov: OpenVault, key_id: str | None) -> dict[str, Any] | None:
-        key = ov.body["keys"].get(key_id) if key_id is not None else None
+        key = ov.get_key(key_id) if key_id else None
         return key if key is not None and self._in_region(key) else None
 
-    def _region_keys(self, ov: OpenVault) -> list[dict[str, Any]]:
-        return [k for k in ov.body["keys"].values() if self._in_region(k)]
-
-    def _listed_keys(self, ov: OpenVault, include_pending_deletion: bool) -> list[dict[str, Any]]:
-        """This region's keys as List* shows them: oldest first, those pending deletion only when asked."""
-        keys = sorted(self._region_keys(ov), key=listing_order)
-        if not include_pending_deletion:
-            keys = [k for k in keys if k["KeyState"] != KeyState.PENDING_DELETION]
-        return keys
+    def _listed_keys(self, ov: OpenVault, include_pending_deletion: bool,
+                     after: Cursor | None = None) -> Iterator[tuple[Cursor, dict[str, Any]]]:
+        """This region's keys as List* shows them, from ``after`` on: those pending deletion only when asked."""
+        for cursor, key in ov.iter_keys(after):
+            if self._in_region(key) and (include_pending_deletion or key["KeyState"] != KeyState.PENDING_DELETION):
+                yield cursor, key
 
     def _alias_slot(self, name: str) -> str:
         return alias_slot(self.region, name)
 
     def _alias(self, ov: OpenVault, name: str) -> dict[str, Any] | None:
-        return ov.body["aliases"].get(self._alias_slot(name))  # type: ignore[no-any-return]
+        return ov.get_alias(self._alias_slot(name))
 
-    def _region_aliases(self, ov: OpenVault) -> dict[str, dict[str, Any]]:
-        """This region's aliases by name."""
-        out = {}
-        for slot, alias in ov.body["aliases"].items():
-            region, sep, name = slot.rpartition(":")
-            if (region if sep else ids.DEFAULT_REGION) == self.region:
-                out[name] = alias
-        return out
+    def _alias_name(self, slot: str) -> str | None:
+        """The alias name a slot holds when it is this region's, else None."""
+        region, sep, name = slot.rpartition(":")
+        return name if (region if sep else ids.DEFAULT_REGION) == self.region else None
+
+    def _key_alias_names(self, ov: OpenVault, key_id: str) -> list[str]:
+        """The names of this region's aliases of one key, sorted (from the key's own alias list)."""
+        return sorted(n for n in (self._alias_name(s) for s in ov.key_aliases(key_id)) if n is not None)
+
+    def _region_aliases(self, ov: OpenVault, after: Cursor | None = None
+                        ) -> Iterator[tuple[Cursor, str, dict[str, Any]]]:
+        """This region's aliases (cursor, name, entry), from ``after`` on."""
+        for cursor, slot, alias in ov.iter_aliases(after):
+            name = self._alias_name(slot)
+            if name is not None:
+                yield cursor, name, alias
 
     def _key_arn(self, ov: OpenVault, key_id: str) -> str:
-        return ids.key_arn(ov.body["account"], key_id, region=self.region)
+        return ids.key_arn(ov.account, key_id, region=self.region)
 
     def _alias_arn(self, ov: OpenVault, name: str) -> str:
-        return ids.alias_arn(ov.body["account"], name, region=self.region)
+        return ids.alias_arn(ov.account, name, region=self.region)
 
     def _arn(self, ov: OpenVault, key: dict[str, Any]) -> str:
         return self._key_arn(ov, key["KeyId"])
@@ -685,17 +695,11 @@ class Core:
     def _metadata(self, ov: OpenVault, key: dict[str, Any]) -> dict[str, Any]:
         from ..model import key_metadata
 
-        return key_metadata(ov.body["account"], key, region=self.region)
+        return key_metadata(ov.account, key, region=self.region)
 
     # -- time-based events ------------------------------------------------
     def _due_events(self, ov: OpenVault) -> bool:
-        now = self.clock()
-        for key in ov.body["keys"].values():
-            if key["KeyState"] == KeyState.PENDING_DELETION and parse_iso(key["DeletionDate"]) <= now:
-                return True
-            if self._rotation_due(key, now):
-                return True
-        return False
+        return ov.has_due(self.clock())
 
     @staticmethod
     def _rotation_status(key: dict[str, Any]) -> tuple[bool, int, datetime | None]:
@@ -714,16 +718,16 @@ class Core:
         """Destroy keys past their window, rotate keys past their period; record each."""
         changed = False
         now = self.clock()
-        for key in list(ov.body["keys"].values()):
+        for key in ov.due_keys(now):
             if key["KeyState"] == KeyState.PENDING_DELETION and parse_iso(key["DeletionDate"]) <= now:
                 key_id = key["KeyId"]
-                del ov.body["keys"][key_id]
-                gone = sorted(n for n, a in ov.body["aliases"].items() if a["TargetKeyId"] == key_id)
-                for name in gone:
-                    del ov.body["aliases"][name]
+                gone = ov.key_aliases(key_id)
+                for slot in gone:
+                    ov.delete_alias(slot)
+                ov.delete_key(key_id)
                 call = Call("DeleteKey", {"keyId": key_id},
                              {"keyId": key_id, "deletionDate": key["DeletionDate"], "aliasesDeleted": gone},
-                             [ids.key_arn(ov.body["account"], key_id, region=key.get("Region", ids.DEFAULT_REGION))])
+                             [ids.key_arn(ov.account, key_id, region=key.get("Region", ids.DEFAULT_REGION))])
                 self._record(ov, call, event_type="AwsServiceEvent")
                 changed = True
             elif self._rotate_if_due(ov, key):
@@ -737,9 +741,10 @@ class Core:
         # However many periods were missed, a key rotates once (SPEC).
         material = self._add_material(key, "AUTOMATIC")
         key["Rotation"]["NextRotationDate"] = iso(now + timedelta(days=key["Rotation"]["PeriodInDays"]))
+        ov.put_key(key)
         call = Call("RotateKey", {"keyId": key["KeyId"]},
                      {"keyId": key["KeyId"], "keyMaterialId": material["KeyMaterialId"]},
-                     [ids.key_arn(ov.body["account"], key["KeyId"], region=key.get("Region", ids.DEFAULT_REGION))])
+                     [ids.key_arn(ov.account, key["KeyId"], region=key.get("Region", ids.DEFAULT_REGION))])
         self._record(ov, call, event_type="AwsServiceEvent")
         return True
 
@@ -795,11 +800,6 @@ def alias_slot(region: str, name: str) -> str:
     """Where the vault body keeps an alias: the default region's under its name, another's as
     ``<region>:<name>`` (no alias name holds a colon), so vaults from before regions read unchanged."""
     return name if region == ids.DEFAULT_REGION else f"{region}:{name}"
-
-
-def listing_order(key: dict[str, Any]) -> tuple[str, str]:
-    """Keys are listed oldest first, ties by id: the order ListKeys pages in."""
-    return key["CreationDate"], key["KeyId"]
 
 
 def new_key(key_id: str, region: str, created: str, description: str, tags: dict[str, str], policy: str,
@@ -862,32 +862,56 @@ def context_conditions(context: dict[str, str]) -> dict[str, Any]:
     return cond
 
 
-def page(items: list[Any], sort_key: Callable[[Any], tuple[str, ...]], limit: int | None, marker: str | None,
-         default_limit: int) -> tuple[list[Any], str | None]:
-    """One page of ``items`` (sorted by ``sort_key``) after ``marker``; the marker of the next page, if any.
-
-    A marker is the sort key of the last item returned, opaque to clients
-    (base64url JSON): a page stays right when items before it come or go.
-    """
+def decode_marker(marker: str | None) -> list[str] | None:
+    """The position a Marker names (None: from the start); one this service did not make is refused."""
     import json
 
-    items = sorted(items, key=sort_key)
-    if marker is not None:
-        try:
-            after = tuple(json.loads(base64.urlsafe_b64decode(marker.encode("ascii"))))
-            if not all(isinstance(part, str) for part in after):
-                raise ValueError(marker)
-        except (ValueError, UnicodeError, TypeError):
-            raise errors.InvalidMarkerException(
-                "the Marker is not one this operation returned as NextMarker; start again without it"
-            ) from None
-        items = [i for i in items if sort_key(i) > after]
+    if marker is None:
+        return None
+    try:
+        after = json.loads(base64.urlsafe_b64decode(marker.encode("ascii")))
+        if not isinstance(after, list) or not after or not all(isinstance(part, str) for part in after):
+            raise ValueError(marker)
+    except (ValueError, UnicodeError, TypeError):
+        raise errors.InvalidMarkerException(
+            "the Marker is not one this operation returned as NextMarker; start again without it"
+        ) from None
+    return after
+
+
+def encode_marker(cursor: list[str]) -> str:
+    """An opaque Marker for a position (base64url JSON): a page stays right when items before it come or go."""
+    import json
+
+    return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode("ascii")
+
+
+def page_of(items: Iterator[tuple[list[str], Any]], limit: int | None, default_limit: int
+            ) -> tuple[list[Any], str | None]:
+    """The first page of ``items`` (each with its cursor, in order); the marker of the next page, if any.
+
+    Reads one item past the page, to know whether another page follows, and
+    never more: a listing of any size is read a page at a time.
+    """
     n = default_limit if limit is None else limit
     check_range("Limit", n, 1, 1000)
-    if len(items) <= n:
-        return items, None
-    last = json.dumps(list(sort_key(items[n - 1])), separators=(",", ":"))
-    return items[:n], base64.urlsafe_b64encode(last.encode()).decode("ascii")
+    out: list[Any] = []
+    last: list[str] | None = None
+    for cursor, item in items:
+        if len(out) == n:
+            assert last is not None
+            return out, encode_marker(last)
+        out.append(item)
+        last = cursor
+    return out, None
+
+
+def page(items: list[Any], sort_key: Callable[[Any], tuple[str, ...]], limit: int | None, marker: str | None,
+         default_limit: int) -> tuple[list[Any], str | None]:
+    """One page of a small list ``items`` (sorted by ``sort_key``) after ``marker``; the next page's marker."""
+    after = decode_marker(marker)
+    ordered = sorted(((list(sort_key(i)), i) for i in items), key=lambda e: e[0])
+    return page_of(((c, i) for c, i in ordered if after is None or c > after), limit, default_limit)
 
 
 def paging(limit: int | None, marker: str | None) -> dict[str, Any]:
@@ -921,10 +945,10 @@ def chain_key_hex(vault_key: bytes) -> str:
 
 def chain_keys_of(ov: OpenVault) -> list[dict[str, Any]]:
     """The vault's audit chain keys by first record; a vault from 0.1.0 has one, derived from its key."""
-    keys = ov.body.get("chain_keys")
+    keys = ov.chain_keys
     if not keys:
-        keys = ov.body["chain_keys"] = [{"from_seq": 1, "key": chain_key_hex(ov.vault_key)}]
-    return keys  # type: ignore[no-any-return]
+        keys = ov.chain_keys = [{"from_seq": 1, "key": chain_key_hex(ov.vault_key)}]
+    return keys
 
 
 def parse_witness(text: str) -> tuple[int, str]:

@@ -11,7 +11,9 @@ from ._core import (
     ALIASES_LIMIT_DEFAULT,
     Call,
     Core,
+    decode_marker,
     page,
+    page_of,
     paged,
 )
 
@@ -32,8 +34,8 @@ class AliasOps(Core):
                 raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
             self._check_alias_quota(ov, key["KeyId"])
             now = iso(self.clock())
-            ov.body["aliases"][self._alias_slot(AliasName)] = {"TargetKeyId": key["KeyId"], "CreationDate": now,
-                                                               "LastUpdatedDate": now}
+            ov.put_alias(self._alias_slot(AliasName), {"TargetKeyId": key["KeyId"], "CreationDate": now,
+                                                       "LastUpdatedDate": now})
             return {}
 
         return self._mutate("CreateAlias", request, create)
@@ -50,7 +52,8 @@ class AliasOps(Core):
                 raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
             if key["KeyId"] != alias["TargetKeyId"]:
                 self._check_alias_quota(ov, key["KeyId"])
-            alias.update(TargetKeyId=key["KeyId"], LastUpdatedDate=iso(self.clock()))
+            ov.put_alias(self._alias_slot(AliasName),
+                         {**alias, "TargetKeyId": key["KeyId"], "LastUpdatedDate": iso(self.clock())})
             return {}
 
         return self._mutate("UpdateAlias", request, update)
@@ -61,7 +64,7 @@ class AliasOps(Core):
 
         def delete(ov: OpenVault, call: Call) -> dict[str, Any]:
             alias = self._existing_alias(ov, call, AliasName, "kms:DeleteAlias")
-            del ov.body["aliases"][self._alias_slot(AliasName)]
+            ov.delete_alias(self._alias_slot(AliasName))
             call.response["keyId"] = alias["TargetKeyId"]
             return {}
 
@@ -82,10 +85,16 @@ class AliasOps(Core):
 
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
             target = self._resolve(ov, call, KeyId)["KeyId"] if KeyId is not None else None
-            account = ov.body["account"]
-            entries = [(name, a) for name, a in self._region_aliases(ov).items()
-                       if target is None or a["TargetKeyId"] == target]
-            entries, marker = page(entries, lambda e: (e[0],), Limit, Marker, ALIASES_LIMIT_DEFAULT)
+            account = ov.account
+            if target is not None:
+                # One key's aliases (at most 50), from the key's own list, by name.
+                mine = [(name, ov.get_alias(self._alias_slot(name))) for name in self._key_alias_names(ov, target)]
+                entries, marker = page([(n, a) for n, a in mine if a is not None], lambda e: (e[0],), Limit, Marker,
+                                       ALIASES_LIMIT_DEFAULT)
+            else:
+                after = decode_marker(Marker)
+                entries, marker = page_of(((c, (n, a)) for c, n, a in self._region_aliases(ov, after)), Limit,
+                                          ALIASES_LIMIT_DEFAULT)
             return paged("Aliases", [alias_entry(account, name, a, region=self.region) for name, a in entries],
                          marker)
 
@@ -96,7 +105,7 @@ class AliasOps(Core):
         alias = self._alias(ov, name)
         if alias is None:
             raise errors.NotFoundException(f"Alias {self._alias_arn(ov, name)} is not found.")
-        key = ov.body["keys"].get(alias["TargetKeyId"])
+        key = ov.get_key(alias["TargetKeyId"])
         if key is not None:
             self._authorize(ov, call, key, action)
         return alias

@@ -29,12 +29,13 @@ class AuditOps(Core):
         # Opened without the quick tail check: verify reads every line and says
         # more precisely where the log went wrong.
         ov = self._open_recording(call, check_log=False)
+        ov.close()  # what follows needs only the metadata read
         log = self._audit_log(ov)
         try:
-            lines = (ov.body.get("audit_head") or {}).get("lines")
+            lines = (ov.audit_head or {}).get("lines")
             if lines:
                 log.complete(lines)  # what a crash kept out of the log, the vault still holds
-            report = log.verify(self._ring(ov), chain_head(ov.body.get("audit_head")), witness=witness, strict=Strict)
+            report = log.verify(self._ring(ov), chain_head(ov.audit_head), witness=witness, strict=Strict)
             problem = self._log_problem(ov, log.tail())
             if problem is not None:
                 raise errors.AuditVerificationException(problem)
@@ -53,8 +54,8 @@ class AuditOps(Core):
     def GetAuditHead(self) -> dict[str, Any]:
         """Record this call and return its own chain head, as ``SEQ:MAC`` for a witness to keep."""
         call = Call("GetAuditHead", {})
-        ov = self._open_recording(call)
-        head = self._record(ov, call)
+        with contextlib.closing(self._open_recording(call)) as ov:
+            head = self._record(ov, call)
         assert head is not None
         return {"Head": f"{head.seq}:{head.mac}", "Seq": head.seq, "Mac": head.mac}
 
@@ -67,25 +68,26 @@ class AuditOps(Core):
         """
         self._require_passphrase("audit restart", "RestartAuditLog")
         call = Call("RestartAuditLog", {})
-        self._open_recording(call, check_log=False)  # the KDF runs before the lock
+        self._open_recording(call, check_log=False).close()  # the KDF runs before the lock
         with self.store.locked():
             self.store.remove_stale_temps()
-            ov = self._open_recording(call, check_log=False)
-            log = self._audit_log(ov)
-            head = ov.body.get("audit_head") or {}
-            stamp = self.clock().strftime("%Y%m%dT%H%M%SZ")
-            moved = log.retire(f".retired-{stamp}-{os.urandom(3).hex()}")
-            epoch = int(ov.body.get("audit_epoch", 0)) + 1
-            ring = self._ring(ov)
-            ov.body.update(audit_epoch=epoch, audit_head=None,
-                           chain_keys=[{"from_seq": 1, "key": ring.current.hex()}])
-            call.request.update(
-                previousHead=({"seq": head["seq"], "mac": head["mac"], "fileIndex": head["file_index"]}
-                              if head else None),
-                previousVaultGeneration=ov.body.get("generation", 0), retiredFiles=moved, epoch=epoch)
-            ov.pending = []
-            self._record(ov, call)
-            self._commit(ov)
+            with contextlib.closing(self._open_recording(call, check_log=False, write=True)) as ov:
+                log = self._audit_log(ov)
+                head = ov.audit_head or {}
+                stamp = self.clock().strftime("%Y%m%dT%H%M%SZ")
+                moved = log.retire(f".retired-{stamp}-{os.urandom(3).hex()}")
+                epoch = ov.audit_epoch + 1
+                ring = self._ring(ov)
+                ov.audit_epoch = epoch
+                ov.audit_head = None
+                ov.chain_keys = [{"from_seq": 1, "key": ring.current.hex()}]
+                call.request.update(
+                    previousHead=({"seq": head["seq"], "mac": head["mac"], "fileIndex": head["file_index"]}
+                                  if head else None),
+                    previousVaultGeneration=ov.generation, retiredFiles=moved, epoch=epoch)
+                ov.pending = []
+                self._record(ov, call)
+                self._commit(ov)
         return {"RetiredFiles": moved, "Epoch": epoch}
 
     def ReadAuditLog(self, KeyId: str | None = None, Operation: str | None = None,

@@ -57,18 +57,17 @@ class CredentialOps(Core):
             validate_user_name(UserName)
 
         def create(ov: OpenVault, call: Call) -> dict[str, Any]:
-            creds = ov.body.setdefault("credentials", {})
-            mine = [c for c in creds.values() if c["UserName"] == UserName]
+            mine = ov.user_credentials(UserName)
             if len(mine) >= ACCESS_KEYS_PER_USER_MAX:
                 raise errors.LimitExceededException(
                     f"user {UserName} already has {ACCESS_KEYS_PER_USER_MAX} access keys, the most IAM allows",
                     hint="delete one with 'kmscli credentials delete' first")
             access_key_id = new_access_key_id()
-            while access_key_id in creds:  # pragma: no cover - 80 random bits
+            while ov.get_credential(access_key_id) is not None:  # pragma: no cover - 80 random bits
                 access_key_id = new_access_key_id()
             entry = {"UserName": UserName, "AccessKeyId": access_key_id, "Status": "Active",
                      "CreateDate": iso(self.clock()), "SecretAccessKey": new_secret()}
-            creds[access_key_id] = entry
+            ov.put_credential(entry)
             call.response = {"accessKey": {"accessKeyId": access_key_id, "userName": UserName, "status": "Active"}}
             return {"AccessKey": dict(entry)}
 
@@ -82,9 +81,10 @@ class CredentialOps(Core):
                 validate_user_name(UserName)
 
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
-            creds = (ov.body.get("credentials") or {}).values()
-            rows = sorted((c for c in creds if UserName is None or c["UserName"] == UserName),
-                          key=lambda c: (c["CreateDate"], c["AccessKeyId"]))
+            if UserName is not None:
+                rows = sorted(ov.user_credentials(UserName), key=lambda c: (c["CreateDate"], c["AccessKeyId"]))
+            else:
+                rows = [c for _cursor, c in ov.iter_credentials()]
             return {"AccessKeyMetadata": [{k: c[k] for k in ("UserName", "AccessKeyId", "Status", "CreateDate")}
                                           for c in rows]}
 
@@ -94,7 +94,7 @@ class CredentialOps(Core):
         request = {"accessKeyId": AccessKeyId}
 
         def delete(ov: OpenVault, call: Call) -> dict[str, Any]:
-            entry = (ov.body.get("credentials") or {}).pop(AccessKeyId, None)
+            entry = ov.delete_credential(AccessKeyId)
             if entry is None:
                 raise errors.NotFoundException(f"The Access Key with id {AccessKeyId[:32]} cannot be found",
                                                hint="see 'kmscli credentials list'")
@@ -105,5 +105,5 @@ class CredentialOps(Core):
 
     def _credential(self, ov: OpenVault, access_key_id: str) -> dict[str, Any] | None:
         """The stored credential for a request's access key id (the server's signature check)."""
-        entry = (ov.body.get("credentials") or {}).get(access_key_id)
+        entry = ov.get_credential(access_key_id)
         return entry if entry is not None and entry["Status"] == "Active" else None

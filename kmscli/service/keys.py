@@ -19,9 +19,10 @@ from ._core import (
     Call,
     Core,
     check_range,
-    listing_order,
+    decode_marker,
     new_key,
     page,
+    page_of,
     paged,
     paging,
     tag_dict,
@@ -57,7 +58,7 @@ class KeyOps(Core):
         def create(ov: OpenVault, call: Call) -> dict[str, Any]:
             from ..crypto import primitives as P
 
-            account = ov.body["account"]
+            account = ov.account
             key_id = ids.new_key_id()
             policy = self._checked_policy(Policy, account, BypassPolicyLockoutSafetyCheck, key_id)
             if AliasName is not None and self._alias(ov, AliasName) is not None:
@@ -70,10 +71,10 @@ class KeyOps(Core):
                 # The alias is made by this call as if by CreateAlias: the new
                 # key's own policy decides, an explicit Deny included.
                 self._authorize(ov, call, key, "kms:CreateAlias")
-            ov.body["keys"][key_id] = key
+            ov.put_key(key)
             if AliasName is not None:
-                ov.body["aliases"][self._alias_slot(AliasName)] = {"TargetKeyId": key_id, "CreationDate": now,
-                                                                   "LastUpdatedDate": now}
+                ov.put_alias(self._alias_slot(AliasName), {"TargetKeyId": key_id, "CreationDate": now,
+                                                           "LastUpdatedDate": now})
             call.response = {"keyId": key_id, "keyState": key["KeyState"]}
             call.resources.append(self._key_arn(ov, key_id))
             return {"KeyMetadata": self._metadata(ov, key)}
@@ -98,8 +99,8 @@ class KeyOps(Core):
         request.update(paging(Limit, Marker))
 
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
-            keys, marker = page(self._listed_keys(ov, IncludePendingDeletion), listing_order, Limit, Marker,
-                                LIST_LIMIT_DEFAULT)
+            after = decode_marker(Marker)
+            keys, marker = page_of(self._listed_keys(ov, IncludePendingDeletion, after), Limit, LIST_LIMIT_DEFAULT)
             return paged("Keys", [{"KeyId": k["KeyId"], "KeyArn": self._arn(ov, k)} for k in keys], marker)
 
         return self._read("ListKeys", request, list_)
@@ -112,14 +113,10 @@ class KeyOps(Core):
         """
 
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
-            keys = self._listed_keys(ov, IncludePendingDeletion)
-            aliases: dict[str, list[str]] = {}
-            for name, a in sorted(self._region_aliases(ov).items()):
-                aliases.setdefault(a["TargetKeyId"], []).append(name)
             out = []
-            for k in keys:
+            for _cursor, k in self._listed_keys(ov, IncludePendingDeletion):
                 entry: dict[str, Any] = {"KeyId": k["KeyId"], "KeyArn": self._arn(ov, k),
-                                         "Aliases": aliases.get(k["KeyId"], [])}
+                                         "Aliases": self._key_alias_names(ov, k["KeyId"])}
                 if self._allowed(ov, call, k, "kms:DescribeKey"):
                     entry["KeyMetadata"] = self._metadata(ov, k)
                 out.append(entry)
@@ -139,7 +136,7 @@ class KeyOps(Core):
             key = self._key(ov, call, KeyId, "kms:DescribeKey")
             out: dict[str, Any] = {
                 "KeyMetadata": self._metadata(ov, key),
-                "Aliases": sorted(n for n, a in self._region_aliases(ov).items() if a["TargetKeyId"] == key["KeyId"]),
+                "Aliases": self._key_alias_names(ov, key["KeyId"]),
             }
             if self._allowed(ov, call, key, "kms:ListResourceTags"):
                 out["Tags"] = [{"TagKey": k, "TagValue": v} for k, v in sorted(key["Tags"].items())]
@@ -174,6 +171,7 @@ class KeyOps(Core):
             key = self._key(ov, call, key_ref, "kms:" + event)
             self._require_not_pending(ov, key)
             key["KeyState"] = state.value
+            ov.put_key(key)
             if state is KeyState.ENABLED:
                 # AWS rotates overdue material as soon as a key is enabled again.
                 self._rotate_if_due(ov, key)
@@ -197,6 +195,7 @@ class KeyOps(Core):
             when = iso(deletion)
             key.update(KeyState=KeyState.PENDING_DELETION.value, DeletionDate=when,
                        PendingDeletionWindowInDays=PendingWindowInDays)
+            ov.put_key(key)
             call.response.update(keyState=key["KeyState"], deletionDate=when)
             return {"KeyId": self._arn(ov, key), "DeletionDate": parse_iso(when), "KeyState": key["KeyState"],
                     "PendingWindowInDays": PendingWindowInDays}
@@ -210,6 +209,7 @@ class KeyOps(Core):
                 raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is not pending deletion.")
             # As in AWS KMS, a cancelled key comes back Disabled, not Enabled.
             key.update(KeyState=KeyState.DISABLED.value, DeletionDate=None, PendingDeletionWindowInDays=None)
+            ov.put_key(key)
             call.response["keyState"] = key["KeyState"]
             return {"KeyId": self._arn(ov, key)}
 
@@ -224,6 +224,7 @@ class KeyOps(Core):
             key = self._key(ov, call, KeyId, "kms:UpdateKeyDescription")
             self._require_not_pending(ov, key)
             key["Description"] = Description
+            ov.put_key(key)
             return {}
 
         return self._mutate("UpdateKeyDescription", request, update)
@@ -242,6 +243,7 @@ class KeyOps(Core):
             if len(merged) > TAGS_PER_KEY_MAX:
                 raise errors.TagException(f"a key can have at most {TAGS_PER_KEY_MAX} tags (would have {len(merged)})")
             key["Tags"] = merged
+            ov.put_key(key)
             return {}
 
         return self._mutate("TagResource", request, tag)
@@ -259,6 +261,7 @@ class KeyOps(Core):
             self._require_not_pending(ov, key)
             for k in TagKeys:  # removing a tag that is not there is a no-op, as in AWS
                 key["Tags"].pop(k, None)
+            ov.put_key(key)
             return {}
 
         return self._mutate("UntagResource", request, untag)

@@ -37,8 +37,8 @@ class PolicyOps(Core):
 
         def put(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:PutKeyPolicy")
-            key["Policy"] = self._checked_policy(Policy, ov.body["account"], BypassPolicyLockoutSafetyCheck,
-                                                 key["KeyId"])
+            key["Policy"] = self._checked_policy(Policy, ov.account, BypassPolicyLockoutSafetyCheck, key["KeyId"])
+            ov.put_key(key)
             return {}
 
         return self._mutate("PutKeyPolicy", request, put)

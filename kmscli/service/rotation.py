@@ -37,6 +37,7 @@ class RotationOps(Core):
             rot = key["Rotation"]
             rot.update(Enabled=True, PeriodInDays=RotationPeriodInDays,
                        NextRotationDate=iso(self.clock() + timedelta(days=RotationPeriodInDays)))
+            ov.put_key(key)
             return {}
 
         return self._mutate("EnableKeyRotation", request, enable)
@@ -46,6 +47,7 @@ class RotationOps(Core):
             key = self._key(ov, call, KeyId, "kms:DisableKeyRotation")
             self._require_enabled(ov, key)
             key["Rotation"].update(Enabled=False, NextRotationDate=None)
+            ov.put_key(key)
             return {}
 
         return self._mutate("DisableKeyRotation", {"keyId": KeyId}, disable)
@@ -61,6 +63,7 @@ class RotationOps(Core):
             latest = key["Materials"][-1]["Version"]
             check_range("--min-decrypt-version", MinDecryptVersion, 1, latest)
             key["Rotation"]["MinDecryptVersion"] = MinDecryptVersion
+            ov.put_key(key)
             return {}
 
         return self._mutate("SetMinDecryptVersion", {"keyId": KeyId, "minDecryptVersion": MinDecryptVersion},
@@ -88,6 +91,7 @@ class RotationOps(Core):
                 )
             key["Rotation"]["OnDemandCount"] += 1
             material = self._add_material(key, "ON_DEMAND")
+            ov.put_key(key)
             call.response["keyMaterialId"] = material["KeyMaterialId"]
             return {"KeyId": key["KeyId"]}
 

@@ -43,10 +43,10 @@ class SeedOps(Core):
         def seed(ov: OpenVault, call: Call) -> dict[str, Any]:
             from .. import policy as policy_mod
 
-            account = ov.body["account"]
+            account = ov.account
             now = iso(self.clock())
             for k in Keys:
-                if k["KeyId"] in ov.body["keys"]:
+                if ov.get_key(k["KeyId"]) is not None:
                     raise errors.AlreadyExistsException(f"the seed's key {k['KeyId']} already exists")
                 policy = k.get("Policy")
                 if policy is None:
@@ -60,18 +60,18 @@ class SeedOps(Core):
                     key["Materials"].append(new_material(version, now, "ON_DEMAND", secret))
                 if k.get("Enabled") is False:
                     key["KeyState"] = KeyState.DISABLED.value
-                ov.body["keys"][k["KeyId"]] = key
+                ov.put_key(key)
             for a in Aliases:
                 region = a.get("Region", self.region)
-                target = ov.body["keys"].get(a.get("TargetKeyId"))
+                target_id = a.get("TargetKeyId")
+                target = ov.get_key(target_id) if isinstance(target_id, str) and target_id else None
                 if target is None or target.get("Region", ids.DEFAULT_REGION) != region:
                     raise errors.NotFoundException(
                         f"the seed's alias {a['AliasName']} names no seed key of region {region}")
                 slot = alias_slot(region, a["AliasName"])
-                if slot in ov.body["aliases"]:
+                if ov.get_alias(slot) is not None:
                     raise errors.AlreadyExistsException(f"the seed's alias {a['AliasName']} already exists")
-                ov.body["aliases"][slot] = {"TargetKeyId": target["KeyId"], "CreationDate": now,
-                                            "LastUpdatedDate": now}
+                ov.put_alias(slot, {"TargetKeyId": target["KeyId"], "CreationDate": now, "LastUpdatedDate": now})
             call.response = {"keys": len(Keys), "aliases": len(Aliases)}
             return {}
 

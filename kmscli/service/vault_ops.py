@@ -52,11 +52,10 @@ class VaultOps(Core):
         salt, vault_key = P.random_bytes(F.SALT_SIZE), P.random_bytes(F.VAULT_KEY_SIZE)
         header = F.build_header(
             kdf, salt, P.argon2id(passphrase, salt, kdf.memory_kib, kdf.time_cost, kdf.parallelism),
-            vault_key, P.random_bytes(P.NONCE_SIZE),
+            vault_key, P.random_bytes(P.NONCE_SIZE), version=self.store.create_format,
         )
         now = iso(self.clock())
-        body: dict[str, Any] = {
-            "format": F.FORMAT_VERSION,
+        meta: dict[str, Any] = {
             "vault_id": P.random_bytes(16).hex(),
             "account": Account if Account is not None else "".join(str(b % 10) for b in P.random_bytes(12)),
             "created": now,
@@ -65,19 +64,19 @@ class VaultOps(Core):
             "audit_log": str(self.audit_path),
             "audit_epoch": 0,
             "chain_keys": [{"from_seq": 1, "key": chain_key_hex(vault_key)}],
-            "keys": {},
-            "aliases": {},
         }
-        ov = OpenVault(header=header, vault_key=vault_key, body=body, pending=[])
+        ov = self.store.new_vault(header, vault_key, meta)
+        ov.pending = []
         call = Call("CreateVault", {"kdfMemoryKiB": kdf.memory_kib, "kdfTime": kdf.time_cost,
                                      "kdfParallelism": kdf.parallelism, "auditLog": str(self.audit_path)})
         with self.store.locked():
-            call.response = {"vaultId": body["vault_id"], "account": body["account"]}
+            call.response = {"vaultId": ov.vault_id, "account": ov.account}
             self._record(ov, call)
             # The vault is linked into place carrying its first record; the log
             # gets the record right after (or from the next command, after a crash).
             self._commit(ov, create=True)
-        return {"VaultPath": str(self.store.path), "Account": body["account"], "VaultId": body["vault_id"],
+        ov.close()
+        return {"VaultPath": str(self.store.path), "Account": ov.account, "VaultId": ov.vault_id,
                 "AuditLog": str(self.audit_path)}
 
     def Unlock(self, TtlSeconds: int, IdleSeconds: int | None,
@@ -123,7 +122,7 @@ class VaultOps(Core):
                 if why is not None:
                     raise errors.ValidationException(why)
         if callable(new_passphrase):
-            self._open_recording(Call("ChangePassphrase", request))  # the current passphrase, checked first
+            self._open_recording(Call("ChangePassphrase", request)).close()  # the current passphrase, checked first
             new_passphrase = new_passphrase()
         with self._refusing("ChangePassphrase", request):
             if not new_passphrase:
@@ -136,7 +135,8 @@ class VaultOps(Core):
             salt = P.random_bytes(F.SALT_SIZE)
             kek = P.argon2id(new_secret, salt, params.memory_kib, params.time_cost, params.parallelism)
             new_key = P.random_bytes(F.VAULT_KEY_SIZE)
-            ov.header = F.build_header(params, salt, kek, new_key, P.random_bytes(P.NONCE_SIZE))
+            ov.header = F.build_header(params, salt, kek, new_key, P.random_bytes(P.NONCE_SIZE),
+                                       version=ov.format_version)
             ov.vault_key = new_key
             # from_seq is filled in by _commit with this call's record: the first under the new key.
             chain_keys.append({"from_seq": None, "key": chain_key_hex(new_key)})

@@ -31,6 +31,7 @@ import re
 import sqlite3
 import stat
 import struct
+import threading
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ from typing import Any
 from .. import errors
 from ..crypto import primitives as P
 from . import format as F
-from .store import check_private_file, open_regular
+from .files import check_private_file, open_regular
 
 FORMAT_VERSION = F.RECORDS_FORMAT_VERSION
 #: SQLite's application_id (file offset 68): ASCII "KMSV", so `file` can tell what this is.
@@ -112,11 +113,20 @@ def _from_sqlite(e: sqlite3.Error, path: Path, action: str) -> errors.KmsError:
     text = str(e)
     if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB, _SQLITE_FORMAT, _SQLITE_TOOBIG) or "malformed" in text:
         return _corrupt(f"the vault {path} is damaged ({text})")
-    if primary == _SQLITE_FULL:
+    if primary == _SQLITE_FULL or (primary == _SQLITE_IOERR and _disk_full(path)):
         return errors.VaultFileError(f"cannot finish {action} {path}: the disk is full; the vault is unchanged")
     if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
         return errors.VaultFileError(f"the vault {path} stayed busy (locked by another process) while {action} it")
     return errors.VaultFileError(f"error while {action} the vault {path}: {text}")
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has no block left (SQLite says "disk I/O error" when it
+    cannot grow its WAL index there)."""
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -295,7 +305,21 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    conn = sqlite3.connect(_uri(path, "ro" if readonly else "rw"), uri=True, isolation_level=None,
+    try:
+        return _connect_as(path, "ro" if readonly else "rw", readonly)
+    except sqlite3.OperationalError as e:
+        code = getattr(e, "sqlite_errorcode", None)
+        if not readonly or not isinstance(code, int) or code & 0xFF != _SQLITE_CANTOPEN \
+                or os.path.lexists(str(path) + "-wal"):
+            raise
+    # A reader that cannot create the WAL's index beside the file (a read-only file system,
+    # or a folder only root may write): with no WAL there is nothing but the file to read,
+    # and nobody can write it through a WAL either, so it is read as it stands.
+    return _connect_as(path, "ro&immutable=1", readonly)
+
+
+def _connect_as(path: Path, mode: str, readonly: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(_uri(path, mode), uri=True, isolation_level=None,
                            timeout=BUSY_TIMEOUT_S, cached_statements=32)
     try:
         # Before the schema is read: no function with side effects from the file's schema,
@@ -326,25 +350,95 @@ def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-def _open_file_header(path: Path) -> tuple[bytes, os.stat_result]:
-    try:
-        fd = open_regular(path, "the vault", follow=False)
-    except FileNotFoundError:
-        raise errors.VaultNotFoundException(
-            f"no vault at {path}; create one with 'kmscli init' (or point --vault / KMSCLI_VAULT at yours)"
-        ) from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise errors.VaultFileError(f"refusing to use the vault {path}: it is a symbolic link") from None
-        raise errors.VaultFileError(f"cannot open the vault {path}: {e.strerror}") from None
-    try:
+class _Pinned:
+    """The descriptors this process holds on one vault file (an inode), and how many users need them."""
+
+    __slots__ = ("fds", "users")
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.users = 0
+
+
+#: POSIX record locks belong to a process and its file, not to a descriptor: closing
+#: ANY descriptor of a file drops every lock the process holds on it, SQLite's
+#: included, which lets another process think no one has the vault open, fold and
+#: delete its WAL under a writer that goes on writing into the deleted file. So a
+#: descriptor this module opens on a vault file that has connections open in this
+#: process is closed only once the last of them (every RecordStore on that file) is.
+_PINNED: dict[tuple[int, int], _Pinned] = {}
+_PIN_LOCK = threading.Lock()
+
+
+def pin(path: Path) -> tuple[tuple[int, int], int, os.stat_result]:
+    """A descriptor on the vault file at ``path`` (a private regular file of ours), kept until unpin()."""
+    with _PIN_LOCK:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise errors.VaultFileError(f"cannot open the vault {path}: {e.strerror}") from None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            held = _PINNED.get((st.st_dev, st.st_ino))
+            if held is not None and held.fds:
+                held.users += 1
+                return (st.st_dev, st.st_ino), held.fds[0], st
+        try:
+            fd = open_regular(path, "the vault", follow=False)
+        except FileNotFoundError:
+            raise errors.VaultNotFoundException(
+                f"no vault at {path}; create one with 'kmscli init' (or point --vault / KMSCLI_VAULT at yours)"
+            ) from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise errors.VaultFileError(f"refusing to use the vault {path}: it is a symbolic link") from None
+            raise errors.VaultFileError(f"cannot open the vault {path}: {e.strerror}") from None
         st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        held = _PINNED.setdefault(key, _Pinned())
+        held.fds.append(fd)  # a second one only when the file changed between lstat and open
+        held.users += 1
+        return key, fd, st
+
+
+def unpin(key: tuple[int, int]) -> None:
+    with _PIN_LOCK:
+        held = _PINNED.get(key)
+        if held is None:
+            return
+        held.users -= 1
+        if held.users <= 0:
+            del _PINNED[key]
+            for fd in held.fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def read_file_header(path: Path, size: int = SQLITE_HEADER_SIZE) -> bytes:
+    """The first ``size`` bytes of the vault file, read without ever dropping this process's locks on it."""
+    key, fd, st = pin(path)
+    try:
         check_private_file(st, path, "the vault")
-        return os.pread(fd, SQLITE_HEADER_SIZE, 0), st
+        return os.pread(fd, size, 0)
     except OSError as e:
         raise errors.VaultFileError(f"cannot read the vault {path}: {e.strerror}") from None
     finally:
-        os.close(fd)
+        unpin(key)
+
+
+def _open_file_header(path: Path) -> tuple[bytes, os.stat_result, tuple[int, int]]:
+    """The file's first bytes and status, with the file pinned (the caller unpins it)."""
+    key, fd, st = pin(path)
+    try:
+        check_private_file(st, path, "the vault")
+        return os.pread(fd, SQLITE_HEADER_SIZE, 0), st, key
+    except OSError as e:
+        unpin(key)
+        raise errors.VaultFileError(f"cannot read the vault {path}: {e.strerror}") from None
+    except BaseException:
+        unpin(key)
+        raise
 
 
 def _fsync_path(path: Path, *, directory: bool = False) -> None:
@@ -373,6 +467,7 @@ class RecordStore:
         self._idle: list[sqlite3.Connection] = [ro]
         self._rw: sqlite3.Connection | None = None
         self._keys: tuple[bytes, RecordKeys] | None = None
+        self._pinned: tuple[int, int] | None = None
 
     # -- creating and opening --------------------------------------------------
     @classmethod
@@ -453,28 +548,34 @@ class RecordStore:
         by format.py before anyone runs Argon2 on them.
         """
         path = Path(path)
-        head, st = _open_file_header(path)
-        _check_sqlite_header(head, path)
-        with _sqlite_errors(path, "opening"):
-            conn = _connect(path, readonly=True)
-            try:
-                conn.execute("BEGIN")
-                _check_schema(conn, path)
-                rows = conn.execute("SELECT id, raw FROM header").fetchall()
-                conn.execute("COMMIT")
-                if len(rows) != 1 or rows[0][0] != 1 or not isinstance(rows[0][1], bytes):
-                    raise _corrupt(f"the vault {path} has no single header row")
-                header = F.parse_records_header(rows[0][1])
+        head, st, pinned = _open_file_header(path)
+        try:
+            _check_sqlite_header(head, path)
+            with _sqlite_errors(path, "opening"):
+                conn = _connect(path, readonly=True)
                 try:
-                    now = os.lstat(path)
-                except OSError:
-                    now = None
-                if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-                    raise errors.VaultFileError(f"the vault {path} was replaced while it was being opened")
-            except BaseException:
-                conn.close()
-                raise
-        return cls(path, header, (st.st_dev, st.st_ino), conn)
+                    conn.execute("BEGIN")
+                    _check_schema(conn, path)
+                    rows = conn.execute("SELECT id, raw FROM header").fetchall()
+                    conn.execute("COMMIT")
+                    if len(rows) != 1 or rows[0][0] != 1 or not isinstance(rows[0][1], bytes):
+                        raise _corrupt(f"the vault {path} has no single header row")
+                    header = F.parse_records_header(rows[0][1])
+                    try:
+                        now = os.lstat(path)
+                    except OSError:
+                        now = None
+                    if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                        raise errors.VaultFileError(f"the vault {path} was replaced while it was being opened")
+                except BaseException:
+                    conn.close()
+                    raise
+        except BaseException:
+            unpin(pinned)
+            raise
+        store = cls(path, header, (st.st_dev, st.st_ino), conn)
+        store._pinned = pinned
+        return store
 
     def close(self) -> None:
         for conn in self._idle:
@@ -483,6 +584,9 @@ class RecordStore:
         if self._rw is not None:
             self._rw.close()
             self._rw = None
+        pinned, self._pinned = self._pinned, None
+        if pinned is not None:
+            unpin(pinned)  # after every connection: only now may its descriptors be closed
 
     def __enter__(self) -> RecordStore:
         return self
@@ -562,27 +666,47 @@ class RecordStore:
         With ``lock`` (the default) it runs under :meth:`write_lock`; pass
         ``lock=False`` when the caller already holds that lock.
         """
-        keys = self._keys_for(vault_key)
         with self.write_lock() if lock else contextlib.nullcontext():
-            with _sqlite_errors(self.path, "writing"):
-                if self._rw is None:
-                    self._rw = _connect(self.path, readonly=False)
-                conn = self._rw
-                conn.execute("BEGIN IMMEDIATE")
+            tx = self.begin(vault_key)
             try:
-                with _sqlite_errors(self.path, "writing"):
-                    _check_schema(conn, self.path)
-                    tx = RecordWriter(self, conn, keys)
                 yield tx
-                with _sqlite_errors(self.path, "writing"):
-                    tx._commit()
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                raise
+                tx.commit()
+            finally:
+                tx.close()
+
+    def begin(self, vault_key: bytes) -> RecordWriter:
+        """One IMMEDIATE transaction, ended by its ``commit()`` or ``close()`` (a rollback).
+
+        The caller holds :meth:`write_lock` (or the same lock taken otherwise).
+        """
+        keys = self._keys_for(vault_key)
+        with _sqlite_errors(self.path, "writing"):
+            if self._rw is None:
+                self._rw = _connect(self.path, readonly=False)
+            conn = self._rw
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            with _sqlite_errors(self.path, "writing"):
+                _check_schema(conn, self.path)
+                return RecordWriter(self, conn, keys)
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            raise
 
     # -- maintenance -----------------------------------------------------------
+    def fold(self) -> bool:
+        """Checkpoint the whole WAL into the file and empty it; False when a reader kept part of it."""
+        with _sqlite_errors(self.path, "checkpointing"):
+            if self._rw is None:
+                self._rw = _connect(self.path, readonly=False)
+            busy = self._rw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        try:
+            return busy == 0 and os.stat(str(self.path) + "-wal").st_size == 0
+        except FileNotFoundError:
+            return busy == 0
+
     def checkpoint(self) -> None:
         """Fold the WAL into the main file (a backup of the file alone is then complete)."""
         with _sqlite_errors(self.path, "checkpointing"):
@@ -837,8 +961,22 @@ class RecordWriter(RecordView):
         self._failed = False
         self.committed = False
 
-    def close(self) -> None:  # the writer's context manager ends the transaction
-        pass
+    def close(self) -> None:
+        """End the transaction: rolled back unless it was committed; idempotent."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(sqlite3.Error):
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+
+    def commit(self) -> None:
+        """Fold the changes into the tree, seal the metadata with generation + 1, and commit (durably)."""
+        try:
+            with _sqlite_errors(self._path, "writing"):
+                self._commit()
+        except BaseException:
+            self.close()
+            raise
 
     def _for_write(self, b: int, kind: str) -> dict[bytes, _Row]:
         rows = self._dirty.get(b)

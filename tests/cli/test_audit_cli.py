@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kmscli.vault.store import PassphraseKeySource, VaultStore
 from tests.conftest import CHEAP_KDF, PASSPHRASE, Runner, fails, ok
+from tests.vault_contents import contents
 
 
 def records(kms: Runner, *args: str) -> list[dict]:
@@ -29,9 +29,8 @@ def new_key(kms: Runner, *args: str, env_update: dict[str, str] | None = None) -
 
 def master_keys(vault: Path, passphrase: str = PASSPHRASE) -> list[bytes]:
     """The vault key and every key's material, read straight from the vault: never to show up elsewhere."""
-    ov = VaultStore(vault).open(PassphraseKeySource(lambda: passphrase.encode()))
-    keys = ov.body["keys"].values() if isinstance(ov.body["keys"], dict) else ov.body["keys"]
-    return [ov.vault_key] + [base64.b64decode(m["Material"]) for k in keys for m in k.get("Materials", [])]
+    doc, vault_key = contents(vault, passphrase)
+    return [vault_key] + [base64.b64decode(m["Material"]) for k in doc["keys"].values() for m in k["Materials"]]
 
 
 def forms(secret: bytes) -> list[bytes]:

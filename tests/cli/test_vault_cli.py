@@ -24,7 +24,8 @@ def test_init_creates_private_vault(kms: Runner, vault_dir: Path) -> None:
     assert mode(vault_dir) == 0o700
     assert b"created vault" in r.stderr
     assert r.stdout == b""
-    assert vault.read_bytes()[:8] == b"KMSVAULT"
+    assert vault.read_bytes()[:16] == b"SQLite format 3\0"  # format 2: sealed records (docs/vault-v2.md)
+    assert vault.read_bytes()[60:64] == b"\0\0\0\2" and vault.read_bytes()[68:72] == b"KMSV"
 
 
 def test_init_files_private_even_under_permissive_umask(kms: Runner, vault_dir: Path, tmp_path: Path) -> None:
@@ -137,27 +138,29 @@ def test_missing_vault_hint(kms: Runner, vault_dir: Path) -> None:
 def test_passwd_rotates_the_vault_key(kms: Runner, vault: Path, tmp_path: Path) -> None:
     """An old copy of the vault and the old passphrase open nothing written after passwd."""
     from kmscli.vault import format as F
+    from kmscli.vault.records import RecordStore
     from kmscli.vault.store import PassphraseKeySource, VaultStore
 
     key_id = ok(kms("keys", "create")).stdout.decode().strip()
     before = vault.read_bytes()
-    old_key = VaultStore(vault).open(PassphraseKeySource(lambda: PASSPHRASE.encode())).vault_key
+    old_header = VaultStore(vault).read_header()
+    with VaultStore(vault).open(PassphraseKeySource(lambda: PASSPHRASE.encode())) as ov:
+        old_key = ov.vault_key
     new = tmp_path / "new"
     new.write_text("new passphrase\n")
     os.chmod(new, 0o600)
     ok(kms("passwd", "--new-passphrase-file", str(new)))
-    after = vault.read_bytes()
-    assert after[23:39] != before[23:39]  # new salt
-    assert after[8:23] == before[8:23]  # same KDF parameters unless asked
+    after = VaultStore(vault).read_header()
+    assert after.salt != old_header.salt  # new salt
+    assert after.kdf == old_header.kdf  # same KDF parameters unless asked
     fails(kms("keys", "list"), 5)
     new_env = {"KMSCLI_PASSPHRASE": "new passphrase"}
     later = ok(kms("keys", "create", env_update=new_env)).stdout.decode().strip()
     r = ok(kms("keys", "describe", key_id, "--json", env_update=new_env))
     assert key_id.encode() in r.stdout
-    data = vault.read_bytes()
-    with pytest.raises(errors.VaultCorruptException):
-        F.open_body(data, F.parse_header(data), old_key)
-    assert later.encode() not in before
+    with RecordStore.open(vault) as store, pytest.raises(errors.VaultCorruptException):
+        store.reader(old_key)
+    assert F.RECORDS_FORMAT_VERSION == 2 and later.encode() not in before
     r = ok(kms("audit", "verify", env_update=new_env))
     assert b"1 failed unlock(s)" in r.stderr  # the old passphrase, tried above
 
@@ -167,7 +170,9 @@ def test_passwd_takes_new_kdf_settings(kms: Runner, vault: Path) -> None:
 
     env = {"KMSCLI_NEW_PASSPHRASE": "other"}
     ok(kms("passwd", "--kdf-memory", "16", "--kdf-time", "2", env_update=env))
-    assert F.parse_header(vault.read_bytes()).kdf == F.KdfParams(16 * 1024, 2, 1)
+    from kmscli.vault.store import VaultStore
+
+    assert VaultStore(vault).read_header().kdf == F.KdfParams(16 * 1024, 2, 1)
     before = vault.read_bytes()
     line = fails(kms("passwd", "--kdf-memory", "4096", env_update={"KMSCLI_PASSPHRASE": "other", **env}), 2)
     assert "--kdf-memory must be between 8 and 1024" in line
@@ -192,20 +197,36 @@ def test_passwd_without_new_source(kms: Runner, vault: Path) -> None:
 
 
 # -- damaged vaults -------------------------------------------------------
+def _stored(vault: Path, sql: str) -> bytes:
+    """A value as SQLite keeps it in the file (read without kmscli)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{vault}?mode=ro", uri=True)
+    try:
+        return bytes(conn.execute(sql).fetchone()[0])
+    finally:
+        conn.close()
+
+
 def damage(vault: Path, how: str) -> None:
     data = bytearray(vault.read_bytes())
     if how == "truncated":
         data = data[: len(data) // 2]
-    elif how == "bitflip-header":
-        data[30] ^= 0x10
-    elif how == "bitflip-body":
-        data[-5] ^= 0x01
+    elif how == "bitflip-header":  # the KDF header, kept in clear: its salt
+        at = bytes(data).find(_stored(vault, "SELECT raw FROM header"))
+        assert at > 0
+        data[at + 30] ^= 0x10
+    elif how == "bitflip-body":  # the sealed metadata (the tree's root, the generation)
+        sealed = _stored(vault, "SELECT sealed FROM meta")
+        at = bytes(data).find(sealed[:64])
+        assert at > 0
+        data[at + 40] ^= 0x01
     elif how == "garbage":
         data = bytearray(os.urandom(len(data)))
     elif how == "empty":
         data = bytearray()
-    elif how == "newer":
-        data[8:10] = struct.pack(">H", 9)
+    elif how == "newer":  # SQLite's user_version: the vault's format version
+        data[60:64] = struct.pack(">I", 9)
     vault.write_bytes(bytes(data))
 
 

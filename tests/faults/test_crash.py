@@ -45,8 +45,8 @@ import pytest
 
 from kmscli import audit
 from kmscli.errors import AuditVerificationException
-from kmscli.vault.store import PassphraseKeySource, VaultStore
 from tests.conftest import PASSPHRASE, Runner, ok
+from tests.vault_contents import contents
 
 ROUNDS = {"vault": 45, "audit": 30, "decrypt": 40}  # two kills a round: 230 in all
 PLAINTEXT_SIZE = (5 << 20) // 2  # 2.5 MiB: three chunks, so a kill can leave a partial one
@@ -234,8 +234,7 @@ def crash(kms: Runner, vault: Path, tmp_path: Path, seed: int) -> Crash:
 
 
 def open_vault(vault: Path) -> tuple[dict, bytes]:
-    ov = VaultStore(vault).open(PassphraseKeySource(lambda: PASSPHRASE.encode()))
-    return ov.body, ov.vault_key
+    return contents(vault, PASSPHRASE)
 
 
 def check_audit(vault: Path) -> str:

@@ -29,8 +29,9 @@ from pathlib import Path
 import pytest
 
 from kmscli.vault import format as F
-from kmscli.vault.store import PassphraseKeySource, VaultStore
+from kmscli.vault.store import VaultStore
 from tests.conftest import CHEAP_KDF, clean_env, kmscli_command
+from tests.vault_contents import contents
 
 PASS1 = "first passphrase: hunter2 correct horse"
 PASS2 = "second passphrase: Tr0ub4dor&3 battery"
@@ -108,14 +109,14 @@ def test_a_whole_session_leaks_no_secret(tmp_path: Path) -> None:
 
     # The secrets nobody outside could see, from the vault itself.
     vault = work / "vault" / "vault.kms"
-    opened = VaultStore(vault).open(PassphraseKeySource(lambda: PASS2.encode()))
-    materials = [base64.b64decode(m["Material"]) for k in opened.body["keys"].values() for m in k["Materials"]]
+    opened, vault_key = contents(vault, PASS2)
+    materials = [base64.b64decode(m["Material"]) for k in opened["keys"].values() for m in k["Materials"]]
     assert materials
-    header = F.parse_header(vault.read_bytes())
+    header = VaultStore(vault).read_header()
     kek2 = F.derive_kek(PASS2.encode(), header)
     data_key = base64.b64decode(json.loads((work / "dk.json").read_text())["Plaintext"])
     assert (work / "dk.plain").read_bytes() == data_key
-    never = {"key material": materials, "vault key": [opened.vault_key], "KEK": [kek2],
+    never = {"key material": materials, "vault key": [vault_key], "KEK": [kek2],
              "passphrase": [PASS1.encode(), PASS2.encode()]}
     # What may appear, and where (a written file's name, or an -o file's temporary name).
     allowed = {"plaintext": ([MESSAGE[:64]], {"plain", "out", "out2", "out3"}),

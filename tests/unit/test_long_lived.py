@@ -218,17 +218,27 @@ def _vault(tmp_path: Path) -> tuple[Path, bytes]:
     path = tmp_path / "v" / "vault.kms"
     keys = PassphraseKeySource(lambda: b"pw")
     Kms(path, keys).CreateVault(F.KdfParams(memory_kib=8 * 1024, time_cost=1, parallelism=1))
-    return path, VaultStore(path).open(keys).vault_key
+    with VaultStore(path).open(keys) as ov:
+        return path, ov.vault_key
+
+
+def _key_ids(store: VaultStore, vault_key: bytes) -> list[str]:
+    with store.open(FixedKeySource(vault_key)) as ov:
+        return [k["KeyId"] for _, k in ov.iter_keys()]
 
 
 def test_a_kept_vault_is_reused_while_the_file_is_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kmscli.vault import records
+
     path, vault_key = _vault(tmp_path)
     store = VaultStore(path, keep_opened=True)
-    first = store.open(FixedKeySource(vault_key))
-    reads = Counting(monkeypatch, os, "read")
-    again = store.open(FixedKeySource(vault_key))
-    assert reads.calls == 0
-    assert again.body == first.body and again.body is not first.body  # each call gets its own copy to change
+    with store.open(FixedKeySource(vault_key)) as first:
+        meta = dict(first.meta)
+    opens = Counting(monkeypatch, records.RecordStore, "open")
+    with store.open(FixedKeySource(vault_key)) as again:
+        assert opens.calls == 0  # the same record store, a fresh view of its last commit
+        assert again.meta == meta and again.meta is not first.meta  # each call gets its own copy to change
+    store.close()
 
 
 def test_a_kept_vault_is_read_again_once_another_process_wrote_it(tmp_path: Path) -> None:
@@ -236,26 +246,68 @@ def test_a_kept_vault_is_read_again_once_another_process_wrote_it(tmp_path: Path
 
     path, vault_key = _vault(tmp_path)
     store = VaultStore(path, keep_opened=True)
-    assert store.open(FixedKeySource(vault_key)).body["keys"] == {}
+    assert _key_ids(store, vault_key) == []
     key_id = Kms(path, FixedKeySource(vault_key)).CreateKey()["KeyMetadata"]["KeyId"]
-    assert list(store.open(FixedKeySource(vault_key)).body["keys"]) == [key_id]
+    assert _key_ids(store, vault_key) == [key_id]
+    store.close()
+
+
+def test_a_kept_vault_is_opened_again_once_another_file_took_its_place(tmp_path: Path) -> None:
+    from kmscli.service import Kms
+
+    path, vault_key = _vault(tmp_path)
+    store = VaultStore(path, keep_opened=True)
+    assert _key_ids(store, vault_key) == []
+    Kms(path, PassphraseKeySource(lambda: b"pw")).ChangePassphrase(b"new")
+    with pytest.raises(errors.VaultCorruptException):  # the new file is sealed under a new vault key
+        store.open(FixedKeySource(vault_key))
+    with store.open(PassphraseKeySource(lambda: b"new")) as ov:
+        assert ov.generation >= 2
+    store.close()
 
 
 def test_a_kept_vault_is_never_handed_to_another_key(tmp_path: Path) -> None:
     path, vault_key = _vault(tmp_path)
     store = VaultStore(path, keep_opened=True)
-    store.open(FixedKeySource(vault_key))
+    store.open(FixedKeySource(vault_key)).close()
     with pytest.raises(errors.VaultCorruptException):
         store.open(FixedKeySource(bytes(32)))  # the file decides, as without the cache
+    store.close()
 
 
 def test_a_kept_vault_still_refuses_a_folder_made_writable_by_others(tmp_path: Path) -> None:
     path, vault_key = _vault(tmp_path)
     store = VaultStore(path, keep_opened=True)
-    store.open(FixedKeySource(vault_key))
+    store.open(FixedKeySource(vault_key)).close()
     path.parent.chmod(0o777)
     try:
         with pytest.raises(errors.VaultFileError, match="writable by group or others"):
             store.open(FixedKeySource(vault_key))
     finally:
         path.parent.chmod(0o700)
+        store.close()
+
+
+def test_writes_of_a_process_that_keeps_the_vault_open_are_seen_by_others(tmp_path: Path) -> None:
+    """POSIX locks are per process: a descriptor of the vault closed anywhere in the process that keeps
+    SQLite connections open would drop their locks; another process closing the vault would then fold
+    and delete the WAL under them, and their later commits would go to a deleted file."""
+    import subprocess
+    import sys
+
+    from kmscli.service import Kms
+
+    path, vault_key = _vault(tmp_path)
+    store = VaultStore(path, keep_opened=True)
+    served = Kms(path, FixedKeySource(vault_key), store=store)
+    other = (f"import sys; from pathlib import Path; from kmscli.service import Kms; "
+             f"from kmscli.vault.store import FixedKeySource; "
+             f"k = Kms(Path({str(path)!r}), FixedKeySource(bytes.fromhex({vault_key.hex()!r}))); "
+             "k.CreateKey() if sys.argv[1] == 'create' else print(len(k.ListKeys()['Keys']))")
+    for round_ in range(3):
+        subprocess.run([sys.executable, "-c", other, "create"], check=True, timeout=120)  # writes, closes
+        assert len(served.ListKeys()["Keys"]) == 2 * round_ + 1
+        served.CreateKey()  # into the WAL the other process must still see
+        seen = subprocess.run([sys.executable, "-c", other, "count"], check=True, capture_output=True, timeout=120)
+        assert int(seen.stdout) == 2 * round_ + 2
+    store.close()

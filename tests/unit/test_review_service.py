@@ -101,25 +101,30 @@ def test_passwd_and_unlock_and_restart_refuse_a_session(svc: Kms) -> None:
                        ("Unlock", "InvalidSessionException", True)]
 
 
-def test_passwd_rotates_the_vault_key_and_the_chain_key(svc: Kms) -> None:
-    old_copy = svc.store.path.read_bytes()
-    old_ov = svc.store.open(svc.keys)
+def test_passwd_rotates_the_vault_key_and_the_chain_key(svc: Kms, tmp_path: Path) -> None:
+    from kmscli.vault.records import RecordStore
+
+    old_copy = tmp_path / "old" / "vault.kms"
+    old_copy.parent.mkdir(mode=0o700)
+    old_copy.write_bytes(svc.store.path.read_bytes())  # no write is in flight: the file is the whole vault
+    old_copy.chmod(0o600)
+    with svc.store.open(svc.keys) as old_ov:
+        old_key, vault_id = old_ov.vault_key, old_ov.vault_id
     svc.ChangePassphrase(b"new passphrase", F.KdfParams(16 * 1024, 2, 1))
     new = Kms(svc.store.path, PassphraseKeySource(lambda: b"new passphrase"), caller=svc.caller, clock=svc.clock)
     later = new.CreateKey(Description="made after passwd")["KeyMetadata"]["KeyId"]
-    data = svc.store.path.read_bytes()
-    header = F.parse_header(data)
-    assert header.kdf == F.KdfParams(16 * 1024, 2, 1)
+    assert VaultStore(svc.store.path).read_header().kdf == F.KdfParams(16 * 1024, 2, 1)
     # The old vault key (from the old copy and the old passphrase) opens nothing written now.
-    with pytest.raises(errors.VaultCorruptException):
-        F.open_body(data, header, old_ov.vault_key)
-    assert later not in json.dumps(F.open_body(old_copy, F.parse_header(old_copy), old_ov.vault_key))
+    with RecordStore.open(svc.store.path) as now, pytest.raises(errors.VaultCorruptException):
+        now.reader(old_key)
+    with RecordStore.open(old_copy) as old, old.reader(old_key) as view:
+        assert later not in json.dumps(view.scan("key", limit=1000))
     # The chain continues under the new vault's chain key from passwd's own record on.
     records = audit_events(svc)
     rotated = next(i for i, r in enumerate(records) if r["eventName"] == "ChangePassphrase")
-    log = audit.AuditLog(svc.audit_path, vault_id=old_ov.body["vault_id"])
+    log = audit.AuditLog(svc.audit_path, vault_id=vault_id)
     with pytest.raises(errors.AuditVerificationException, match=f"^line {rotated + 1}: "):
-        log.verify(audit.chain_key(old_ov.vault_key))
+        log.verify(audit.chain_key(old_key))
     new.VerifyAuditLog(Strict=True)
     with pytest.raises(errors.IncorrectPassphraseException):
         svc.DescribeKey(KeyId=later)  # the old passphrase no longer opens it
