@@ -1026,7 +1026,7 @@ class AuditLog:
         offsets of one file; docs/audit.md ("Reading") says exactly what that
         guarantees when times are out of order.
         """
-        want_key = _key_name(key_id) if key_id is not None else None
+        want_key = _KeyMatcher(_key_name(key_id)) if key_id is not None else None
         want_op = operation.casefold() if operation is not None else None
         bound = None
         if since is not None:
@@ -1053,9 +1053,10 @@ class AuditLog:
                                 if rec is None:
                                     where = self._where(files, f, _line_number(fd, start, n))
                                     raise AuditLogException(f"{where}: not a JSON object; run 'kmscli audit verify'")
-                                if want_op is not None and str(rec.get("eventName", "")).casefold() != want_op:
+                                # The key first: it learns what an alias stands for from every record read.
+                                if want_key is not None and not want_key.matches(rec):
                                     continue
-                                if want_key is not None and not _names_key(rec, want_key):
+                                if want_op is not None and str(rec.get("eventName", "")).casefold() != want_op:
                                     continue
                                 if since is not None:
                                     t = _parse_event_time(rec.get("eventTime"))
@@ -1571,19 +1572,58 @@ def _key_name(value: str) -> str:
     return value.removeprefix("key/")
 
 
-def _names_key(rec: dict[str, Any], want: str) -> bool:
+def _names_in(rec: dict[str, Any]) -> set[str]:
+    """Every key a record names (key ids and alias/NAMEs), however the caller named it: the request's and
+    the answer's key fields, the key metadata, and the resources (a failed Decrypt names its key only there)."""
+    names: set[str] = set()
     for section in ("requestParameters", "responseElements"):
         part = rec.get(section)
         if not isinstance(part, dict):
             continue
         for name in KEY_FIELDS:
             value = part.get(name)
-            if isinstance(value, str) and _key_name(value) == want:
-                return True
+            if isinstance(value, str):
+                names.add(_key_name(value))
         meta = part.get("keyMetadata")
-        if isinstance(meta, dict) and isinstance(meta.get("keyId"), str) and _key_name(meta["keyId"]) == want:
-            return True
-    return False
+        if isinstance(meta, dict) and isinstance(meta.get("keyId"), str):
+            names.add(_key_name(meta["keyId"]))
+    resources = rec.get("resources")
+    if isinstance(resources, list):
+        for r in resources:
+            if isinstance(r, dict) and isinstance(r.get("ARN"), str):
+                names.add(_key_name(r["ARN"]))
+    return names
+
+
+class _KeyMatcher:
+    """Whether records are about one key, read in order: for an alias, also the records of the key it
+    stood for at the time (a Decrypt names the key only by its id).
+
+    What an alias stands for is learned from the log as it is read: set by a
+    successful CreateAlias or UpdateAlias, cleared by DeleteAlias, and taken
+    from any successful call made through the alias (its answer names the key).
+    """
+
+    def __init__(self, want: str) -> None:
+        self.want = want
+        self.alias = want.startswith("alias/")
+        self.targets: set[str] = set()
+
+    def matches(self, rec: dict[str, Any]) -> bool:
+        names = _names_in(rec)
+        if self.alias and self.want in names and not rec.get("errorCode"):
+            event = rec.get("eventName")
+            request = rec.get("requestParameters")
+            target = request.get("targetKeyId") if isinstance(request, dict) else None
+            if event == "DeleteAlias":
+                self.targets = set()
+            elif event in ("CreateAlias", "UpdateAlias") and isinstance(target, str):
+                self.targets = {_key_name(target)}
+            else:
+                keys = {n for n in names if not n.startswith("alias/")}
+                if keys:
+                    self.targets = keys
+        return self.want in names or bool(self.targets & names)
 
 
 def _parse_event_time(value: Any) -> datetime | None:

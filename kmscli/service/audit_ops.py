@@ -92,7 +92,30 @@ class AuditOps(Core):
 
     def ReadAuditLog(self, KeyId: str | None = None, Operation: str | None = None,
                      Since: datetime | None = None) -> Iterator[dict[str, Any]]:
-        """The audit records, oldest first, filtered; reading needs no passphrase."""
+        """The audit records, oldest first, filtered; reading needs no passphrase.
 
+        ``Operation`` must be an operation kmscli records (an AWS KMS operation
+        or one of kmscli's own events): a misspelt name is a ValidationException
+        rather than an empty answer.
+        """
+        if Operation is not None:
+            from .. import aws_model
+
+            known = {*aws_model.OPERATIONS, *KMSCLI_EVENTS}
+            match = {name.casefold(): name for name in known}.get(Operation.casefold())
+            if match is None:
+                raise errors.ValidationException(
+                    f"--operation {Operation!r} is no operation kmscli records; give an AWS KMS operation name "
+                    "(Encrypt, CreateKey, ScheduleKeyDeletion, ...) or one of kmscli's own events "
+                    f"({', '.join(sorted(KMSCLI_EVENTS))})"
+                )
         log = self._audit_log(None)
         return log.read(key_id=KeyId, operation=Operation, since=Since)
+
+
+#: Events kmscli records that are not AWS KMS operations (docs/audit.md).
+KMSCLI_EVENTS = frozenset({
+    "ChangePassphrase", "CreateAccessKey", "CreateVault", "DeleteAccessKey", "GetAuditHead", "ListAccessKeys",
+    "RestartAuditLog", "RotateKey", "SeedVault", "SetMinDecryptVersion", "UnknownOperation", "Unlock",
+    "VerifyAuditLog",
+})

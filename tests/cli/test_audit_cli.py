@@ -267,3 +267,43 @@ def test_init_refuses_an_orphan_log(kms: Runner, vault_dir: Path) -> None:
     orphan.rename(vault_dir / "audit.jsonl.kept")
     ok(kms("init", *CHEAP_KDF))
     ok(kms("audit", "verify"))
+
+
+def test_show_key_finds_every_record_of_the_key_however_it_was_named(kms: Runner, vault: Path,
+                                                                    tmp_path: Path) -> None:
+    """Issue 15: `audit show --key alias/app` showed no Decrypt (a ciphertext names its key by id) and
+    `--key KEY_ID` missed every failed decrypt (the key is only in `resources`)."""
+    first = new_key(kms, "--alias", "alias/app")
+    second = new_key(kms)
+    ct = ok(kms("encrypt", "--key", "alias/app", "-c", "app=web", input=b"secret")).stdout
+    ok(kms("decrypt", "-c", "app=web", input=ct))
+    fails(kms("decrypt", "-c", "app=other", input=ct), 6, "InvalidCiphertextException")
+    deny = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "Enable IAM User Permissions", "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:*",
+         "Resource": "*"},
+        {"Sid": "No decrypt", "Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "kms:Decrypt", "Resource": "*"}]}
+    (tmp_path / "deny.json").write_text(json.dumps(deny))
+    ok(kms("policy", "put", first, str(tmp_path / "deny.json")))
+    fails(kms("decrypt", "-c", "app=web", input=ct), 7, "AccessDeniedException")
+    ok(kms("alias", "update", "alias/app", second))  # from here alias/app stands for the second key
+    ct2 = ok(kms("encrypt", "--key", second, input=b"other")).stdout
+    ok(kms("decrypt", input=ct2))
+
+    def shown(*args: str) -> list[tuple[str, str | None]]:
+        return [(r["eventName"], r.get("errorCode")) for r in records(kms, "--key", *args)]
+
+    decrypts_of_first = [("Decrypt", None), ("Decrypt", "InvalidCiphertextException"),
+                         ("Decrypt", "AccessDeniedException")]
+    by_id = shown(first)
+    assert [e for e in by_id if e[0] == "Decrypt"] == decrypts_of_first
+    by_alias = shown("alias/app")
+    # The first key's decrypts while alias/app stood for it, then the second key's after the update.
+    assert [e for e in by_alias if e[0] == "Decrypt"] == [*decrypts_of_first, ("Decrypt", None)]
+    assert ("UpdateAlias", None) in by_alias and ("Encrypt", None) in by_alias
+    assert [e for e in shown("alias/app", "--operation", "decrypt")] == [*decrypts_of_first, ("Decrypt", None)]
+
+
+def test_show_refuses_an_operation_nobody_records(kms: Runner, vault: Path) -> None:
+    line = fails(kms("audit", "show", "--operation", "Decrpyt"), 2, "ValidationException")
+    assert "--operation 'Decrpyt' is no operation kmscli records" in line
+    ok(kms("audit", "show", "--operation", "createvault"))  # case-insensitive, kmscli's own events too
