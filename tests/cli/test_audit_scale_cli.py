@@ -45,7 +45,7 @@ def seal_segments(vault: Path) -> tuple[int, datetime]:
             seq += 1
             t = start + timedelta(seconds=seq)
             rec = audit._prepare({"eventName": "Encrypt", "requestParameters": {"keyId": "alias/app", "n": seq},
-                                  "additionalEventData": {"vaultGeneration": ov.body.get("generation", 0)}},
+                                  "additionalEventData": {"vaultGeneration": ov.generation}},
                                  t, audit.new_event_id())
             line, prev = audit.seal_record(rec, ring.key_for(seq), seq, prev)
             lines.append(line)
