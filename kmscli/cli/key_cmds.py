@@ -205,15 +205,17 @@ def rotation(
 def rotations(key: KeyArg, json_: JsonOpt = False) -> None:
     svc = common.service()
     found = common.all_pages(lambda m: svc.ListKeyRotations(KeyId=key, Limit=1000, Marker=m,
-                                                              IncludeKeyMaterial="ALL_KEY_MATERIAL"), "Rotations")
+                                                              IncludeKeyMaterial="ALL_KEY_MATERIAL",
+                                                              Detail=not json_), "Rotations")
     if json_:
         output.emit_aws("ListKeyRotations", {"Rotations": found, "Truncated": False})
         return
     # Shortened to fit a terminal only: a script reading the lines gets every id whole.
     short = output.is_tty(sys.stdout)
-    rows = [(n, r["KeyMaterialId"][:16] + "…" if short else r["KeyMaterialId"], r["KeyMaterialState"],
-             r.get("RotationType", "ORIGINAL"), output.when(r.get("RotationDate"))) for n, r in enumerate(found, 1)]
-    output.table("Key material", ["Version", "KeyMaterialId", "State", "Type", "RotationDate"], rows)
+    rows = [(r["Version"], r["KeyMaterialId"][:16] + "…" if short else r["KeyMaterialId"], r["KeyMaterialState"],
+             r.get("RotationType", "ORIGINAL"), output.when(r.get("RotationDate")),
+             "yes" if r["Decrypts"] else "no (below --min-decrypt-version)") for r in found]
+    output.table("Key material", ["Version", "KeyMaterialId", "State", "Type", "RotationDate", "Decrypts"], rows)
 
 
 def _read_policy(path: str) -> str:

@@ -98,9 +98,14 @@ class RotationOps(Core):
         return self._mutate("RotateKeyOnDemand", {"keyId": KeyId}, rotate)
 
     def ListKeyRotations(self, KeyId: str, Limit: int | None = None, Marker: str | None = None,
-                         IncludeKeyMaterial: str = "ROTATIONS_ONLY") -> dict[str, Any]:
+                         IncludeKeyMaterial: str = "ROTATIONS_ONLY", Detail: bool = False) -> dict[str, Any]:
         """A key's material versions, oldest first: the rotations only (AWS's default) or, with
-        ``IncludeKeyMaterial="ALL_KEY_MATERIAL"``, the original material too (``keys rotations``)."""
+        ``IncludeKeyMaterial="ALL_KEY_MATERIAL"``, the original material too (``keys rotations``).
+
+        ``Detail`` (kmscli's, never on the wire) adds what AWS has no member for,
+        for the ``keys rotations`` table: each entry's ``Version`` and whether it
+        still ``Decrypts`` (not below ``keys rotation --min-decrypt-version``),
+        and the key's ``MinDecryptVersion``."""
         request: dict[str, Any] = {"keyId": KeyId, "includeKeyMaterial": IncludeKeyMaterial}
         request.update(paging(Limit, Marker))
         with self._refusing("ListKeyRotations", request):
@@ -124,7 +129,12 @@ class RotationOps(Core):
                 }
                 if m["RotationType"] is not None:  # the original material was not a rotation
                     entry.update(RotationDate=parse_iso(m["CreationDate"]), RotationType=m["RotationType"])
+                if Detail:
+                    entry.update(Version=m["Version"], Decrypts=m["Version"] >= key["Rotation"]["MinDecryptVersion"])
                 out.append(entry)
-            return paged("Rotations", out, marker)
+            result = paged("Rotations", out, marker)
+            if Detail:
+                result["MinDecryptVersion"] = key["Rotation"]["MinDecryptVersion"]
+            return result
 
         return self._read("ListKeyRotations", request, list_)

@@ -119,3 +119,17 @@ def test_rotations_in_a_pipe_give_every_material_id_whole(kms: Runner, key: str)
     lines = ok(kms("keys", "rotations", key)).stdout.decode().splitlines()
     assert [line.split("\t")[:2] for line in lines] == [["1", ids[0]], ["2", ids[1]]]
     assert "…" not in "".join(lines) and all(len(i) == 64 for i in ids)
+
+
+def test_rotations_show_which_versions_still_decrypt(kms: Runner, key: str) -> None:
+    """--min-decrypt-version could not be seen (issue 15): the table says which versions still decrypt;
+    --json stays ListKeyRotations' shape."""
+    for _ in range(2):
+        ok(kms("keys", "rotate", key))
+    ok(kms("keys", "rotation", key, "--min-decrypt-version", "2"))
+    lines = ok(kms("keys", "rotations", key)).stdout.decode().splitlines()
+    assert [(line.split("\t")[0], line.split("\t")[-1]) for line in lines] == [
+        ("1", "no (below --min-decrypt-version)"), ("2", "yes"), ("3", "yes")]
+    assert all(set(r) <= {"KeyId", "KeyMaterialId", "KeyMaterialState", "RotationDate", "RotationType"}
+               for r in rotations(kms, key))
+    assert "MinDecryptVersion\t2" in ok(kms("keys", "describe", key)).stdout.decode()
