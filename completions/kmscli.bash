@@ -10,7 +10,7 @@
 _kmscli_spec() {
     case $1 in
         '')
-            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random serve keys alias policy audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
+            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random inspect serve keys alias policy audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'init')
@@ -49,6 +49,10 @@ _kmscli_spec() {
             cmds='  ' opts='--format|-f --json --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --format=choice:base64,hex,raw -f=choice:base64,hex,raw --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='none' ;;
+        'inspect')
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='file' ;;
         'serve')
             cmds='  ' opts='--host --port --tls-cert --tls-key --ephemeral --account --seed --workers --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --host=none --port=none --tls-cert=file --tls-key=file --account=none --seed=file --workers=none --vault=file --audit-log=file --passphrase-file=file --region=alias '

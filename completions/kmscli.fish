@@ -6,7 +6,7 @@
 function __kmscli_cmds --argument-names path
     switch $path
         case ''
-            echo init passwd unlock lock encrypt decrypt reencrypt datakey random serve keys alias policy audit credentials
+            echo init passwd unlock lock encrypt decrypt reencrypt datakey random inspect serve keys alias policy audit credentials
         case 'keys'
             echo create list describe tags enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations
         case 'alias'
@@ -43,6 +43,8 @@ function __kmscli_vopts --argument-names path
             echo --spec --bytes --context -c --vault --audit-log --passphrase-file --region
         case 'random'
             echo --format -f --vault --audit-log --passphrase-file --region
+        case 'inspect'
+            echo --vault --audit-log --passphrase-file --region
         case 'serve'
             echo --host --port --tls-cert --tls-key --account --seed --workers --vault --audit-log --passphrase-file --region
         case 'keys create'
@@ -189,6 +191,7 @@ complete -c kmscli -n '__kmscli_at \'\'' -a decrypt -d 'Decrypt a kmscli ciphert
 complete -c kmscli -n '__kmscli_at \'\'' -a reencrypt -d 'Move a ciphertext to another key or context without revealing the plaintext.'
 complete -c kmscli -n '__kmscli_at \'\'' -a datakey -d 'Make a data key: plaintext and a copy encrypted under KEY.'
 complete -c kmscli -n '__kmscli_at \'\'' -a random -d 'Print N random bytes (1..1024); needs no vault.'
+complete -c kmscli -n '__kmscli_at \'\'' -a inspect -d 'Show what a ciphertext says about itself (key, context, sizes); needs no vault and proves nothing.'
 complete -c kmscli -n '__kmscli_at \'\'' -a serve -d 'Serve the vault over AWS KMS\'s wire protocol: point AWS_ENDPOINT_URL_KMS at it and sign with a key from \'kmscli credentials create\'.'
 complete -c kmscli -n '__kmscli_at \'\'' -a keys -d 'Create, inspect, enable, disable, rotate and delete keys.'
 complete -c kmscli -n '__kmscli_at \'\'' -a alias -d 'Create, repoint, delete and list aliases (names start with alias/).'
@@ -309,6 +312,16 @@ complete -c kmscli -n '__kmscli_at \'random\'' -l passphrase-file -r -F -d 'Read
 complete -c kmscli -n '__kmscli_at \'random\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'random\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'random\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli inspect
+complete -c kmscli -n '__kmscli_at \'inspect\'' -l json -d 'Print a JSON document (kmscli\'s own shape).'
+complete -c kmscli -n '__kmscli_at \'inspect\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'inspect\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'inspect\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'inspect\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'inspect\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'inspect\'' -s h -l help -d 'Show this message and exit.'
+complete -c kmscli -n '__kmscli_arg \'inspect\' 0' -F -d '[FILE]'
 
 # kmscli serve
 complete -c kmscli -n '__kmscli_at \'serve\'' -l host -x -d 'Address to listen on (default 127.0.0.1; any other than loopback needs TLS).'

@@ -58,6 +58,7 @@ _kmscli() {
         'reencrypt:Move a ciphertext to another key or context without revealing the plaintext.'
         'datakey:Make a data key: plaintext and a copy encrypted under KEY.'
         'random:Print N random bytes (1..1024); needs no vault.'
+        'inspect:Show what a ciphertext says about itself (key, context, sizes); needs no vault and proves nothing.'
         'serve:Serve the vault over AWS KMS'\''s wire protocol: point AWS_ENDPOINT_URL_KMS at it and sign with a key from '\''kmscli credentials create'\''.'
         'keys:Create, inspect, enable, disable, rotate and delete keys.'
         'alias:Create, repoint, delete and list aliases (names start with alias/).'
@@ -78,6 +79,7 @@ _kmscli() {
         (reencrypt) _kmscli_reencrypt && ret=0 ;;
         (datakey) _kmscli_datakey && ret=0 ;;
         (random) _kmscli_random && ret=0 ;;
+        (inspect) _kmscli_inspect && ret=0 ;;
         (serve) _kmscli_serve && ret=0 ;;
         (keys) _kmscli_keys && ret=0 ;;
         (alias) _kmscli_alias && ret=0 ;;
@@ -238,6 +240,19 @@ _kmscli_random() {
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':N: '
+}
+
+_kmscli_inspect() {
+    _arguments -S \
+        '--json[Print a JSON document (kmscli'\''s own shape).]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        '::[FILE]:_files'
 }
 
 _kmscli_serve() {

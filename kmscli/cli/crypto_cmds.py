@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
                    "Move a ciphertext to another key or context without revealing the plaintext.")(reencrypt)
     common.command(app, "datakey", "Make a data key: plaintext and a copy encrypted under KEY.")(datakey)
     common.command(app, "random", "Print N random bytes (1..1024); needs no vault.")(random)
+    common.command(app, "inspect", "Show what a ciphertext says about itself (key, context, sizes); needs no "
+                                   "vault and proves nothing.")(inspect)
 
 
 def encrypt(key: KeyOpt, context: ContextOpt = None, in_: InOpt = None, out: OutOpt = None,
@@ -151,6 +153,44 @@ def _maybe_armor(stream: Any, armor: bool) -> tuple[Any, Any]:
 
     writer = A.ArmorWriter(stream)
     return writer, writer.close
+
+
+def inspect(
+    file: Annotated[str, typer.Argument(metavar="[FILE]", help="The ciphertext (binary or armored); '-' or "
+                                                                "nothing reads stdin.")] = "-",
+    json_: Annotated[bool, typer.Option("--json", help="Print a JSON document (kmscli's own shape).")] = False,
+) -> None:
+    """Like age-inspect or gpg --list-packets: nothing is decrypted, nothing is authenticated, no vault is opened."""
+    from ..crypto import armor as A
+    from ..crypto import stream
+
+    reader, _size = fileio.open_input(file)
+    armored, reader = A.sniff(reader)
+    found = stream.inspect(A.ArmorReader(reader) if armored else reader)
+    h = found.header
+    doc: dict[str, Any] = {
+        "Format": h.format_version, "Armored": armored, "KeyId": h.key_id, "MaterialVersion": h.material_version,
+        "EncryptionContext": h.context, "EncryptionContextBytes": h.context_length,
+        "ChunkSize": h.chunk_size, "HeaderBytes": found.header_bytes, "BodyBytes": found.body_bytes,
+        "Chunks": found.chunks, "PlaintextBytes": found.plaintext_bytes, "Authenticated": False,
+    }
+    if h.context_digest is not None:
+        doc["EncryptionContextDigest"] = h.context_digest.hex()
+    if json_:
+        output.emit_json(doc)
+        return
+    if h.context is None:
+        digest = h.context_digest.hex() if h.context_digest else ""
+        context = f"(bound by its SHA-256, {h.context_length} encoded bytes: {digest})"
+    else:
+        context = ", ".join(f"{k}={v}" for k, v in sorted(h.context.items())) or "(none)"
+    output.fields([
+        ("Format", f"kmscli ciphertext, version {h.format_version}{' (armored)' if armored else ''}"),
+        ("KeyId", h.key_id), ("MaterialVersion", h.material_version), ("EncryptionContext", context),
+        ("ChunkSize", h.chunk_size), ("Sizes", f"header {found.header_bytes} B, body {found.body_bytes} B in "
+                                               f"{found.chunks} chunk(s), plaintext {found.plaintext_bytes} B"),
+        ("Authenticated", "no: only decrypt proves any of this"),
+    ])
 
 
 def _maybe_dearmor(reader: Any) -> Any:

@@ -350,7 +350,7 @@ def _check_fixed(fixed: bytes) -> int:
 
 NOT_A_CIPHERTEXT = ("the input is not a kmscli ciphertext: it begins neither with kmscli's magic bytes nor "
                     "with '-----BEGIN KMSCLI ENCRYPTED MESSAGE-----'")
-EMPTY_INPUT = "the input is empty: there is no ciphertext to decrypt"
+EMPTY_INPUT = "the input is empty: there is no ciphertext in it"
 
 
 TRUNCATED_HEADER = "the ciphertext is truncated: it ends inside its header"
@@ -386,6 +386,45 @@ def read_header(reader: Any) -> Header:
     if source.fill(memoryview(rest)) != len(rest):
         raise InvalidCiphertextException(TRUNCATED_HEADER)
     return parse_header(bytes(fixed) + bytes(rest))
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What a ciphertext says about itself without any key (``kmscli inspect``): nothing here is
+    authenticated; only decrypting proves the header and the body are what they claim."""
+
+    header: Header
+    header_bytes: int
+    body_bytes: int
+    #: How many chunks the body holds and the plaintext size they add up to, from the body's length.
+    chunks: int
+    plaintext_bytes: int
+
+
+def inspect(reader: Any) -> Inspection:
+    """Parse the header of the ciphertext ``reader`` yields and measure its body, in constant memory.
+
+    InvalidCiphertextException when the header does not parse or the body's
+    length cannot be a sequence of sealed chunks.
+    """
+    header = read_header(reader)
+    record = header.chunk_size + TAG_SIZE
+    source = Source(reader)
+    buf = memoryview(bytearray(1 << 20))
+    body = 0
+    while True:
+        n = source.fill(buf)
+        body += n
+        if n < len(buf):
+            break
+    full, rest = divmod(body, record)
+    if body == 0 or 0 < rest < TAG_SIZE:
+        raise InvalidCiphertextException("the ciphertext's body is cut short or padded: its length is no sequence "
+                                         "of sealed chunks")
+    chunks = full + (1 if rest else 0)
+    plaintext = body - chunks * TAG_SIZE
+    return Inspection(header=header, header_bytes=len(header.raw), body_bytes=body, chunks=chunks,
+                      plaintext_bytes=plaintext)
 
 
 def open_header(header: Header, *, master_key: bytes, context: Mapping[str, str]) -> OpenedHeader:

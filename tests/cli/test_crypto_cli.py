@@ -305,7 +305,7 @@ def test_decrypt_says_what_is_public_and_keeps_one_message_for_the_rest(kms: Run
     cases = {
         b"hello\n": "the input is not a kmscli ciphertext: it begins neither with kmscli's magic bytes nor with "
                     "'-----BEGIN KMSCLI ENCRYPTED MESSAGE-----'",
-        b"": "the input is empty: there is no ciphertext to decrypt",
+        b"": "the input is empty: there is no ciphertext in it",
         ct[:40]: "the ciphertext is truncated: it ends inside its header",
     }
     for data, message in cases.items():
@@ -321,3 +321,28 @@ def test_decrypt_says_what_is_public_and_keeps_one_message_for_the_rest(kms: Run
     tampered[-1] ^= 1  # the body's last tag: only the key can tell
     assert fails(kms("decrypt", "-c", "app=web", "-c", "env=prod", input=bytes(tampered)), 6) == \
         "kmscli: InvalidCiphertextException: " + INVALID_CIPHERTEXT_MESSAGE
+
+
+def test_inspect_reads_a_ciphertext_without_the_vault(kms: Runner, key: str, tmp_path: Path) -> None:
+    """`kmscli inspect` (issue 15): key id, material version, context, chunk size and sizes, binary or
+    armored, with no vault at all; the numbers are the ciphertext's own, measured, not trusted."""
+    data = os.urandom((1 << 20) * 2 + 5)  # two full chunks and a short one
+    ct = ok(kms("encrypt", "--key", key, "-c", "app=web", "-c", "env=prod", input=data)).stdout
+    armored = ok(kms("encrypt", "--key", key, "--armor", input=b"hi")).stdout
+    (tmp_path / "c.kms").write_bytes(ct)
+    no_vault = {"KMSCLI_VAULT": str(tmp_path / "nowhere" / "vault.kms")}
+    doc = json.loads(ok(kms("inspect", str(tmp_path / "c.kms"), "--json", env_update=no_vault)).stdout)
+    header = doc["HeaderBytes"]
+    assert doc == {"Format": 2, "Armored": False, "KeyId": key, "MaterialVersion": 1,
+                   "EncryptionContext": {"app": "web", "env": "prod"}, "EncryptionContextBytes": 23,
+                   "ChunkSize": 1 << 20, "HeaderBytes": header, "BodyBytes": len(ct) - header, "Chunks": 3,
+                   "PlaintextBytes": len(data), "Authenticated": False}
+    lines = ok(kms("inspect", env_update=no_vault, input=armored)).stdout.decode().splitlines()
+    assert lines[0] == "Format\tkmscli ciphertext, version 2 (armored)" and lines[1] == f"KeyId\t{key}"
+    assert "EncryptionContext\t(none)" in lines and lines[-1] == "Authenticated\tno: only decrypt proves any of this"
+    big = ok(kms("encrypt", "--key", key, "-c", "k=" + "v" * 2000, input=b"x")).stdout  # context bound by digest
+    doc = json.loads(ok(kms("inspect", "--json", input=big, env_update=no_vault)).stdout)
+    assert doc["EncryptionContext"] is None and len(doc["EncryptionContextDigest"]) == 64
+    fails(kms("inspect", input=b"hello\n", env_update=no_vault), 6, "InvalidCiphertextException")
+    line = fails(kms("inspect", input=ct[: len(ct) - 7], env_update=no_vault), 6, "InvalidCiphertextException")
+    assert "cut short or padded" in line
