@@ -68,6 +68,10 @@ ENVIRONMENT: dict[str, str] = {
         "The private folder (0700, yours) for the sockets of the session agents that 'kmscli unlock' starts; "
         "default: the user runtime folder ($XDG_RUNTIME_DIR/kmscli on Linux)."
     ),
+    "KMSCLI_KDF_SLOTS": (
+        "How many key derivations (Argon2id runs) of yours may run at once; the others wait for a turn. "
+        "Default: as many as fit in the available memory, at most one per CPU."
+    ),
     "NO_COLOR": "When set, nothing is coloured, even on a terminal.",
 }
 

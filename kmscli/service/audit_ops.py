@@ -101,20 +101,20 @@ class AuditOps(Core):
         if Operation is not None:
             from .. import aws_model
 
-            known = {*aws_model.OPERATIONS, *KMSCLI_EVENTS}
+            known = {*aws_model.OPERATIONS, *OWN_EVENTS}
             match = {name.casefold(): name for name in known}.get(Operation.casefold())
             if match is None:
                 raise errors.ValidationException(
                     f"--operation {Operation!r} is no operation kmscli records; give an AWS KMS operation name "
                     "(Encrypt, CreateKey, ScheduleKeyDeletion, ...) or one of kmscli's own events "
-                    f"({', '.join(sorted(KMSCLI_EVENTS))})"
+                    f"({', '.join(sorted(OWN_EVENTS))})"
                 )
         log = self._audit_log(None)
         return log.read(key_id=KeyId, operation=Operation, since=Since)
 
 
 #: Events kmscli records that are not AWS KMS operations (docs/audit.md).
-KMSCLI_EVENTS = frozenset({
+OWN_EVENTS = frozenset({
     "ChangePassphrase", "CreateAccessKey", "CreateVault", "DeleteAccessKey", "GetAuditHead", "ListAccessKeys",
     "RestartAuditLog", "RotateKey", "SeedVault", "SetMinDecryptVersion", "UnknownOperation", "Unlock",
     "VerifyAuditLog",
