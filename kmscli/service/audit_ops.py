@@ -115,7 +115,8 @@ class AuditOps(Core):
 
 #: Events kmscli records that are not AWS KMS operations (docs/audit.md).
 OWN_EVENTS = frozenset({
-    "ChangePassphrase", "CreateAccessKey", "CreateVault", "DeleteAccessKey", "GetAuditHead", "ListAccessKeys",
+    "ChangePassphrase", "CreateAccessKey", "CreateVault", "DeleteAccessKey", "DeleteKey", "GetAuditHead",
+    "ListAccessKeys",
     "RestartAuditLog", "RotateKey", "SeedVault", "SetMinDecryptVersion", "UnknownOperation", "Unlock",
     "VerifyAuditLog",
 })
