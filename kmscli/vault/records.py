@@ -135,6 +135,8 @@ def _sqlite_errors(path: Path, action: str) -> Iterator[None]:
         yield
     except sqlite3.Error as e:
         raise _from_sqlite(e, path, action) from None
+    except UnicodeDecodeError:  # text SQLite holds, damaged: we store only blobs and our schema
+        raise _corrupt(f"the vault {path} is damaged: text in it is not UTF-8") from None
 
 
 # -- derivations ------------------------------------------------------------
@@ -292,7 +294,10 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
     used but its text (which SQLite parses), and with ``trusted_schema`` off
     even that text can call no function with side effects.
     """
-    rows = conn.execute("SELECT type, name, tbl_name, rootpage, sql FROM sqlite_master").fetchall()
+    try:
+        rows = conn.execute("SELECT type, name, tbl_name, rootpage, sql FROM sqlite_master").fetchall()
+    except UnicodeDecodeError:  # a damaged page: the schema's text is not even UTF-8
+        raise _corrupt(f"the vault {path} has a damaged database schema (not text)") from None
     found = sorted((r[0], r[1], r[2], r[4]) for r in rows)
     if found != _EXPECTED_SCHEMA:
         ours = {s[1] for s in SCHEMA}
