@@ -154,21 +154,40 @@ class Vault:
         return out
 
     def list_all(self) -> tuple[float, float, int]:
-        """`keys list --json` of every key without a session: seconds, peak RSS (MiB), keys listed."""
+        """`keys list --json` of every key without a session: seconds, peak RSS (MiB), keys listed.
+
+        The peak is the process's own VmHWM from /proc, read while it runs (a
+        child's ru_maxrss from wait4 would count the pages it shared with this
+        harness when it forked).
+        """
+        import threading
+
         t = time.perf_counter()
         p = subprocess.Popen([KMSCLI, "keys", "list", "--all", "--json"], env=self.pass_env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        peak = [0]
+
+        def watch() -> None:
+            while p.poll() is None:
+                try:
+                    for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            peak[0] = max(peak[0], int(line.split()[1]))
+                except (OSError, ValueError):
+                    pass
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
         listed = 0
         assert p.stdout is not None
         for line in p.stdout:
             listed += line.count(b'"KeyId"')
-        if p.stderr is not None:
-            p.stderr.read()
-        _, status, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        if p.returncode != 0:
-            raise SystemExit(f"keys list failed ({p.returncode})")
-        return time.perf_counter() - t, ru.ru_maxrss / 1024, listed
+        code = p.wait()
+        watcher.join()
+        if code != 0:
+            raise SystemExit(f"keys list failed ({code})")
+        return time.perf_counter() - t, peak[0] / 1024, listed
 
     def writers(self, n: int = 16, each: int = 5) -> list[float]:
         def one(_: int) -> list[float]:

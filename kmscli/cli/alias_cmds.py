@@ -35,9 +35,11 @@ def list_(
     json_: Annotated[bool, typer.Option("--json", help="Print the AWS KMS JSON response shape.")] = False,
 ) -> None:
     svc = common.service()
-    found = common.all_pages(lambda m: svc.ListAliases(KeyId=key, Limit=100, Marker=m), "Aliases")
+    # Every page (as the AWS CLI pages), streamed a page at a time.
+    found = common.pages(lambda m: svc.ListAliases(KeyId=key, Limit=100, Marker=m), "Aliases")
     if json_:
-        output.emit_aws("ListAliases", {"Aliases": found, "Truncated": False})
+        output.emit_aws_pages("ListAliases", "Aliases", found)
         return
-    output.table("Aliases", ["AliasName", "TargetKeyId", "Created"],
-                 [(a["AliasName"], a["TargetKeyId"], output.when(a["CreationDate"])) for a in found])
+    output.table_pages("Aliases", ["AliasName", "TargetKeyId", "Created"],
+                       ([(a["AliasName"], a["TargetKeyId"], output.when(a["CreationDate"])) for a in page]
+                        for page in found))

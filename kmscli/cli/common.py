@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,17 @@ def pairs(values: list[str] | None, what: str) -> dict[str, str]:
             raise errors.ValidationException(f"{what} key '{k}' is given twice with different values")
         out[k] = val
     return out
+
+
+def pages(fetch: Any, member: str) -> Iterator[list[Any]]:
+    """The pages of a paged List* answer one by one (``fetch(marker)`` returns one): bounded memory."""
+    marker = None
+    while True:
+        page = fetch(marker)
+        yield page[member]
+        marker = page.get("NextMarker")
+        if marker is None:
+            return
 
 
 def all_pages(fetch: Any, member: str) -> list[Any]:

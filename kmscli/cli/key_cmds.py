@@ -45,19 +45,24 @@ def list_(
 ) -> None:
     svc = common.service()
     if json_:
-        # ListKeys, every page (as the AWS CLI pages), printed as one response.
-        keys = common.all_pages(lambda m: svc.ListKeys(Limit=1000, Marker=m, IncludePendingDeletion=all_), "Keys")
-        output.emit_aws("ListKeys", {"Keys": keys, "Truncated": False})
+        # ListKeys, every page (as the AWS CLI pages), printed as one response, streamed a page at a time.
+        output.emit_aws_pages("ListKeys", "Keys", common.pages(
+            lambda m: svc.ListKeys(Limit=1000, Marker=m, IncludePendingDeletion=all_), "Keys"))
         return
-    rows = []
-    for k in svc.ListKeyDetails(IncludePendingDeletion=all_)["Keys"]:
-        meta = k.get("KeyMetadata")
-        if meta is None:  # the policy does not let this caller describe it
-            rows.append((k["KeyId"], "(not allowed)", ",".join(k["Aliases"]), "", ""))
-        else:
-            rows.append((k["KeyId"], meta["KeyState"], ",".join(k["Aliases"]), output.when(meta["CreationDate"]),
-                         meta["Description"]))
-    output.table("Keys", ["KeyId", "State", "Aliases", "Created", "Description"], rows)
+
+    def rows(keys: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for k in keys:
+            meta = k.get("KeyMetadata")
+            if meta is None:  # the policy does not let this caller describe it
+                out.append((k["KeyId"], "(not allowed)", ",".join(k["Aliases"]), "", ""))
+            else:
+                out.append((k["KeyId"], meta["KeyState"], ",".join(k["Aliases"]), output.when(meta["CreationDate"]),
+                            meta["Description"]))
+        return out
+
+    found = common.pages(lambda m: svc.ListKeyDetails(IncludePendingDeletion=all_, Limit=1000, Marker=m), "Keys")
+    output.table_pages("Keys", ["KeyId", "State", "Aliases", "Created", "Description"], (rows(p) for p in found))
 
 
 @app.command("describe", cls=common.KmsCommand, help="Show one key's metadata.")

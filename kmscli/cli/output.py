@@ -28,11 +28,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from typer import Exit
@@ -158,6 +159,30 @@ def emit_aws(operation: str, doc: Any) -> None:
     emit_json(shapes.to_cli(operation, doc))
 
 
+def emit_aws_pages(operation: str, member: str, pages: Iterable[list[Any]]) -> None:
+    """A List* response of every page, ``{member: [...], "Truncated": false}``, streamed a page at a time.
+
+    Byte for byte what :func:`emit_aws` prints for the whole list, in memory
+    bounded by one page. The first page is fetched before anything is written,
+    so a call that fails at once writes nothing to stdout.
+    """
+    from .. import shapes
+
+    it = iter(pages)
+    first_page = next(it, [])
+    write_stdout("{\n  " + json.dumps(member) + ": [")
+    empty = True
+    for items in itertools.chain([first_page], it):
+        chunk = []
+        for item in shapes.to_cli(operation, {member: items, "Truncated": False})[member]:
+            text = json.dumps(item, indent=2, ensure_ascii=False).replace("\n", "\n    ")
+            chunk.append(("\n    " if empty else ",\n    ") + text)
+            empty = False
+        if chunk:
+            write_stdout(_json_safe("".join(chunk)))
+    write_stdout(("]" if empty else "\n  ]") + ',\n  "Truncated": false\n}\n')
+
+
 def when(t: Any) -> str:
     """A timestamp for a table cell: ISO 8601 UTC to the second."""
     from ..model import iso
@@ -189,6 +214,16 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     for row in rows:
         t.add_row(*[Text(_cell(v)) for v in row])
     _print_rich(t)
+
+
+def table_pages(title: str | None, columns: Sequence[str], pages: Iterable[Sequence[Sequence[Any]]]) -> None:
+    """:func:`table` for rows that come a page at a time: each page printed as it comes.
+
+    In a pipe the lines are the same as one table's; on a terminal each page
+    is a table of its own (the title on the first), so memory stays bounded.
+    """
+    for n, rows in enumerate(pages):
+        table(title if n == 0 else None, columns, rows)
 
 
 def fields(pairs: Sequence[tuple[str, Any]]) -> None:

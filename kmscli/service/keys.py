@@ -105,25 +105,34 @@ class KeyOps(Core):
 
         return self._read("ListKeys", request, list_)
 
-    def ListKeyDetails(self, IncludePendingDeletion: bool = True) -> dict[str, Any]:
-        """kmscli's view for the ``keys list`` table: every key with its metadata and aliases, in one call.
+    def ListKeyDetails(self, IncludePendingDeletion: bool = True, Limit: int | None = None,
+                       Marker: str | None = None) -> dict[str, Any]:
+        """kmscli's view for the ``keys list`` table: keys with their metadata and aliases, a page at a time.
 
         Recorded as a ListKeys; a key's metadata is included only where its
         policy allows kms:DescribeKey (the others show their id and ARN only).
+        Without ``Limit`` (and ``Marker``) every key, in one answer; with them a
+        page of at most ``Limit`` keys and, when more follow, ``NextMarker``.
         """
+        request: dict[str, Any] = {"includePendingDeletion": IncludePendingDeletion, "detail": True}
+        request.update(paging(Limit, Marker))
+
+        def entry(ov: OpenVault, call: Call, k: dict[str, Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {"KeyId": k["KeyId"], "KeyArn": self._arn(ov, k),
+                                   "Aliases": self._key_alias_names(ov, k["KeyId"])}
+            if self._allowed(ov, call, k, "kms:DescribeKey"):
+                out["KeyMetadata"] = self._metadata(ov, k)
+            return out
 
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
-            out = []
-            for _cursor, k in self._listed_keys(ov, IncludePendingDeletion):
-                entry: dict[str, Any] = {"KeyId": k["KeyId"], "KeyArn": self._arn(ov, k),
-                                         "Aliases": self._key_alias_names(ov, k["KeyId"])}
-                if self._allowed(ov, call, k, "kms:DescribeKey"):
-                    entry["KeyMetadata"] = self._metadata(ov, k)
-                out.append(entry)
             call.resources.clear()  # one record for the listing, not a resource per key
-            return {"Keys": out}
+            if Limit is None and Marker is None:
+                return {"Keys": [entry(ov, call, k) for _cursor, k in self._listed_keys(ov, IncludePendingDeletion)]}
+            after = decode_marker(Marker)
+            keys, marker = page_of(self._listed_keys(ov, IncludePendingDeletion, after), Limit, LIST_LIMIT_DEFAULT)
+            return paged("Keys", [entry(ov, call, k) for k in keys], marker)
 
-        return self._read("ListKeys", {"includePendingDeletion": IncludePendingDeletion, "detail": True}, list_)
+        return self._read("ListKeys", request, list_)
 
     def DescribeKeyDetails(self, KeyId: str) -> dict[str, Any]:
         """kmscli's view for the ``keys describe`` table: DescribeKey plus aliases, tags and rotation, in one call.

@@ -81,6 +81,7 @@ _KIND_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 #: Clean buckets a view keeps decoded (verified) at most; a write transaction keeps its dirty ones besides.
 BUCKET_CACHE = 1024
+PAGE_SIZE = 8192
 BUSY_TIMEOUT_S = 60.0
 
 SCHEMA: tuple[tuple[str, str, str, str], ...] = (
@@ -507,7 +508,10 @@ class RecordStore:
                 conn = sqlite3.connect(_uri(tmp, "rw"), uri=True, isolation_level=None)
                 try:
                     conn.execute("PRAGMA trusted_schema=OFF")
-                    conn.execute("PRAGMA page_size=4096")
+                    # 8 KiB pages: a record of up to ~2 KiB (a key with its policy and a few
+                    # material versions) stays in its b-tree page; with 4 KiB pages one of over
+                    # ~1 KiB took an overflow page of its own (4 KiB per key: bench/RECORDS.md).
+                    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.execute("PRAGMA synchronous=FULL")
                     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")

@@ -48,6 +48,53 @@ def iso_day(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d")
 
 
+#: What stands for a derivable field in a stored key record (format 2): the account's default
+#: policy, or a material id that is the hash of its material. Restored exactly when read.
+DERIVED = 0
+
+
+def material_id(material_b64: str) -> str:
+    """A material's id (new_material's): a hash of its secret under a label, not a secret."""
+    import base64
+    import hashlib
+
+    return hashlib.sha256(b"kmscli key material id\x00" + base64.b64decode(material_b64)).hexdigest()
+
+
+def pack_key(key: dict[str, Any], account: str) -> dict[str, Any]:
+    """A key as format 2 stores it: the default policy and derivable material ids left out (DERIVED).
+
+    Half the record of a typical key: a smaller record fits its page, where a
+    larger one would take an overflow page of its own.
+    """
+    from ..policy import default_policy
+
+    rec = dict(key)
+    if rec.get("Policy") == default_policy(account):
+        rec["Policy"] = DERIVED
+    materials = rec.get("Materials")
+    if isinstance(materials, list):
+        rec["Materials"] = [
+            {**m, "KeyMaterialId": DERIVED}
+            if isinstance(m, dict) and isinstance(m.get("Material"), str)
+            and m.get("KeyMaterialId") == material_id(m["Material"]) else m
+            for m in materials]
+    return rec
+
+
+def unpack_key(rec: dict[str, Any], account: str) -> dict[str, Any]:
+    from ..policy import default_policy
+
+    key = dict(rec)
+    if key.get("Policy") == DERIVED:
+        key["Policy"] = default_policy(account)
+    materials = key.get("Materials")
+    if isinstance(materials, list):
+        key["Materials"] = [{**m, "KeyMaterialId": material_id(m["Material"])}
+                            if isinstance(m, dict) and m.get("KeyMaterialId") == DERIVED else m for m in materials]
+    return key
+
+
 def listing_order(key: dict[str, Any]) -> tuple[str, str]:
     """Format 1 lists keys oldest first, ties by id."""
     return key["CreationDate"], key["KeyId"]
@@ -295,8 +342,9 @@ USER_CREDENTIALS = "user-credentials"  # user name -> {"ids": [...]}: a user's a
 DUE = "due"  # day (YYYY-MM-DD) -> {"keys": {key id: due time}}: the time-based events of that day
 SCHEDULE = "schedule"  # "days" -> {"days": [day, ...]}: the days that have a "due" record, sorted
 SCHEDULE_DAYS = "days"
-#: Records a listing reads per query: bounded memory whatever the vault holds.
+#: Records a listing reads per query: bounded memory whatever the vault holds (the first query reads fewer).
 SCAN_PAGE = 100
+SCAN_FIRST = 16
 #: Records a read-only vault keeps decoded for a call (a call reads a handful).
 READ_CACHE = 64
 
@@ -345,6 +393,8 @@ class RecordVault(OpenVault):
         if k in self._cache:
             return self._cache[k]
         value = self.view.get(kind, name)
+        if kind == KEY and value is not None:
+            value = unpack_key(value, self.account)
         if self._writable or len(self._cache) < READ_CACHE:
             self._cache[k] = value
             self._stored[k] = dumps(value) if value is not None else None
@@ -372,17 +422,19 @@ class RecordVault(OpenVault):
                 raise errors.InvalidMarkerException(
                     "the Marker is not one this operation returned as NextMarker; start again without it")
             name = after[0]
+        size = SCAN_FIRST  # a page of 10 reads about 16 records, not SCAN_PAGE: pages read what they show
         while True:
             try:
-                batch = self.view.scan(kind, name, SCAN_PAGE)
+                batch = self.view.scan(kind, name, size)
             except errors.ValidationException:  # a name no record can have
                 raise errors.InvalidMarkerException(
                     "the Marker is not one this operation returned as NextMarker; start again without it"
                 ) from None
             yield from batch
-            if len(batch) < SCAN_PAGE:
+            if len(batch) < size:
                 return
             name = batch[-1][0]
+            size = min(2 * size, SCAN_PAGE)
 
     # -- keys ---------------------------------------------------------------------
     def get_key(self, key_id: str) -> dict[str, Any] | None:
@@ -395,8 +447,9 @@ class RecordVault(OpenVault):
         self._put(KEY, key_id, None)
 
     def iter_keys(self, after: Cursor | None = None) -> Iterator[tuple[Cursor, dict[str, Any]]]:
+        account = self.account
         for name, value in self._scan(KEY, after):
-            yield [name], value
+            yield [name], unpack_key(value, account)
 
     # -- aliases ------------------------------------------------------------------
     def get_alias(self, slot: str) -> dict[str, Any] | None:
@@ -552,7 +605,7 @@ class RecordVault(OpenVault):
             if value is None:
                 writer.delete(kind, name)
             else:
-                writer.put(kind, name, value)
+                writer.put(kind, name, pack_key(value, self.account) if kind == KEY else value)
             self._stored[(kind, name)] = dumps(value) if value is not None else None
         self._dirty.clear()
 
