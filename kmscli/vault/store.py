@@ -469,19 +469,23 @@ class VaultStore:
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
-            if in_place:
-                # The new vault is already in place: saying "unchanged" would
-                # make a script retry a change that was made.
-                raise errors.VaultFileError(
-                    f"the vault {self.path} was written, but finishing the write failed: {reason}; "
-                    "the change is in place but may not survive a crash"
-                ) from None
-            raise errors.VaultFileError(f"cannot write the vault {self.path}: {reason}; it is unchanged") from None
+            raise self._write_failed(e, in_place) from None
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    def _write_failed(self, e: OSError, in_place: bool) -> errors.VaultFileError:
+        """The error for a vault write that failed with ``e``, before or after the new file took its place."""
+        reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
+        if in_place:
+            # The new vault is already in place: saying "unchanged" would
+            # make a script retry a change that was made.
+            return errors.VaultFileError(
+                f"the vault {self.path} was written, but finishing the write failed: {reason}; "
+                "the change is in place but may not survive a crash"
+            )
+        return errors.VaultFileError(f"cannot write the vault {self.path}: {reason}; it is unchanged")
 
     def remove_stale_temps(self) -> None:
         """Delete temporary files a killed writer left behind (call with the lock held)."""
@@ -552,14 +556,7 @@ class VaultStore:
             _fsync_dir(self.path.parent)
         except OSError as e:
             self._remove(tmp)
-            reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
-            if in_place:
-                # The new file is in place: saying "unchanged" would make a script retry a change that was made.
-                raise errors.VaultFileError(
-                    f"the vault {self.path} was written, but finishing the write failed: {reason}; "
-                    "the change is in place but may not survive a crash"
-                ) from None
-            raise errors.VaultFileError(f"cannot write the vault {self.path}: {reason}; it is unchanged") from None
+            raise self._write_failed(e, in_place) from None
         except BaseException:
             self._remove(tmp)
             raise
