@@ -655,21 +655,27 @@ class AuditLog:
         try:
             st = os.fstat(fd)
             known = self._known_tail
+            sealed_with: bytes | None = None
             if known is not None and known[0] == _identity(st):
                 size = st.st_size  # as this process left it: ends with its last record, keyed
                 last: dict[str, Any] | None = known[1].last_keyed
+                sealed_with = known[1].sealed_with
             else:
                 size, last = _repair_tail(fd), None
             missing = catch_up() if catch_up is not None else None
             if missing:
                 size += self._complete_into(fd, size, missing)[0]
-                last = None
+                last = sealed_with = None
             if last is None:
                 last = self._last_before_append(fd, size)
             if last is None:
                 seq, prev = 1, genesis_link(ring.key_for(1) if ring else None, self.vault_id)
             else:
-                if ring is not None and last[KEYED_FIELD] and not record_mac_ok(ring.key_for(last[SEQ_FIELD]), last):
+                # Its MAC needs no check when this process sealed it, with the key the ring gives it.
+                if ring is not None and last[KEYED_FIELD] \
+                        and not (sealed_with is not None
+                                 and constant_time_equal(sealed_with, ring.key_for(last[SEQ_FIELD]))) \
+                        and not record_mac_ok(ring.key_for(last[SEQ_FIELD]), last):
                     # The vault was rewritten under another key after this call
                     # opened it (passwd), or the log is not this vault's.
                     raise AuditLogException(

@@ -474,6 +474,10 @@ class RecordStore:
         self._rw: sqlite3.Connection | None = None
         self._keys: tuple[bytes, RecordKeys] | None = None
         self._pinned: tuple[int, int] | None = None
+        #: What readers last verified (see _Snapshot): reused while the sealed metadata is byte-for-byte the same.
+        self._snapshot: _Snapshot | None = None
+        #: id(connection) -> the schema cookie under which its schema was last checked (see _checked_schema).
+        self._schemas: dict[int, int] = {}
 
     # -- creating and opening --------------------------------------------------
     @classmethod
@@ -590,6 +594,8 @@ class RecordStore:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
+        self._schemas.clear()
+        self._snapshot = None
         if self._rw is not None:
             self._rw.close()
             self._rw = None
@@ -611,6 +617,10 @@ class RecordStore:
             return True
         return (st.st_dev, st.st_ino) != self._identity
 
+    def same_file(self, st: os.stat_result) -> bool:
+        """Whether ``st`` (an lstat of the path) is the file this store opened."""
+        return (st.st_dev, st.st_ino) == self._identity
+
     def _keys_for(self, vault_key: bytes) -> RecordKeys:
         if self._keys is not None and hmac.compare_digest(self._keys[0], vault_key):
             return self._keys[1]
@@ -626,13 +636,29 @@ class RecordStore:
             conn = self._idle.pop() if self._idle else _connect(self.path, readonly=True)
             try:
                 conn.execute("BEGIN")
-                _check_schema(conn, self.path)  # also fixes the snapshot: every read below sees this one
-                return RecordView(self, conn, keys)
+                self._checked_schema(conn)  # also fixes the snapshot: every read below sees this one
+                return RecordView(self, conn, keys, shared=True)
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 self._idle.append(conn)
                 raise
+
+    def _checked_schema(self, conn: sqlite3.Connection) -> None:
+        """_check_schema, at the start of a transaction of one of this store's connections.
+
+        SQLite runs every statement against the schema its connection parsed,
+        and parses it again only when the file's schema cookie changes. So a
+        connection whose schema was checked under the cookie the file still
+        shows runs on that checked schema, whatever its text on disk says now:
+        the check is made again only when the cookie moves (and at a
+        connection's first transaction). It costs a third of the full check.
+        """
+        version = conn.execute("PRAGMA schema_version").fetchone()[0]
+        if self._schemas.get(id(conn)) == version:
+            return
+        _check_schema(conn, self.path)
+        self._schemas[id(conn)] = version
 
     def _release(self, conn: sqlite3.Connection) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -696,7 +722,7 @@ class RecordStore:
             conn.execute("BEGIN IMMEDIATE")
         try:
             with _sqlite_errors(self.path, "writing"):
-                _check_schema(conn, self.path)
+                self._checked_schema(conn)
                 return RecordWriter(self, conn, keys)
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -724,31 +750,72 @@ class RecordStore:
             self._rw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+class _Snapshot:
+    """What readers of one sealed metadata blob verified, kept by the store for the next reader.
+
+    Everything here is a function of authenticated bytes: the metadata opened
+    under the vault key, and tree nodes and buckets whose digests chain up to
+    its sealed root. A later read transaction that finds the same sealed
+    blob (compared byte for byte, under the same key) therefore sees the same
+    records, and may use these instead of reading and checking them again; a
+    blob that differs in any byte (a write, a rollback, a swapped file) is
+    opened and verified from the start. A long-lived process (``kmscli
+    serve``) reads the vault several times per request, and this is most of
+    what each read cost.
+    """
+
+    __slots__ = ("keys", "sealed", "top", "meta", "kinds", "mids", "clean")
+
+    def __init__(self, keys: RecordKeys, sealed: bytes, top: bytes, meta: dict[str, Any],
+                 kinds: dict[str, list[Any]], mids: dict[int, bytes],
+                 clean: OrderedDict[int, dict[bytes, _Row]]) -> None:
+        self.keys = keys
+        self.sealed = sealed
+        self.top = top
+        self.meta = meta
+        self.kinds = kinds
+        self.mids = mids
+        self.clean = clean
+
+
 class RecordView:
-    """What a read transaction sees: verified records of one consistent snapshot."""
+    """What a read transaction sees: verified records of one consistent snapshot.
+
+    A reader (``shared``) shares what it verifies with the store's later
+    readers of the same snapshot (see _Snapshot): its ``meta`` is its own
+    dict, but the values in it are shared, so replace them, never change
+    them in place. A writer shares nothing.
+    """
 
     _cache_limit = BUCKET_CACHE
 
-    def __init__(self, store: RecordStore, conn: sqlite3.Connection, keys: RecordKeys) -> None:
+    def __init__(self, store: RecordStore, conn: sqlite3.Connection, keys: RecordKeys, *,
+                 shared: bool = False) -> None:
         self._store = store
         self._conn = conn
         self._keys = keys
         self._path = store.path
         self._header_raw = store.header.raw
-        self._mids: dict[int, bytes] = {}
-        self._clean: OrderedDict[int, dict[bytes, _Row]] = OrderedDict()
         self._dirty: dict[int, dict[bytes, _Row]] = {}
         self._closed = False
         row = conn.execute("SELECT id, sealed FROM meta").fetchall()
         if len(row) != 1 or row[0][0] != 1 or not isinstance(row[0][1], bytes) \
                 or not P.NONCE_SIZE + TOP_SIZE + P.TAG_SIZE <= len(row[0][1]) <= MAX_SEALED_META:
             raise _corrupt("the vault's sealed metadata is missing or malformed")
+        sealed: bytes = row[0][1]
+        snap = store._snapshot if shared else None
+        if snap is not None and snap.keys is keys and snap.sealed == sealed:
+            self._top: bytes | bytearray = snap.top
+            self._kinds: dict[str, list[Any]] = snap.kinds
+            self._mids: dict[int, bytes] = snap.mids
+            self._clean: OrderedDict[int, dict[bytes, _Row]] = snap.clean
+            self.meta: dict[str, Any] = dict(snap.meta)
+            return
         try:
-            plain = keys.open_meta(self._header_raw, row[0][1])
+            plain = keys.open_meta(self._header_raw, sealed)
         except P.AuthenticationFailed:
             raise _corrupt("the vault's sealed metadata failed its integrity check (altered, or not sealed "
                            "under this vault's key)") from None
-        self._top = bytearray(plain[:TOP_SIZE])
         try:
             body = json.loads(plain[TOP_SIZE:])
             meta, kinds = body["meta"], body["kinds"]
@@ -756,14 +823,21 @@ class RecordView:
                     or not isinstance(meta.get("generation"), int):
                 raise ValueError
             #: kind -> [count, id of its first row]; every kind that has rows, and no other.
-            self._kinds: dict[str, list[Any]] = {}
+            self._kinds = {}
             for kind, (count, head) in kinds.items():
                 if not isinstance(count, int) or count < 1 or not isinstance(head, str) or len(head) != 2 * ID_SIZE:
                     raise ValueError
                 self._kinds[kind] = [count, bytes.fromhex(head)]
         except (ValueError, KeyError, TypeError):
             raise _corrupt("the vault's sealed metadata has an unknown layout") from None
-        self.meta: dict[str, Any] = meta
+        self._mids = {}
+        self._clean = OrderedDict()
+        self.meta = meta
+        if shared:
+            self._top = bytes(plain[:TOP_SIZE])
+            store._snapshot = _Snapshot(keys, sealed, self._top, dict(meta), self._kinds, self._mids, self._clean)
+        else:
+            self._top = bytearray(plain[:TOP_SIZE])  # a writer folds its changes into it
 
     # -- the context-manager shape -------------------------------------------------
     def close(self) -> None:
@@ -1111,7 +1185,9 @@ class RecordWriter(RecordView):
                 self._conn.execute("DELETE FROM nodes WHERE mid = ?", (m,))
             else:
                 self._conn.execute("INSERT OR REPLACE INTO nodes (mid, digests) VALUES (?, ?)", (m, data))
-            self._top[m * DIGEST_SIZE : (m + 1) * DIGEST_SIZE] = digest
+            top = self._top
+            assert isinstance(top, bytearray)  # a writer's own, never a shared snapshot's
+            top[m * DIGEST_SIZE : (m + 1) * DIGEST_SIZE] = digest
             self._mids[m] = data
         self.meta["generation"] = self._start_generation + 1
         kinds = {k: [v[0], v[1].hex()] for k, v in self._kinds.items()}

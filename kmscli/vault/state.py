@@ -395,9 +395,11 @@ class RecordVault(OpenVault):
         value = self.view.get(kind, name)
         if kind == KEY and value is not None:
             value = unpack_key(value, self.account)
-        if self._writable or len(self._cache) < READ_CACHE:
+        if self._writable:
             self._cache[k] = value
-            self._stored[k] = dumps(value) if value is not None else None
+            self._stored[k] = dumps(value) if value is not None else None  # what a change moves (_before)
+        elif len(self._cache) < READ_CACHE:
+            self._cache[k] = value
         return value
 
     def _put(self, kind: str, name: str, value: dict[str, Any] | None) -> None:

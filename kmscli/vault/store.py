@@ -217,24 +217,35 @@ class VaultStore:
         """This thread's record store for the vault (opened, or kept and still the file in place)."""
         from . import records as R
 
+        found = self._held_records()
+        if found is not None:
+            return found
+        held = _Held(R.RecordStore.open(self.path))
+        with self._mutex:
+            self._held[threading.get_ident()] = held
+        return self._use(held)
+
+    def _held_records(self) -> tuple[Any, Callable[[], None]] | None:
+        """The record store this thread keeps, if it is still the file in place (checked as every open is)."""
         tid = threading.get_ident()
         with self._mutex:
             held = self._held.get(tid)
-        if held is not None and held.records.replaced():
-            self._detach(tid, held)
-            held = None
-        if held is None:
-            held = _Held(R.RecordStore.open(self.path))
-            with self._mutex:
-                self._held[tid] = held
-        else:
-            # Checked at every open, as format 1 checks the file it reads.
-            check_private_folder(self.path.parent, "the vault")
-            try:
-                st = os.lstat(self.path)
-            except OSError as e:
-                raise errors.VaultFileError(f"cannot open the vault {self.path}: {e.strerror}") from None
-            check_private_file(st, self.path, "the vault")
+        if held is None or held.detached:
+            return None
+        # Checked at every open, as format 1 checks the file it reads.
+        check_private_folder(self.path.parent, "the vault")
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            st = None
+        if st is None or not held.records.same_file(st):
+            self._detach(tid, held)  # replaced (passwd, a restore) or gone: open whatever is there now
+            return None
+        check_private_file(st, self.path, "the vault")
+        return self._use(held)
+
+    def _use(self, held: _Held) -> tuple[Any, Callable[[], None]]:
+        tid = threading.get_ident()
         held.users += 1
         done = False
 
@@ -257,10 +268,11 @@ class VaultStore:
         if held.users == 0:
             held.records.close()
 
-    def _open_records(self, keys: KeySource, write: bool) -> OpenVault:
+    def _open_records(self, keys: KeySource, write: bool,
+                      found: tuple[Any, Callable[[], None]] | None = None) -> OpenVault:
         from .state import RecordVault
 
-        records, release = self._records()
+        records, release = found or self._records()
         try:
             vault_key = keys.vault_key(records.header)
             view = records.begin(vault_key) if write else records.reader(vault_key)
@@ -275,8 +287,9 @@ class VaultStore:
 
         A format-1 vault opened with its passphrase is migrated to format 2 first.
         """
-        if self.format_version() == F.RECORDS_FORMAT_VERSION:
-            return self._open_records(keys, write)
+        held = self._held_records()  # a long-lived process's kept store: format 2, nothing to sniff
+        if held is not None or self.format_version() == F.RECORDS_FORMAT_VERSION:
+            return self._open_records(keys, write, held)
         if self.migrate and isinstance(keys, PassphraseKeySource):
             if self._locker == threading.get_ident():
                 migrated = self._migrate(keys)

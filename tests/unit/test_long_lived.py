@@ -57,9 +57,15 @@ def test_the_tail_a_process_wrote_is_known_without_reading_the_log(tmp_path: Pat
     assert preads.calls == 0
     assert tail.last == head and tail.last_keyed is not None and tail.last_keyed[audit.SEQ_FIELD] == 1
     assert tail.sealed_with == KEY  # written here: no MAC to check again
-    # The next append needs no read of the end either: the file is as this process left it.
+    # The next append needs no read of the end either (the file is as this process left it), nor
+    # a check of the last record's MAC: this process sealed it, with the key the ring gives it.
+    macs = Counting(monkeypatch, audit, "record_mac_ok")
     head2 = log.append(_record(2), RING)
-    assert preads.calls == 0 and head2.seq == 2
+    assert preads.calls == 0 and head2.seq == 2 and macs.calls == 0
+    # Under another ring (the passphrase changed meanwhile) the record is checked, and refused.
+    with pytest.raises(errors.AuditLogException, match="another key"):
+        log.append(_record(3), KeyRing.single(chain_key(bytes(32))))
+    assert macs.calls == 1
 
 
 def test_another_writer_is_seen_at_the_next_read(tmp_path: Path) -> None:
@@ -310,4 +316,98 @@ def test_writes_of_a_process_that_keeps_the_vault_open_are_seen_by_others(tmp_pa
         served.CreateKey()  # into the WAL the other process must still see
         seen = subprocess.run([sys.executable, "-c", other, "count"], check=True, capture_output=True, timeout=120)
         assert int(seen.stdout) == 2 * round_ + 2
+    store.close()
+
+
+# -- what readers of one record-store snapshot share ---------------------------------------
+
+
+def _warm_store(tmp_path: Path) -> tuple[Any, bytes]:
+    """A record store with 40 keys, read once through (so its snapshot is verified and kept)."""
+    from kmscli.vault import records as R
+
+    folder = tmp_path / "r"
+    folder.mkdir(mode=0o700)
+    vault_key = bytes(range(32))
+    header = F.build_header(F.KdfParams(memory_kib=8 * 1024, time_cost=1, parallelism=1), bytes(16), bytes(32),
+                            vault_key, bytes(12), version=F.RECORDS_FORMAT_VERSION)
+    store = R.RecordStore.create(folder / "vault.kms", header.raw, vault_key, {"vault_id": "v"})
+    with store.writer(vault_key) as tx:
+        for i in range(40):
+            tx.put("key", f"k{i}", {"KeyId": f"k{i}", "n": i})
+    with store.reader(vault_key) as view:
+        assert view.get("key", "k1") == {"KeyId": "k1", "n": 1}
+    return store, vault_key
+
+
+def test_readers_of_an_unchanged_snapshot_verify_nothing_again(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from kmscli.vault import records as R
+
+    store, vault_key = _warm_store(tmp_path)
+    opened = Counting(monkeypatch, R.RecordKeys, "open_meta")
+    leaves = Counting(monkeypatch, R.RecordKeys, "leaf_digest")
+    schemas = Counting(monkeypatch, R, "_check_schema")
+    for _ in range(5):
+        with store.reader(vault_key) as view:
+            assert view.get("key", "k1") == {"KeyId": "k1", "n": 1}
+            view.meta["generation"] = -1  # each reader's meta is its own
+    assert (opened.calls, leaves.calls, schemas.calls) == (0, 0, 0)
+    with store.reader(vault_key) as view:
+        assert view.generation == 1
+    store.close()
+
+
+def test_a_write_by_anyone_is_a_new_snapshot_verified_from_the_start(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from kmscli.vault import records as R
+
+    store, vault_key = _warm_store(tmp_path)
+    other = R.RecordStore.open(store.path)  # another process, as far as SQLite and the cache go
+    with other.writer(vault_key) as tx:
+        tx.put("key", "k1", {"KeyId": "k1", "n": 100})
+    other.close()
+    opened = Counting(monkeypatch, R.RecordKeys, "open_meta")
+    with store.reader(vault_key) as view:
+        assert view.get("key", "k1") == {"KeyId": "k1", "n": 100}
+        assert view.generation == 2
+    assert opened.calls == 1
+    store.close()
+
+
+def test_a_warm_snapshot_still_refuses_metadata_rolled_back_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    store, vault_key = _warm_store(tmp_path)
+    with sqlite3.connect(store.path, isolation_level=None) as db:
+        old_meta = db.execute("SELECT sealed FROM meta").fetchone()[0]
+    with store.writer(vault_key) as tx:
+        tx.put("key", "k1", {"KeyId": "k1", "n": 100})
+    with store.reader(vault_key) as view:
+        assert view.get("key", "k1") == {"KeyId": "k1", "n": 100}  # the new snapshot, verified and kept
+    with sqlite3.connect(store.path, isolation_level=None) as db:
+        db.execute("UPDATE meta SET sealed = ?", (old_meta,))
+    with pytest.raises(errors.VaultCorruptException, match="rolled back"), store.reader(vault_key) as view:
+        view.get("key", "k1")
+    store.close()
+
+
+def test_a_warm_snapshot_serves_only_what_it_verified(tmp_path: Path) -> None:
+    """A row altered in place under an unchanged root: a bucket already verified keeps its verified
+    rows (the root vouches for them, not for the file's new bytes); any other is read and refused."""
+    import sqlite3
+
+    from kmscli.vault import records as R
+
+    store, vault_key = _warm_store(tmp_path)
+    keys = R.RecordKeys(vault_key)
+    with sqlite3.connect(store.path, isolation_level=None) as db:
+        for name in ("k1", "k2"):
+            key = keys.row_key("key", name)
+            (value,) = db.execute("SELECT value FROM records WHERE key = ?", (key,)).fetchone()
+            db.execute("UPDATE records SET value = ? WHERE key = ?", (value[:-1] + bytes([value[-1] ^ 1]), key))
+    with store.reader(vault_key) as view:
+        assert view.get("key", "k1") == {"KeyId": "k1", "n": 1}
+        with pytest.raises(errors.VaultCorruptException, match="integrity check"):
+            view.get("key", "k2")
     store.close()
