@@ -362,15 +362,24 @@ class _Syncs:
     def __init__(self) -> None:
         self._waiting: list[tuple[list[int], asyncio.Future[OSError | None]]] = []
         self._running: asyncio.Future[list[OSError | None]] | None = None
+        self._kicked = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kmscli-audit-sync")
 
     async def wait(self, fds: list[int]) -> OSError | None:
         """None once every descriptor's file is synced (they are closed), else the error."""
         done: asyncio.Future[OSError | None] = asyncio.get_running_loop().create_future()
         self._waiting.append((fds, done))
-        if self._running is None:
-            self._start()
+        if self._running is None and not self._kicked:
+            # Not at once: after the requests the loop has ready now, so that one
+            # sync covers all of them rather than the first one alone.
+            self._kicked = True
+            asyncio.get_running_loop().call_soon(self._kick)
         return await done
+
+    def _kick(self) -> None:
+        self._kicked = False
+        if self._running is None and self._waiting:
+            self._start()
 
     def _start(self) -> None:
         from ..audit import sync_batch
@@ -393,8 +402,11 @@ class _Syncs:
 
     async def drain(self) -> None:
         """Until no sync runs or waits."""
-        while self._running is not None:
-            await asyncio.wait([self._running])
+        while self._running is not None or self._kicked:
+            if self._running is None:
+                await asyncio.sleep(0)  # the kick is due in this loop turn
+            else:
+                await asyncio.wait([self._running])
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

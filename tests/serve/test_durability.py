@@ -129,6 +129,33 @@ def test_requests_waiting_together_share_one_sync(app: KmsApp, monkeypatch: pyte
     asyncio.run(main())
 
 
+def test_requests_ready_in_the_same_loop_turn_share_the_first_sync(app: KmsApp,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync starts once the loop has run the requests it has ready, not after the first of them."""
+    async def main() -> None:
+        created: list[dict[str, Any]] = []
+        await _call(app, "CreateKey", {}, created)
+        key_id = json.loads(created[-1]["body"])["KeyMetadata"]["KeyId"]
+
+        batches: list[int] = []
+        real = audit.sync_batch
+
+        def counted(batch: list[list[int]]) -> list[OSError | None]:
+            batches.append(len(batch))
+            return real(batch)
+
+        monkeypatch.setattr(audit, "sync_batch", counted)
+        answers: list[list[dict[str, Any]]] = [[] for _ in range(6)]
+        params = {"KeyId": key_id, "NumberOfBytes": 32}
+        tasks = [asyncio.create_task(_call(app, "GenerateDataKey", params, answers[i])) for i in range(6)]
+        await asyncio.wait_for(asyncio.gather(*tasks), HANG_GUARD_S)
+        assert [a[0]["status"] for a in answers] == [200] * 6
+        assert batches == [6]  # six requests, one fdatasync round
+        await app.syncs.drain()
+
+    asyncio.run(main())
+
+
 def test_a_record_that_cannot_be_synced_is_an_error_and_releases_nothing(app: KmsApp,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
