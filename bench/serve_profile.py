@@ -1,10 +1,13 @@
 """Where a served request's CPU goes: pre-signed requests through KmsApp, in one process, no HTTP.
 
     .venv/bin/python bench/serve_profile.py [--op Encrypt|GenerateDataKey] [-n 2000] [--keys N]
-                                            [--threads T] [--profile] [--sort tottime]
+                                            [--seed N [--spread]] [--threads T] [--profile] [--sort tottime]
 
 Makes a cheap vault in a temporary folder (kmscli init --kdf-memory 8 --kdf-time 1),
-N keys and a credential through the real CLI, signs -n distinct requests with
+N keys and a credential through the real CLI (--seed adds N more through the
+service's SeedVault, in batches of 2,000, each with an alias; --spread sends
+each request to a random one of them, so most read a bucket not yet
+verified), signs -n distinct requests with
 botocore's SigV4, then calls KmsApp.handle on each (with --threads, from a pool
 of T threads) and prints the CPU and wall time per request; --profile adds
 cProfile's top functions. Each request's record is synced on its own here
@@ -19,6 +22,7 @@ import cProfile
 import json
 import os
 import pstats
+import random
 import subprocess
 import sys
 import tempfile
@@ -36,6 +40,8 @@ def main() -> int:
     ap.add_argument("--op", default="Encrypt", choices=["Encrypt", "GenerateDataKey"])
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("--keys", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--spread", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--sort", default="cumulative")
@@ -59,11 +65,23 @@ def main() -> int:
     key_id = ""
     for _ in range(args.keys):
         key_id = json.loads(cli("keys", "create", "--json"))["KeyMetadata"]["KeyId"]
+    targets = [key_id]
+    if args.seed:
+        import uuid
+
+        from kmscli.service import Kms
+
+        svc = Kms(vault, PassphraseKeySource(lambda: b"profile"))
+        for start in range(0, args.seed, 2000):
+            batch = [str(uuid.uuid4()) for _ in range(min(2000, args.seed - start))]
+            svc.SeedVault(Keys=[{"KeyId": k, "Materials": [os.urandom(32)]} for k in batch],
+                          Aliases=[{"AliasName": f"alias/seed-{k}", "TargetKeyId": k} for k in batch])
+            targets += batch
     cred = json.loads(cli("credentials", "create", "profile", "--json"))["AccessKey"]
     signer = SigV4Auth(Credentials(cred["AccessKeyId"], cred["SecretAccessKey"]), "kms", "local")
 
     def signed() -> tuple[dict[str, Any], bytes]:
-        params: dict[str, Any] = {"KeyId": key_id}
+        params: dict[str, Any] = {"KeyId": random.choice(targets) if args.spread else key_id}
         if args.op == "Encrypt":
             params["Plaintext"] = base64.b64encode(os.urandom(100)).decode()
         else:
@@ -94,7 +112,7 @@ def main() -> int:
     if profile:
         profile.disable()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    print(f"{args.op}: {args.n} requests, {args.keys} key(s), threads {args.threads or 'none'}: "
+    print(f"{args.op}: {args.n} requests, {args.keys + args.seed} key(s){' (spread)' if args.spread else ''}, threads {args.threads or 'none'}: "
           f"CPU {cpu / args.n * 1000:.3f} ms/req, wall {wall / args.n * 1000:.3f} ms/req")
     if profile:
         pstats.Stats(profile).sort_stats(args.sort).print_stats(40)
