@@ -112,7 +112,8 @@ def main() -> int:
     if profile:
         profile.disable()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    print(f"{args.op}: {args.n} requests, {args.keys + args.seed} key(s){' (spread)' if args.spread else ''}, threads {args.threads or 'none'}: "
+    spread = " (spread)" if args.spread else ""
+    print(f"{args.op}: {args.n} requests, {args.keys + args.seed} key(s){spread}, threads {args.threads or 'none'}: "
           f"CPU {cpu / args.n * 1000:.3f} ms/req, wall {wall / args.n * 1000:.3f} ms/req")
     if profile:
         pstats.Stats(profile).sort_stats(args.sort).print_stats(40)

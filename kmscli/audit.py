@@ -141,7 +141,8 @@ class Tail:
 
     #: (seq, mac, file index) of the last record, or None for an empty log.
     last: ChainHead | None
-    #: The last record written with the key, parsed, or None if there is none.
+    #: The last record written with the key, parsed, or None if there is none. (Of a record this
+    #: process wrote, only its chain fields and the vault generation it records: what a tail is for.)
     last_keyed: dict[str, Any] | None
     #: Its line (without the newline), to check its MAC.
     last_keyed_line: bytes = b""
@@ -299,10 +300,12 @@ def seal_record(rec: dict[str, Any], key: bytes | None, seq: int, prev: bytes) -
     rec[SEQ_FIELD] = seq
     rec[PREV_FIELD] = prev.hex()
     rec[KEYED_FIELD] = key is not None
+    rec.pop(MAC_FIELD, None)
     try:
-        mac = link(key, prev, canonical(rec))
+        body = canonical(rec)
+        mac = link(key, prev, body)
         rec[MAC_FIELD] = mac.hex()
-        line = canonical(rec) + b"\n"
+        line = _with_mac(rec, body, rec[MAC_FIELD]) + b"\n"
     except (TypeError, ValueError) as e:  # a huge int, say: _check_value lets ints through
         raise AuditLogException(f"refusing to log the record: it cannot be written as JSON ({e})") from None
     if len(line) - 1 > MAX_LINE_BYTES:
@@ -310,6 +313,23 @@ def seal_record(rec: dict[str, Any], key: bytes | None, seq: int, prev: bytes) -
             f"refusing to log the record: its line would be {len(line) - 1} bytes, over the limit of {MAX_LINE_BYTES}"
         )
     return line, mac
+
+
+def _with_mac(rec: dict[str, Any], body: bytes, mac_hex: str) -> bytes:
+    """canonical(rec), given ``body`` = canonical(rec without its MAC): the MAC's member spliced in.
+
+    With sorted keys every top-level member is written the same whatever its
+    neighbours, so the members before the MAC's place are exactly
+    canonical() of those members alone; only they are encoded again (they
+    are a few short ones), not the whole record.
+    """
+    before = canonical({k: v for k, v in rec.items() if k < MAC_FIELD})
+    member = b'"' + MAC_FIELD.encode("ascii") + b'":"' + mac_hex.encode("ascii") + b'"'
+    head = before[:-1] + (b"," if len(before) > 2 else b"")
+    rest = body[len(before) - 1:]
+    if rest[:1] == b",":
+        rest = rest[1:]
+    return head + member + (b"," + rest if rest != b"}" else rest)
 
 
 class _BadLine(Exception):
@@ -730,9 +750,16 @@ class AuditLog:
                 _sync(fd)
             if k is not None:  # the last record is keyed: the tail is known
                 line = lines[-1][:-1]
+                # What parse_line would give of it, for what the tail is read for: its chain
+                # fields and the vault generation it records (the line is our own canonical()).
+                sealed = recs[-1]
+                last_keyed = {f: sealed[f] for f in (SEQ_FIELD, PREV_FIELD, MAC_FIELD, KEYED_FIELD)}
+                extra = sealed.get("additionalEventData")
+                if isinstance(extra, dict) and GENERATION_FIELD in extra:
+                    last_keyed["additionalEventData"] = {GENERATION_FIELD: extra[GENERATION_FIELD]}
                 self._known_tail = (_identity(os.fstat(fd)),
-                                    Tail(last=heads[-1], last_keyed=parse_line(line, strict=False),
-                                         last_keyed_line=line, sealed_with=k))
+                                    Tail(last=heads[-1], last_keyed=last_keyed, last_keyed_line=line,
+                                         sealed_with=k))
             return heads
         finally:
             if fd >= 0:

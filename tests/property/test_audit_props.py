@@ -183,3 +183,23 @@ def test_round_trip(folder, recs, keyed) -> None:
 def test_canonical_form_is_a_fixed_point(v) -> None:
     once = audit.canonical({"v": v})
     assert audit.canonical(json.loads(once)) == once
+
+
+# Top-level names on both sides of the MAC's place ("chainMac"), nested copies of the chain fields.
+top_names = st.sampled_from(["a", "additionalEventData", "awsRegion", "chainLink", "chainMa", "chainMacs",
+                             "chainMac0", "errorCode", "eventName", "requestParameters", "zz"]) | names
+chain_echo = st.dictionaries(st.sampled_from([audit.MAC_FIELD, audit.PREV_FIELD, audit.SEQ_FIELD, "x"]), values,
+                             max_size=3)
+
+
+@SETTINGS
+@given(rec=st.dictionaries(top_names, values | chain_echo, max_size=8), seq=st.integers(1, 2**40),
+       prev=st.binary(min_size=32, max_size=32), keyed=st.booleans())
+def test_a_sealed_line_is_exactly_the_canonical_form_of_its_record(rec, seq, prev, keyed) -> None:
+    """seal_record splices the MAC into the encoding it already made: the line must be canonical()."""
+    line, mac = audit.seal_record(rec, KEY if keyed else None, seq, prev)
+    assert line == audit.canonical(rec) + b"\n"
+    assert rec[audit.MAC_FIELD] == mac.hex()
+    body = dict(rec)
+    del body[audit.MAC_FIELD]
+    assert mac == audit.link(KEY if keyed else None, prev, audit.canonical(body))
