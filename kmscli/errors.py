@@ -195,6 +195,32 @@ class IncorrectKeyException(InvalidCiphertextException):
     name = "IncorrectKeyException"
 
 
+# AWS answers both with an empty message; the CLI says what may differ.
+INVALID_SIGNATURE_MESSAGE = (
+    "the signature is not valid: the message, the signature, the key or the signing algorithm "
+    "differs from the one that made it, or the message type (RAW, DIGEST) says otherwise"
+)
+INVALID_MAC_MESSAGE = (
+    "the MAC is not valid: the message, the MAC, the key or the MAC algorithm differs from the one that made it"
+)
+
+
+class KMSInvalidSignatureException(KmsError):
+    exit_code = EXIT_CIPHERTEXT
+    name = "KMSInvalidSignatureException"
+
+    def __init__(self, message: str = INVALID_SIGNATURE_MESSAGE, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+
+
+class KMSInvalidMacException(KmsError):
+    exit_code = EXIT_CIPHERTEXT
+    name = "KMSInvalidMacException"
+
+    def __init__(self, message: str = INVALID_MAC_MESSAGE, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+
+
 # -- 7: denied --------------------------------------------------------------
 class AccessDeniedException(KmsError):
     exit_code = EXIT_DENIED
@@ -280,6 +306,8 @@ EXIT_CODES: dict[str, int] = {
         KMSInvalidStateException,
         InvalidCiphertextException,
         IncorrectKeyException,
+        KMSInvalidSignatureException,
+        KMSInvalidMacException,
         AccessDeniedException,
         AlreadyExistsException,
     )
