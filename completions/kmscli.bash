@@ -10,7 +10,7 @@
 _kmscli_spec() {
     case $1 in
         '')
-            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random inspect serve keys alias policy audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
+            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random inspect serve vault keys alias policy audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'init')
@@ -57,6 +57,18 @@ _kmscli_spec() {
             cmds='  ' opts='--host --port --tls-cert --tls-key --ephemeral --account --seed --workers --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --host=none --port=none --tls-cert=file --tls-key=file --account=none --seed=file --workers=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
+        'vault')
+            cmds=' backup restore ' opts='-h|--help'
+            vals='  '
+            reps='  ' args='' ;;
+        'vault backup')
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='file' ;;
+        'vault restore')
+            cmds='  ' opts='--force --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='file' ;;
         'keys')
             cmds=' create list describe tags enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations ' opts='-h|--help'
             vals='  '

@@ -6,7 +6,9 @@
 function __kmscli_cmds --argument-names path
     switch $path
         case ''
-            echo init passwd unlock lock encrypt decrypt reencrypt datakey random inspect serve keys alias policy audit credentials
+            echo init passwd unlock lock encrypt decrypt reencrypt datakey random inspect serve vault keys alias policy audit credentials
+        case 'vault'
+            echo backup restore
         case 'keys'
             echo create list describe tags enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations
         case 'alias'
@@ -47,6 +49,10 @@ function __kmscli_vopts --argument-names path
             echo --vault --audit-log --passphrase-file --region
         case 'serve'
             echo --host --port --tls-cert --tls-key --account --seed --workers --vault --audit-log --passphrase-file --region
+        case 'vault backup'
+            echo --vault --audit-log --passphrase-file --region
+        case 'vault restore'
+            echo --vault --audit-log --passphrase-file --region
         case 'keys create'
             echo --description -d --alias --tag --policy --vault --audit-log --passphrase-file --region
         case 'keys list'
@@ -193,6 +199,7 @@ complete -c kmscli -n '__kmscli_at \'\'' -a datakey -d 'Make a data key: plainte
 complete -c kmscli -n '__kmscli_at \'\'' -a random -d 'Print N random bytes (1..1024); needs no vault.'
 complete -c kmscli -n '__kmscli_at \'\'' -a inspect -d 'Show what a ciphertext says about itself (key, context, sizes); needs no vault and proves nothing.'
 complete -c kmscli -n '__kmscli_at \'\'' -a serve -d 'Serve the vault over AWS KMS\'s wire protocol: point AWS_ENDPOINT_URL_KMS at it and sign with a key from \'kmscli credentials create\'.'
+complete -c kmscli -n '__kmscli_at \'\'' -a vault -d 'Back up the vault and its audit log, and restore them.'
 complete -c kmscli -n '__kmscli_at \'\'' -a keys -d 'Create, inspect, enable, disable, rotate and delete keys.'
 complete -c kmscli -n '__kmscli_at \'\'' -a alias -d 'Create, repoint, delete and list aliases (names start with alias/).'
 complete -c kmscli -n '__kmscli_at \'\'' -a policy -d 'Read and replace key policies (AWS IAM JSON grammar).'
@@ -338,6 +345,30 @@ complete -c kmscli -n '__kmscli_at \'serve\'' -l passphrase-file -r -F -d 'Read 
 complete -c kmscli -n '__kmscli_at \'serve\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'serve\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'serve\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli vault
+complete -c kmscli -n '__kmscli_at \'vault\'' -a backup -d 'Write a consistent, still-encrypted copy of the vault and its audit log to OUT (a tar archive; \'-\' = stdout), taken under the lock; a session suffices.'
+complete -c kmscli -n '__kmscli_at \'vault\'' -a restore -d 'Put a backup\'s vault and audit log in place of the vault\'s; needs the passphrase the backup opens with, never a session. What is replaced is kept aside.'
+complete -c kmscli -n '__kmscli_at \'vault\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli vault backup
+complete -c kmscli -n '__kmscli_at \'vault backup\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'vault backup\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'vault backup\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'vault backup\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'vault backup\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'vault backup\'' -s h -l help -d 'Show this message and exit.'
+complete -c kmscli -n '__kmscli_arg \'vault backup\' 0' -F -d 'OUT'
+
+# kmscli vault restore
+complete -c kmscli -n '__kmscli_at \'vault restore\'' -l force -d 'Restore even over a vault or log that may be newer than the backup (a rollback).'
+complete -c kmscli -n '__kmscli_at \'vault restore\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'vault restore\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'vault restore\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'vault restore\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'vault restore\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'vault restore\'' -s h -l help -d 'Show this message and exit.'
+complete -c kmscli -n '__kmscli_arg \'vault restore\' 0' -F -d 'IN'
 
 # kmscli keys
 complete -c kmscli -n '__kmscli_at \'keys\'' -a create -d 'Create a symmetric key and print its key id.'

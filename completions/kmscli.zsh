@@ -60,6 +60,7 @@ _kmscli() {
         'random:Print N random bytes (1..1024); needs no vault.'
         'inspect:Show what a ciphertext says about itself (key, context, sizes); needs no vault and proves nothing.'
         'serve:Serve the vault over AWS KMS'\''s wire protocol: point AWS_ENDPOINT_URL_KMS at it and sign with a key from '\''kmscli credentials create'\''.'
+        'vault:Back up the vault and its audit log, and restore them.'
         'keys:Create, inspect, enable, disable, rotate and delete keys.'
         'alias:Create, repoint, delete and list aliases (names start with alias/).'
         'policy:Read and replace key policies (AWS IAM JSON grammar).'
@@ -81,6 +82,7 @@ _kmscli() {
         (random) _kmscli_random && ret=0 ;;
         (inspect) _kmscli_inspect && ret=0 ;;
         (serve) _kmscli_serve && ret=0 ;;
+        (vault) _kmscli_vault && ret=0 ;;
         (keys) _kmscli_keys && ret=0 ;;
         (alias) _kmscli_alias && ret=0 ;;
         (policy) _kmscli_policy && ret=0 ;;
@@ -272,6 +274,56 @@ _kmscli_serve() {
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
+}
+
+_kmscli_vault() {
+    local curcontext=$curcontext state state_descr line ret=1
+    typeset -A opt_args
+    _arguments -C -S \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ': :->command' \
+        '*:: :->argument' && ret=0
+    case $state in
+    (command)
+        local -a commands=(
+        'backup:Write a consistent, still-encrypted copy of the vault and its audit log to OUT (a tar archive; '\''-'\'' = stdout), taken under the lock; a session suffices.'
+        'restore:Put a backup'\''s vault and audit log in place of the vault'\''s; needs the passphrase the backup opens with, never a session. What is replaced is kept aside.'
+        )
+        _describe -t commands 'kmscli vault command' commands && ret=0 ;;
+    (argument)
+        curcontext=${curcontext%:*:*}:kmscli-vault-$words[1]:
+        case $words[1] in
+        (backup) _kmscli_vault_backup && ret=0 ;;
+        (restore) _kmscli_vault_restore && ret=0 ;;
+        esac ;;
+    esac
+    return ret
+}
+
+_kmscli_vault_backup() {
+    _arguments -S \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ':OUT:_files'
+}
+
+_kmscli_vault_restore() {
+    _arguments -S \
+        '--force[Restore even over a vault or log that may be newer than the backup (a rollback).]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ':IN:_files'
 }
 
 _kmscli_keys() {

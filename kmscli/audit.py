@@ -449,6 +449,22 @@ def _oserror(e: OSError) -> str:
     return f"{e.strerror or e}" + (f" ({code})" if code else "")
 
 
+class FrozenLog:
+    """The files of a log as :meth:`AuditLog.frozen` noted them: what a backup copies."""
+
+    def __init__(self, log: AuditLog, parts: list[tuple[_File, int]], head: ChainHead | None) -> None:
+        self._log = log
+        self._parts = parts
+        #: (name, length to copy) of each file, oldest first, the live file last.
+        self.files = [(f.name, size) for f, size in parts]
+        #: The last record within those lengths (None: the log is empty).
+        self.head = head
+
+    def open(self, i: int) -> contextlib.AbstractContextManager[int]:
+        """A descriptor of the ``i``-th file (the same file, wherever a rotation renamed it): read it with pread."""
+        return self._log._opened(self._parts[i][0])
+
+
 class AuditLog:
     """An audit log at ``path`` (plus its older files ``path.000001``, ...)."""
 
@@ -915,19 +931,94 @@ class AuditLog:
 
     def retire(self, suffix: str) -> list[str]:
         """Rename every file of the log to NAME + suffix (under the writers' lock); return the new names."""
-        moved = []
+        moved: list[tuple[Path, Path]] = []
         try:
             with self._exclusive():
-                for _, name in [*self._segments(), (0, self.path.name)]:
-                    src = self.path.with_name(name)
-                    if not os.path.lexists(src):
-                        continue
-                    os.rename(src, src.with_name(name + suffix))
-                    moved.append(name + suffix)
+                self._set_aside(suffix, moved)
                 self._fsync_folder()
         except OSError as e:
             raise AuditLogException(f"cannot move the audit log {self.path} aside: {_oserror(e)}") from None
-        return moved
+        return [new.name for _, new in moved]
+
+    def replace(self, files: list[tuple[Path, str]], suffix: str, then: Callable[[], None] | None = None) -> list[str]:
+        """Put another log's files in this one's place (``vault restore``); return the names the old files got.
+
+        Under the writers' lock, so no append lands in between: every file of
+        the log is renamed to NAME + suffix (kept, as :meth:`retire` keeps
+        them), each ``(path, name)`` of ``files`` (older files first, the live
+        file last; on this folder's file system) is renamed to ``name`` beside
+        the log, the folder is synced, and ``then()`` (the vault's own
+        replacement) runs before the lock is let go. If any step fails, the
+        renames made are undone, so the log is the old one again.
+        """
+        done: list[tuple[Path, Path]] = []
+        try:
+            with self._exclusive():
+                try:
+                    self._set_aside(suffix, done)
+                    kept = len(done)
+                    for path, name in files:
+                        new = self.path.with_name(name)
+                        os.rename(path, new)
+                        done.append((path, new))
+                    self._fsync_folder()
+                    if then is not None:
+                        then()
+                except BaseException:
+                    for old, new in reversed(done):
+                        with contextlib.suppress(OSError):
+                            os.rename(new, old)
+                    with contextlib.suppress(OSError):
+                        self._fsync_folder()
+                    raise
+                finally:
+                    self._live = self._known_tail = None
+        except OSError as e:
+            raise AuditLogException(f"cannot put the restored audit log in place of {self.path}: "
+                                    f"{_oserror(e)}; it is unchanged") from None
+        return [new.name for _, new in done[:kept]]
+
+    def _set_aside(self, suffix: str, done: list[tuple[Path, Path]]) -> None:
+        """Rename every file of the log to NAME + suffix, noting each (old, new) in ``done`` as it goes."""
+        for _, name in [*self._segments(), (0, self.path.name)]:
+            src = self.path.with_name(name)
+            if not os.path.lexists(src):
+                continue
+            new = src.with_name(name + suffix)
+            os.rename(src, new)
+            done.append((src, new))
+
+    # -- a frozen copy (vault backup) ------------------------------------------------
+
+    @contextlib.contextmanager
+    def frozen(self, first: Callable[[], None] | None = None) -> Iterator[FrozenLog]:
+        """Every file of the log as it is now, for a copy that later appends and rotations leave unchanged.
+
+        ``first()`` (the vault's copy) runs under the readers' lock, which
+        keeps every appender out, and the files and their lengths are noted
+        under it too: no record lands between the two. An older file never
+        changes and the live file only grows (it stays open here, whatever a
+        rotation renames), so the noted lengths can be copied after the lock
+        is let go. The live file's length stops at its last complete line.
+        """
+        with contextlib.ExitStack() as stack:
+            with self._shared():
+                if first is not None:
+                    first()
+                files = stack.enter_context(self._snapshot())
+            parts: list[tuple[_File, int]] = []
+            head: ChainHead | None = None
+            try:
+                for f in files:
+                    with self._opened(f) as fd:
+                        size = _complete_size(fd, f.size)
+                        if size:
+                            rec = self._last_record(fd, size, f.name)
+                            head = ChainHead(file_index=f.index, seq=rec[SEQ_FIELD], mac=rec[MAC_FIELD])
+                    parts.append((f, size))
+            except OSError as e:
+                raise AuditLogException(f"cannot read the audit log {self.path}: {_oserror(e)}") from None
+            yield FrozenLog(self, parts, head)
 
     # -- snapshot for readers ------------------------------------------------------
 

@@ -253,6 +253,12 @@ class AuditVerificationException(VaultFileError):
     name = "AuditVerificationException"
 
 
+class VaultRollbackException(VaultFileError):
+    """``vault restore`` refused: what is in place may be newer than the backup (restoring it needs --force)."""
+
+    name = "VaultRollbackException"
+
+
 # -- 9: already exists ------------------------------------------------------
 class AlreadyExistsException(KmsError):
     exit_code = EXIT_EXISTS

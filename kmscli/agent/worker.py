@@ -37,6 +37,7 @@ NOT_THROUGH_A_SESSION = {
     ("unlock",): "a session cannot start another session with a fresh TTL",
     ("init",): "it makes a new vault, which takes its own passphrase",
     ("audit", "restart"): "it starts a new audit log",
+    ("vault", "restore"): "it replaces the vault and its log with a backup's",
 }
 _FD_SIZE = array.array("i").itemsize
 

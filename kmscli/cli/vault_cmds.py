@@ -1,4 +1,4 @@
-"""``kmscli init`` and ``kmscli passwd``."""
+"""``kmscli init``, ``kmscli passwd`` and ``kmscli vault backup|restore``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ def register(app: typer.Typer) -> None:
     common.command(app, "init", "Create a new vault (refuses to overwrite one).")(init)
     common.command(app, "passwd", "Change the passphrase (and KDF settings) and rotate the vault key; "
                    "needs the current passphrase, never a session.")(passwd)
+    app.add_typer(vault_app, name="vault")
+
+
+vault_app = common.new_app("Back up the vault and its audit log, and restore them.")
 
 
 _MEMORY = typer.Option("--kdf-memory", metavar="MIB", help="Argon2id memory in MiB (8..1024; default 512).")
@@ -112,3 +116,39 @@ def _end_sessions() -> None:
         output.message(f"ended {ended} session{'' if ended == 1 else 's'} of this vault")
 
 
+@vault_app.command("backup", cls=common.KmsCommand,
+                   help="Write a consistent, still-encrypted copy of the vault and its audit log to OUT (a tar "
+                        "archive; '-' = stdout), taken under the lock; a session suffices.")
+def backup(
+    out: Annotated[str, typer.Argument(metavar="OUT", help="The archive to write ('-' = stdout); replaced only "
+                                                           "on success, mode 0600.")],
+) -> None:
+    from . import fileio
+
+    svc = common.service()
+    with fileio.output(out, binary=True) as dest:
+        result = svc.BackupVault(dest.stream, Output=out)
+    where = "standard output" if dest.path is None else str(dest.path)
+    output.message(f"backed up the vault {result['VaultPath']} (generation {result['Generation']}) and its audit "
+                   f"log ({result['LogRecords']} records in {result['LogFiles']} file(s)) to {where}")
+
+
+@vault_app.command("restore", cls=common.KmsCommand,
+                   help="Put a backup's vault and audit log in place of the vault's; needs the passphrase the "
+                        "backup opens with, never a session. What is replaced is kept aside.")
+def restore(
+    in_: Annotated[str, typer.Argument(metavar="IN", help="The archive 'kmscli vault backup' wrote ('-' = stdin).")],
+    force: Annotated[bool, typer.Option("--force", help="Restore even over a vault or log that may be newer "
+                                                        "than the backup (a rollback).")] = False,
+) -> None:
+    from . import fileio
+
+    svc = common.service()
+    reader, _size = fileio.open_input(in_)
+    result = svc.RestoreVault(reader, Input=in_, Force=force)
+    kept = [p for p in (result["ReplacedVault"], *result["ReplacedLogFiles"]) if p]
+    aside = f"; what was in place is kept as {', '.join(kept)}" if kept else ""
+    moved = f" (its log now at {result['AuditLog']})" if result["LogMoved"] else ""
+    output.message(f"restored the vault {result['VaultPath']} (generation {result['BackupGeneration']} of the "
+                   f"backup) and its audit log{moved}{aside}")
+    _end_sessions()

@@ -22,6 +22,7 @@ from __future__ import annotations
 from ._core import AUDIT_FILE, Caller
 from .aliases import AliasOps
 from .audit_ops import AuditOps
+from .backup import BackupOps
 from .credentials import CredentialOps
 from .crypto import CryptoOps
 from .keys import KeyOps
@@ -34,5 +35,5 @@ __all__ = ["AUDIT_FILE", "Caller", "Kms"]
 
 
 class Kms(VaultOps, KeyOps, AliasOps, PolicyOps, RotationOps, CryptoOps, AuditOps, CredentialOps,
-          SeedOps):
+          SeedOps, BackupOps):
     """The local KMS, bound to one vault, one caller and one clock."""

@@ -115,8 +115,8 @@ class AuditOps(Core):
 
 #: Events kmscli records that are not AWS KMS operations (docs/audit.md).
 OWN_EVENTS = frozenset({
-    "ChangePassphrase", "CreateAccessKey", "CreateVault", "DeleteAccessKey", "DeleteKey", "GetAuditHead",
-    "ListAccessKeys",
-    "RestartAuditLog", "RotateKey", "SeedVault", "SetMinDecryptVersion", "UnknownOperation", "Unlock",
-    "VerifyAuditLog",
+    "BackupVault", "ChangePassphrase", "CreateAccessKey", "CreateVault", "DeleteAccessKey", "DeleteKey",
+    "GetAuditHead", "ListAccessKeys",
+    "RestartAuditLog", "RestoreVault", "RotateKey", "SeedVault", "SetMinDecryptVersion", "UnknownOperation",
+    "Unlock", "VerifyAuditLog",
 })

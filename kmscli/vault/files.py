@@ -74,6 +74,20 @@ def check_private_folder(folder: Path, what: str) -> None:
         )
 
 
+def create_private(path: Path) -> int:
+    """A new file at ``path``, 0600 whatever the umask, open for writing; never an existing name or a link there.
+
+    Raises OSError (FileExistsError when anything, a symlink included, is at ``path``).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def open_regular(path: Path, what: str, *, flags: int = os.O_RDONLY, follow: bool = True) -> int:
     """Open an existing file without ever blocking; refuse anything but a regular file.
 

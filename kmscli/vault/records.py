@@ -742,6 +742,25 @@ class RecordStore:
         except FileNotFoundError:
             return busy == 0
 
+    def copy_to(self, dest: Path) -> None:
+        """Copy the last commit, WAL included, into ``dest`` (an empty file of ours): one complete file.
+
+        SQLite's online backup in one step, inside one read transaction: a
+        consistent snapshot whatever other readers do, and pages copied as
+        they are (nothing in them is interpreted, so nothing in them runs).
+        """
+        with _sqlite_errors(self.path, "copying"):
+            src = self._idle.pop() if self._idle else _connect(self.path, readonly=True)
+            try:
+                dst = sqlite3.connect(_uri(dest, "rw"), uri=True, isolation_level=None)
+                try:
+                    dst.execute("PRAGMA trusted_schema=OFF")
+                    src.backup(dst)
+                finally:
+                    dst.close()  # the last connection: the copy's own WAL folds into it and goes
+            finally:
+                self._release(src)
+
     def checkpoint(self) -> None:
         """Fold the WAL into the main file (a backup of the file alone is then complete)."""
         with _sqlite_errors(self.path, "checkpointing"):

@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import errors
 from . import format as F
-from .files import check_private_file, check_private_folder, ensure_private_dir, open_regular
+from .files import check_private_file, check_private_folder, create_private, ensure_private_dir, open_regular
 from .state import BodyVault, OpenVault
 
 __all__ = ["OpenVault", "BodyVault", "VaultStore", "KeySource", "PassphraseKeySource", "FixedKeySource",
@@ -379,7 +379,14 @@ class VaultStore:
         except errors.KmsError:
             return None  # rewritten under another key (passwd): the append refuses a stale key itself
         with contextlib.closing(newer):
-            if newer.generation <= ov.generation and not isinstance(ov, BodyVault):
+            if newer.generation < ov.generation:
+                # Generations only grow: an older vault in place was put back (vault restore, or
+                # a rollback), and the record of a call on the vault it replaced must not join
+                # the log that vault vouches for, whose vault it would claim to be older than.
+                raise errors.AuditLogException(
+                    f"the vault {self.path} was replaced by an older copy while this call ran (kmscli vault "
+                    "restore, or a rollback); nothing was recorded: run the command again")
+            if newer.generation == ov.generation and not isinstance(ov, BodyVault):
                 return None
             return (newer.audit_head or {}).get("lines")
 
@@ -509,6 +516,104 @@ class VaultStore:
                 for suffix in ("-wal", "-shm", "-journal", ""):
                     with contextlib.suppress(OSError):
                         os.unlink(str(p) + suffix)
+        # A killed restore's staging folder: removed once no restore holds its lock.
+        for p in self.path.parent.glob(f"{TMP_PREFIX}{self.path.name}.*{STAGING_SUFFIX}"):
+            try:
+                fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _remove_tree(p)
+            except OSError:
+                pass  # a restore is using it
+            finally:
+                os.close(fd)
+
+    # -- backup and restore (docs/vault.md, "Backups") ------------------------------
+    def copy(self, vault_key: bytes) -> tuple[int, int]:
+        """A consistent copy of the vault's last commit, as one file: (a descriptor to read it, its generation).
+
+        Format 2 through SQLite's online backup, which reads the last commit
+        through the WAL whatever readers do; format 1 as its bytes. The copy
+        is opened with ``vault_key`` to read its generation (so it is known to
+        open), then its name is removed: nothing is left behind, whatever
+        happens next. Call with the lock held, so the generation is the
+        vault's.
+        """
+        version = self.format_version()
+        tmp = self._temp_path()
+        try:
+            fd = create_private(tmp)
+        except OSError as e:
+            raise errors.VaultFileError(f"cannot copy the vault into {tmp.parent}: {e.strerror}") from None
+        try:
+            try:
+                if version == F.FORMAT_VERSION:
+                    view = memoryview(self.read_bytes())
+                    while view:
+                        view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            if version == F.RECORDS_FORMAT_VERSION:
+                records, release = self._records()
+                try:
+                    records.copy_to(tmp)
+                finally:
+                    release()
+            with contextlib.closing(VaultStore(tmp, migrate=False).open(FixedKeySource(vault_key))) as ov:
+                generation = ov.generation
+            _fsync_file(tmp)
+            return open_regular(tmp, "the vault's copy"), generation
+        except OSError as e:
+            raise errors.VaultFileError(f"cannot copy the vault {self.path}: {e.strerror}") from None
+        finally:
+            self._remove(tmp)
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A new private folder beside the vault (``.vault.kms.<random>.restore``, 0700) for a restore's files.
+
+        ``flock``ed while it is used, and removed with what it holds at the
+        end; a killed restore's is removed by the next writer
+        (remove_stale_temps), which never takes one whose lock is held.
+        """
+        ensure_private_dir(self.path.parent)
+        check_private_folder(self.path.parent, "the vault")
+        folder = self.path.with_name(f"{TMP_PREFIX}{self.path.name}.{os.urandom(6).hex()}{STAGING_SUFFIX}")
+        try:
+            os.mkdir(folder, 0o700)
+            os.chmod(folder, 0o700)
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise errors.VaultFileError(f"cannot make a folder in {self.path.parent}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield folder
+        finally:
+            _remove_tree(folder)
+            os.close(fd)
+
+    def install(self, staged: Path, keep_old_as: Path | None) -> None:
+        """Put the vault file ``staged`` (complete, on this folder's file system) in the vault's place.
+
+        Call with the lock held. The vault in place, if any, is kept as
+        ``keep_old_as`` (a hard link made first, with its WAL folded into it,
+        or linked beside it as ``keep_old_as-wal`` when a reader keeps the WAL
+        from folding), then ``staged`` is renamed over the vault: a crash
+        leaves the old vault or the new one.
+        """
+        from . import records as R
+
+        wal = Path(str(self.path) + "-wal")
+        if keep_old_as is not None and os.path.lexists(self.path):
+            folded = False
+            with contextlib.suppress(errors.KmsError), contextlib.closing(R.RecordStore.open(self.path)) as old:
+                folded = old.fold()  # a format-1 or damaged vault has nothing to fold: kept as it is
+            if not folded and wal.exists() and wal.stat().st_size > 0:
+                _keep_link(wal, keep_old_as.with_name(keep_old_as.name + "-wal"))
+        is_records = R.read_file_header(staged, len(R.SQLITE_MAGIC)) == R.SQLITE_MAGIC
+        self._seal_in(staged, R.RecordStore.open(staged) if is_records else None, keep_old_as=keep_old_as)
 
     # -- format 2: building a whole new file (migration, passwd) -------------------------
     def _temp_path(self) -> Path:
@@ -550,11 +655,13 @@ class VaultStore:
         return tmp, store
 
     def _seal_in(self, tmp: Path, store: Any, *, keep_old_as: Path | None = None) -> None:
-        """Make the store at ``tmp`` durable and rename it over the vault (keeping the old file, if asked)."""
+        """Make the store at ``tmp`` (None: a file already complete) durable and rename it over the vault
+        (keeping the old file, if asked)."""
         in_place = False
         try:
-            store.checkpoint()
-            store.close()
+            if store is not None:
+                store.checkpoint()
+                store.close()
             wal = Path(str(tmp) + "-wal")
             if wal.exists() and wal.stat().st_size > 0:
                 raise errors.VaultFileError(f"cannot finish writing {tmp}: its write-ahead log did not fold")
@@ -734,6 +841,14 @@ class VaultStore:
 
 #: Records per transaction when a whole file is built (bounded memory at any size).
 BUILD_BATCH = 5000
+#: A restore's staging folder beside the vault: ``.vault.kms.<12 hex>.restore``.
+STAGING_SUFFIX = ".restore"
+
+
+def _remove_tree(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _flock(fd: int, timeout: float) -> bool:
