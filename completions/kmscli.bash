@@ -10,7 +10,7 @@
 _kmscli_spec() {
     case $1 in
         '')
-            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random inspect serve vault keys alias policy audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
+            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random inspect edit serve vault keys alias policy audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'init')
@@ -53,6 +53,10 @@ _kmscli_spec() {
             cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='file' ;;
+        'edit')
+            cmds='  ' opts='--key|-k --context|-c --armor|-a --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps=' --context -c ' args='file' ;;
         'serve')
             cmds='  ' opts='--host --port --tls-cert --tls-key --ephemeral --account --seed --workers --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --host=none --port=none --tls-cert=file --tls-key=file --account=none --seed=file --workers=none --vault=file --audit-log=file --passphrase-file=file --region=alias '

@@ -6,7 +6,7 @@
 function __kmscli_cmds --argument-names path
     switch $path
         case ''
-            echo init passwd unlock lock encrypt decrypt reencrypt datakey random inspect serve vault keys alias policy audit credentials
+            echo init passwd unlock lock encrypt decrypt reencrypt datakey random inspect edit serve vault keys alias policy audit credentials
         case 'vault'
             echo backup restore
         case 'keys'
@@ -47,6 +47,8 @@ function __kmscli_vopts --argument-names path
             echo --format -f --vault --audit-log --passphrase-file --region
         case 'inspect'
             echo --vault --audit-log --passphrase-file --region
+        case 'edit'
+            echo --key -k --context -c --vault --audit-log --passphrase-file --region
         case 'serve'
             echo --host --port --tls-cert --tls-key --account --seed --workers --vault --audit-log --passphrase-file --region
         case 'vault backup'
@@ -198,6 +200,7 @@ complete -c kmscli -n '__kmscli_at \'\'' -a reencrypt -d 'Move a ciphertext to a
 complete -c kmscli -n '__kmscli_at \'\'' -a datakey -d 'Make a data key: plaintext and a copy encrypted under KEY.'
 complete -c kmscli -n '__kmscli_at \'\'' -a random -d 'Print N random bytes (1..1024); needs no vault.'
 complete -c kmscli -n '__kmscli_at \'\'' -a inspect -d 'Show what a ciphertext says about itself (key, context, sizes); needs no vault and proves nothing.'
+complete -c kmscli -n '__kmscli_at \'\'' -a edit -d 'Edit a ciphertext in place: decrypt it into a private in-memory file, run $VISUAL or $EDITOR on it, and encrypt the result again (same key and context unless given); the plaintext never touches the disk.'
 complete -c kmscli -n '__kmscli_at \'\'' -a serve -d 'Serve the vault over AWS KMS\'s wire protocol: point AWS_ENDPOINT_URL_KMS at it and sign with a key from \'kmscli credentials create\'.'
 complete -c kmscli -n '__kmscli_at \'\'' -a vault -d 'Back up the vault and its audit log, and restore them.'
 complete -c kmscli -n '__kmscli_at \'\'' -a keys -d 'Create, inspect, enable, disable, rotate and delete keys.'
@@ -329,6 +332,18 @@ complete -c kmscli -n '__kmscli_at \'inspect\'' -l region -x -a '(__kmscli_alias
 complete -c kmscli -n '__kmscli_at \'inspect\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'inspect\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'inspect\' 0' -F -d '[FILE]'
+
+# kmscli edit
+complete -c kmscli -n '__kmscli_at \'edit\'' -l key -s k -x -a '(__kmscli_aliases)' -d 'Encrypt the result under KEY instead of the file\'s own key; required for a new file.'
+complete -c kmscli -n '__kmscli_at \'edit\'' -l context -s c -x -d 'Encrypt the result with this encryption context instead of the file\'s own; repeatable. Required when the file holds only its context\'s digest.'
+complete -c kmscli -n '__kmscli_at \'edit\'' -l armor -s a -d 'Write ASCII armor (a binary file becomes armored); otherwise the file keeps its form and a new file is binary.'
+complete -c kmscli -n '__kmscli_at \'edit\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'edit\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'edit\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'edit\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'edit\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'edit\'' -s h -l help -d 'Show this message and exit.'
+complete -c kmscli -n '__kmscli_arg \'edit\' 0' -F -d 'FILE'
 
 # kmscli serve
 complete -c kmscli -n '__kmscli_at \'serve\'' -l host -x -d 'Address to listen on (default 127.0.0.1; any other than loopback needs TLS).'

@@ -59,6 +59,7 @@ _kmscli() {
         'datakey:Make a data key: plaintext and a copy encrypted under KEY.'
         'random:Print N random bytes (1..1024); needs no vault.'
         'inspect:Show what a ciphertext says about itself (key, context, sizes); needs no vault and proves nothing.'
+        'edit:Edit a ciphertext in place: decrypt it into a private in-memory file, run $VISUAL or $EDITOR on it, and encrypt the result again (same key and context unless given); the plaintext never touches the disk.'
         'serve:Serve the vault over AWS KMS'\''s wire protocol: point AWS_ENDPOINT_URL_KMS at it and sign with a key from '\''kmscli credentials create'\''.'
         'vault:Back up the vault and its audit log, and restore them.'
         'keys:Create, inspect, enable, disable, rotate and delete keys.'
@@ -81,6 +82,7 @@ _kmscli() {
         (datakey) _kmscli_datakey && ret=0 ;;
         (random) _kmscli_random && ret=0 ;;
         (inspect) _kmscli_inspect && ret=0 ;;
+        (edit) _kmscli_edit && ret=0 ;;
         (serve) _kmscli_serve && ret=0 ;;
         (vault) _kmscli_vault && ret=0 ;;
         (keys) _kmscli_keys && ret=0 ;;
@@ -255,6 +257,24 @@ _kmscli_inspect() {
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         '::[FILE]:_files'
+}
+
+_kmscli_edit() {
+    _arguments -S \
+        '(--key -k)--key=[Encrypt the result under KEY instead of the file'\''s own key; required for a new file.]:KEY:_kmscli_aliases' \
+        '(--key -k)-k+[Encrypt the result under KEY instead of the file'\''s own key; required for a new file.]:KEY:_kmscli_aliases' \
+        '*--context=[Encrypt the result with this encryption context instead of the file'\''s own; repeatable. Required when the file holds only its context'\''s digest.]:K=V: ' \
+        '*-c+[Encrypt the result with this encryption context instead of the file'\''s own; repeatable. Required when the file holds only its context'\''s digest.]:K=V: ' \
+        '(--armor -a)--armor[Write ASCII armor (a binary file becomes armored); otherwise the file keeps its form and a new file is binary.]' \
+        '(--armor -a)-a[Write ASCII armor (a binary file becomes armored); otherwise the file keeps its form and a new file is binary.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ':FILE:_files'
 }
 
 _kmscli_serve() {

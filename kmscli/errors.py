@@ -48,6 +48,17 @@ class KMSInternalException(KmsError):
     name = "KMSInternalException"
 
 
+class EditorException(KmsError):
+    """``kmscli edit``: the editor failed, or was quit with an error (vim's ``:cq``); nothing was written.
+
+    Exit 1, as git and crontab end when their editor fails: not a usage error,
+    and the file is as it was.
+    """
+
+    exit_code = EXIT_INTERNAL
+    name = "EditorException"
+
+
 # -- 2: usage and validation ------------------------------------------------
 class ValidationException(KmsError):
     exit_code = EXIT_USAGE

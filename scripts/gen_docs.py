@@ -73,13 +73,19 @@ ENVIRONMENT: dict[str, str] = {
         "Default: as many as fit in the available memory, at most one per CPU."
     ),
     "NO_COLOR": "When set, nothing is coloured, even on a terminal.",
+    "VISUAL": (
+        "The editor kmscli edit runs, split into words as a shell splits them (EDITOR='code --wait'); "
+        "then EDITOR, then vi."
+    ),
+    "EDITOR": "The editor kmscli edit runs when VISUAL is unset or empty.",
 }
 
 #: What each exit code means (SPEC "Exit codes"); the exception names under each
 #: come from kmscli/errors.py, whose EXIT_* codes a test holds against this.
 EXIT_MEANINGS: dict[int, str] = {
     0: "Success.",
-    1: "Unexpected internal error: one line on stderr, a traceback only with --debug.",
+    1: "Unexpected internal error: one line on stderr, a traceback only with --debug; also kmscli edit "
+       "when the editor failed or was quit with an error (nothing is written).",
     2: "Usage or validation error, including a malformed policy document and a rotation limit.",
     3: "Key or alias not found.",
     4: "Key in the wrong state (disabled, pending deletion).",
@@ -137,6 +143,13 @@ EXAMPLES: list[tuple[str, list[str]]] = [
         "Make a data key for encrypting elsewhere and keep only its encrypted copy:",
         [
             "kmscli datakey alias/app --json | jq -r .CiphertextBlob > key.b64",
+        ],
+    ),
+    (
+        "Edit an encrypted file in place: the editor gets a private copy in memory, and the file is "
+        "encrypted again under its own key and context:",
+        [
+            "EDITOR='code --wait' kmscli edit config.yaml.kms",
         ],
     ),
     (

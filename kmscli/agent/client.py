@@ -51,12 +51,7 @@ class Ended(Refused):
 def run(token: str, args: list[str], command: str | None) -> int:
     """Run ``kmscli ARGS`` in the agent named by ``token``; return its exit code."""
     try:
-        path, secret = parse(token)
-        sock = connect(path)
-        try:
-            send(sock, secret, args)
-        except OSError:
-            raise Ended() from None  # the agent closed its socket between our connect and send
+        sock = request(token, args, (0, 1, 2))
     except Ended as e:
         if command == "lock":
             sys.stderr.write("kmscli: the session had already ended\n")
@@ -65,6 +60,41 @@ def run(token: str, args: list[str], command: str | None) -> int:
     except Refused as e:
         return fail(e)
     return wait(sock)
+
+
+def call(token: str, args: list[str], stdin: int, stdout: int) -> int:
+    """Run ``kmscli ARGS`` in the agent named by ``token`` on ``stdin`` and ``stdout``; return its exit code.
+
+    For a command that runs in this process and hands its vault operations to
+    the agent, one call each (``kmscli edit``): stderr and the working
+    directory are ours, and an error is the agent's one line on our stderr.
+    Signals stay with the caller: an interrupt raised while waiting closes the
+    socket, and the agent stops the worker on that hang-up, as for ``run``.
+    """
+    try:
+        sock = request(token, args, (stdin, stdout, 2))
+    except Refused as e:
+        return fail(e)
+    try:
+        reply = read_reply(sock)
+    finally:
+        sock.close()
+    if reply is None:
+        return fail(Refused("the session agent stopped while running this command; run it again",
+                            "KMSInternalException", 1))
+    return outcome(reply)
+
+
+def request(token: str, args: list[str], std: tuple[int, int, int]) -> _socket.socket:
+    """Connect to the agent named by ``token`` and send it ``kmscli ARGS`` on the descriptors ``std``."""
+    path, secret = parse(token)
+    sock = connect(path)
+    try:
+        send(sock, secret, args, std)
+    except OSError:
+        sock.close()
+        raise Ended() from None  # the agent closed its socket between our connect and send
+    return sock
 
 
 def parse(token: str) -> tuple[str, bytes]:
@@ -132,13 +162,13 @@ def _connect_queued(sock: _socket.socket, address: str, path: str) -> None:
     sock.setblocking(True)
 
 
-def send(sock: _socket.socket, secret: bytes, args: list[str]) -> None:
+def send(sock: _socket.socket, secret: bytes, args: list[str], std: tuple[int, int, int] = (0, 1, 2)) -> None:
     fields = [P.VERSION, P.OP_RUN, secret, stdio(), str(len(args)).encode(), *map(os.fsencode, args), *environment()]
     data = P.frame(P.REQUEST_MAGIC, fields)
     if len(data) > P.HEADER_SIZE + P.MAX_REQUEST_BYTES:
         raise Refused("the arguments and KMSCLI_* environment are larger than a session accepts (1 MiB)",
                       "ValidationException", 2)
-    fds, opened = descriptors()
+    fds, opened = descriptors(std)
     try:
         rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
         sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
@@ -149,10 +179,10 @@ def send(sock: _socket.socket, secret: bytes, args: list[str]) -> None:
             os.close(fd)
 
 
-def descriptors() -> tuple[list[int], list[int]]:
-    """stdin, stdout, stderr (a closed one as /dev/null) and the working directory."""
+def descriptors(std: tuple[int, int, int]) -> tuple[list[int], list[int]]:
+    """stdin, stdout, stderr (``std``; a closed one as /dev/null) and the working directory."""
     fds, opened = [], []
-    for fd in (0, 1, 2):
+    for fd in std:
         try:
             os.fstat(fd)
             fds.append(fd)

@@ -54,6 +54,7 @@ def _register() -> None:
         audit_cmds,
         credentials_cmds,
         crypto_cmds,
+        edit_cmds,
         key_cmds,
         policy_cmds,
         serve_cmds,
@@ -67,6 +68,7 @@ def _register() -> None:
     app.add_typer(alias_cmds.app, name="alias")
     app.add_typer(policy_cmds.app, name="policy")
     crypto_cmds.register(app)
+    edit_cmds.register(app)
     app.add_typer(audit_cmds.app, name="audit")
     app.add_typer(credentials_cmds.app, name="credentials")
     serve_cmds.register(app)

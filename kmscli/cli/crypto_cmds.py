@@ -38,7 +38,7 @@ def encrypt(key: KeyOpt, context: ContextOpt = None, in_: InOpt = None, out: Out
     progress = fileio.Progress(size, "encrypting")
     try:
         with fileio.output(out, binary=not armor) as dest:
-            writer, finish = _maybe_armor(dest.stream, armor)
+            writer, finish = maybe_armor(dest.stream, armor)
             svc.Encrypt(KeyId=key, reader=reader, writer=writer, EncryptionContext=ctx, progress=progress)
             finish()
     finally:
@@ -56,7 +56,7 @@ def decrypt(
     progress = fileio.Progress(size, "decrypting")
     try:
         with fileio.output(out, binary=False) as dest:
-            svc.Decrypt(reader=_maybe_dearmor(reader), writer=dest.stream, EncryptionContext=ctx, KeyId=key,
+            svc.Decrypt(reader=maybe_dearmor(reader), writer=dest.stream, EncryptionContext=ctx, KeyId=key,
                         progress=progress)
     finally:
         progress.close()
@@ -77,8 +77,8 @@ def reencrypt(
     svc = common.service()
     reader, _size = fileio.open_input(in_)
     with fileio.output(out, binary=not armor) as dest:
-        writer, finish = _maybe_armor(dest.stream, armor)
-        svc.ReEncrypt(reader=_maybe_dearmor(reader), writer=writer, DestinationKeyId=key,
+        writer, finish = maybe_armor(dest.stream, armor)
+        svc.ReEncrypt(reader=maybe_dearmor(reader), writer=writer, DestinationKeyId=key,
                       SourceEncryptionContext=src_ctx, DestinationEncryptionContext=dst_ctx, SourceKeyId=source_key)
         finish()
 
@@ -146,7 +146,7 @@ def _write_all(stream: Any, data: bytes) -> None:
         view = view[n or 0 :]
 
 
-def _maybe_armor(stream: Any, armor: bool) -> tuple[Any, Any]:
+def maybe_armor(stream: Any, armor: bool) -> tuple[Any, Any]:
     if not armor:
         return stream, lambda: None
     from ..crypto import armor as A
@@ -193,7 +193,7 @@ def inspect(
     ])
 
 
-def _maybe_dearmor(reader: Any) -> Any:
+def maybe_dearmor(reader: Any) -> Any:
     from ..crypto import armor as A
 
     armored, reader = A.sniff(reader)

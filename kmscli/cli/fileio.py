@@ -35,6 +35,7 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -383,8 +384,6 @@ def _create_temp(path: Path) -> tuple[int, Path]:
 
 def _remove_stale_temps(path: Path) -> None:
     """Remove temporary files of ``path`` left by killed writers: ours, regular, and unlocked."""
-    import fcntl
-
     folder = path.parent
     try:
         names = os.listdir(folder)
@@ -392,26 +391,38 @@ def _remove_stale_temps(path: Path) -> None:
         return  # creating the temporary file will report the problem
     for name in names:
         m = _TEMP_RE.fullmatch(name)
-        if not m or m.group("name") != path.name:
-            continue
+        if m and m.group("name") == path.name:
+            remove_abandoned(folder / name, os.unlink)
+
+
+def remove_abandoned(path: Path, remove: Callable[[Path], None], *, folder: bool = False) -> None:
+    """Remove ``path`` with ``remove`` if a killed kmscli left it: it is ours, a regular file (or with
+    ``folder`` a folder), and nobody holds its ``flock``, which a live kmscli holds for its whole life.
+
+    Opened without following a link, checked and locked on that descriptor,
+    and removed only while the name still leads to what was checked.
+    """
+    import fcntl
+
+    flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+             | (getattr(os, "O_DIRECTORY", 0) if folder else 0))
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISDIR if folder else stat.S_ISREG)(st.st_mode) or st.st_uid != os.geteuid():
+            return
         try:
-            fd = os.open(folder / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-                         | getattr(os, "O_NONBLOCK", 0))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            continue
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a live writer holds it
-            with contextlib.suppress(OSError):
-                if os.stat(folder / name, follow_symlinks=False).st_ino == st.st_ino:
-                    os.unlink(folder / name)
-        finally:
-            os.close(fd)
+            return  # a live writer holds it
+        with contextlib.suppress(OSError):
+            if os.stat(path, follow_symlinks=False).st_ino == st.st_ino:
+                remove(path)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

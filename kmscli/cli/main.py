@@ -18,8 +18,10 @@ from kmscli.cli.pipes import EXIT_BROKEN_PIPE, silence_stdout
 _VALUE_OPTIONS = frozenset(("--vault", "--audit-log", "--passphrase-file", "--region"))
 #: Commands run here even with a session. ``unlock`` always takes a passphrase:
 #: a session that could mint sessions would outlive its TTL. ``init`` makes a
-#: vault that no session can be for.
-_LOCAL_COMMANDS = frozenset(("unlock", "init"))
+#: vault that no session can be for. ``edit`` runs the user's editor on the
+#: user's terminal, so it runs here and sends only its Decrypt and Encrypt to
+#: the agent (cli/edit_cmds.py).
+_LOCAL_COMMANDS = frozenset(("unlock", "init", "edit"))
 _RANDOM_FORMATS = ("base64", "hex", "raw")
 _RANDOM_MAX = 1024
 
