@@ -26,8 +26,8 @@ _kmscli_spec() {
             vals=' --ttl=none --idle=none --shell=choice:sh,bash,zsh,fish --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'lock')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--shell --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --shell=choice:sh,bash,zsh,fish --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'encrypt')
             cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --armor|-a --vault --audit-log --passphrase-file --region --debug -h|--help'

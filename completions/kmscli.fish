@@ -34,7 +34,7 @@ function __kmscli_vopts --argument-names path
         case 'unlock'
             echo --ttl --idle --shell --vault --audit-log --passphrase-file --region
         case 'lock'
-            echo --vault --audit-log --passphrase-file --region
+            echo --shell --vault --audit-log --passphrase-file --region
         case 'encrypt'
             echo --key -k --context -c --in -i --out -o --vault --audit-log --passphrase-file --region
         case 'decrypt'
@@ -193,7 +193,7 @@ complete -c kmscli -f
 complete -c kmscli -n '__kmscli_at \'\'' -a init -d 'Create a new vault (refuses to overwrite one).'
 complete -c kmscli -n '__kmscli_at \'\'' -a passwd -d 'Change the passphrase (and KDF settings) and rotate the vault key; needs the current passphrase, never a session.'
 complete -c kmscli -n '__kmscli_at \'\'' -a unlock -d 'Unlock the vault for a while: prints \'export KMSCLI_SESSION=...\' for eval; later calls skip the passphrase and the KDF.'
-complete -c kmscli -n '__kmscli_at \'\'' -a lock -d 'End the session in KMSCLI_SESSION, or without one every session of this vault.'
+complete -c kmscli -n '__kmscli_at \'\'' -a lock -d 'End the session in KMSCLI_SESSION, or without one every session of this vault; prints \'unset KMSCLI_SESSION\' for eval.'
 complete -c kmscli -n '__kmscli_at \'\'' -a encrypt -d 'Envelope-encrypt any amount of data under a master key.'
 complete -c kmscli -n '__kmscli_at \'\'' -a decrypt -d 'Decrypt a kmscli ciphertext (binary or armored).'
 complete -c kmscli -n '__kmscli_at \'\'' -a reencrypt -d 'Move a ciphertext to another key or context without revealing the plaintext.'
@@ -252,6 +252,7 @@ complete -c kmscli -n '__kmscli_at \'unlock\'' -l debug -d 'Show a traceback for
 complete -c kmscli -n '__kmscli_at \'unlock\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli lock
+complete -c kmscli -n '__kmscli_at \'lock\'' -l shell -x -a 'sh bash zsh fish' -d 'Print for a POSIX shell (sh, bash, zsh; default) or fish.'
 complete -c kmscli -n '__kmscli_at \'lock\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'lock\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'lock\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
@@ -392,7 +393,7 @@ complete -c kmscli -n '__kmscli_at \'keys\'' -a describe -d 'Show one key\'s met
 complete -c kmscli -n '__kmscli_at \'keys\'' -a tags -d 'List a key\'s tags (ListResourceTags).'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a enable -d 'Allow cryptographic use of a key.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a disable -d 'Forbid cryptographic use of a key (reversible).'
-complete -c kmscli -n '__kmscli_at \'keys\'' -a schedule-delete -d 'Schedule a key\'s destruction after a waiting period (7..30 days, default 30).'
+complete -c kmscli -n '__kmscli_at \'keys\'' -a schedule-delete -d 'Schedule a key\'s destruction after a waiting period (--days).'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a cancel-delete -d 'Cancel a scheduled deletion; the key comes back Disabled, as in AWS KMS.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a set-description -d 'Replace a key\'s description.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a tag -d 'Add or replace tags on a key.'
@@ -465,7 +466,7 @@ complete -c kmscli -n '__kmscli_at \'keys disable\'' -s h -l help -d 'Show this 
 complete -c kmscli -n '__kmscli_arg \'keys disable\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
 # kmscli keys schedule-delete
-complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l days -x -d 'Waiting period in days (7..30).'
+complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l days -x -d 'Waiting period in days (7..30; default 30).'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l json -d 'Print the AWS KMS JSON response shape.'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'

@@ -52,7 +52,7 @@ _kmscli() {
         'init:Create a new vault (refuses to overwrite one).'
         'passwd:Change the passphrase (and KDF settings) and rotate the vault key; needs the current passphrase, never a session.'
         'unlock:Unlock the vault for a while: prints '\''export KMSCLI_SESSION=...'\'' for eval; later calls skip the passphrase and the KDF.'
-        'lock:End the session in KMSCLI_SESSION, or without one every session of this vault.'
+        'lock:End the session in KMSCLI_SESSION, or without one every session of this vault; prints '\''unset KMSCLI_SESSION'\'' for eval.'
         'encrypt:Envelope-encrypt any amount of data under a master key.'
         'decrypt:Decrypt a kmscli ciphertext (binary or armored).'
         'reencrypt:Move a ciphertext to another key or context without revealing the plaintext.'
@@ -141,6 +141,7 @@ _kmscli_unlock() {
 
 _kmscli_lock() {
     _arguments -S \
+        '--shell=[Print for a POSIX shell (sh, bash, zsh; default) or fish.]:sh|bash|zsh|fish:(sh bash zsh fish)' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
@@ -363,7 +364,7 @@ _kmscli_keys() {
         'tags:List a key'\''s tags (ListResourceTags).'
         'enable:Allow cryptographic use of a key.'
         'disable:Forbid cryptographic use of a key (reversible).'
-        'schedule-delete:Schedule a key'\''s destruction after a waiting period (7..30 days, default 30).'
+        'schedule-delete:Schedule a key'\''s destruction after a waiting period (--days).'
         'cancel-delete:Cancel a scheduled deletion; the key comes back Disabled, as in AWS KMS.'
         'set-description:Replace a key'\''s description.'
         'tag:Add or replace tags on a key.'
@@ -479,7 +480,7 @@ _kmscli_keys_disable() {
 
 _kmscli_keys_schedule_delete() {
     _arguments -S \
-        '--days=[Waiting period in days (7..30).]:N: ' \
+        '--days=[Waiting period in days (7..30; default 30).]:N: ' \
         '--json[Print the AWS KMS JSON response shape.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \

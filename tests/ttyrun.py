@@ -34,12 +34,14 @@ class Hung(AssertionError):
 
 
 def run_on_tty(args: list[str], env: dict[str, str], answers: list[bytes], stdin_data: bytes | None = None,
-               timeout: float = HANG_GUARD_S) -> tuple[int, bytes]:
+               timeout: float = HANG_GUARD_S, stdout_path: str | None = None) -> tuple[int, bytes]:
     """Run kmscli with a pty as its controlling terminal; answer each prompt in turn.
 
     The i-th answer is typed once the i-th prompt is on the screen. Returns the
     exit code and everything written to the terminal. ``timeout`` is a hang
     guard only (a hung child is killed and ``Hung`` raised, with the screen).
+    ``stdout_path``: stdout goes to that file instead, as in ``eval "$(kmscli unlock)"``
+    (the prompt and stderr stay on the terminal).
     """
     pid, fd = pty.fork()
     if pid == 0:  # child: the pty is stdin/stdout/stderr and the controlling terminal
@@ -49,6 +51,9 @@ def run_on_tty(args: list[str], env: dict[str, str], answers: list[bytes], stdin
                 os.write(w, stdin_data)
                 os.close(w)
                 os.dup2(r, 0)
+            if stdout_path is not None:
+                out = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(out, 1)
             os.execve(kmscli_command()[0], [*kmscli_command(), *args], env)
         finally:
             os._exit(127)

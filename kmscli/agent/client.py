@@ -55,7 +55,7 @@ def run(token: str, args: list[str], command: str | None) -> int:
     except Ended as e:
         if command == "lock":
             sys.stderr.write("kmscli: the session had already ended\n")
-            return 0
+            return _print_unset(args)
         return fail(e)
     except Refused as e:
         return fail(e)
@@ -95,6 +95,21 @@ def request(token: str, args: list[str], std: tuple[int, int, int]) -> _socket.s
         sock.close()
         raise Ended() from None  # the agent closed its socket between our connect and send
     return sock
+
+
+def _print_unset(args: list[str]) -> int:
+    """``lock`` of an ended session: still the line that unsets the variable, as the agent's lock prints it."""
+    shell = "sh"
+    for i, a in enumerate(args):
+        if a == "--shell" and i + 1 < len(args):
+            shell = args[i + 1]
+        elif a.startswith("--shell="):
+            shell = a[len("--shell="):]
+    try:  # noqa: SIM105 - contextlib is an import the thin client does without
+        os.write(1, (P.unset_line(shell) + "\n").encode())  # a few bytes: one write, under PIPE_BUF
+    except OSError:
+        pass  # nobody reads it (a closed pipe): the session is over all the same
+    return 0
 
 
 def parse(token: str) -> tuple[str, bytes]:

@@ -39,6 +39,15 @@ REPLY_OTHER = b"other"
 
 #: ``KMSCLI_SESSION`` is ``kms1:<socket path>:<secret hex>``.
 SESSION_PREFIX = "kms1:"
+#: What ``kmscli lock`` prints for ``eval`` (fish: ``| source``), as ``ssh-agent -k`` unsets its variables.
+UNSET_LINES = {"fish": "set -e KMSCLI_SESSION;"}
+UNSET_LINE = "unset KMSCLI_SESSION"
+
+
+def unset_line(shell: str) -> str:
+    return UNSET_LINES.get(shell, UNSET_LINE)
+
+
 #: sun_path holds 108 bytes with the terminating NUL; longer paths go through /proc/self/fd.
 MAX_SOCKET_PATH = 108
 

@@ -270,6 +270,29 @@ def end_vault_sessions(vault_path: Path) -> int:
     return ended
 
 
+def end_session(token: str, vault_path: Path) -> bool | None:
+    """End the session ``token`` names if it serves ``vault_path``: True ended, False another vault's.
+
+    None when there is nothing to end: not a session string, a socket outside
+    this user's session folder (never sent anything), or an agent already gone.
+    """
+    prefix_ok = token.startswith(P.SESSION_PREFIX)
+    path_text, sep, _secret = token[len(P.SESSION_PREFIX):].rpartition(":")
+    folder = runtime_dir(create=False)
+    if not (prefix_ok and sep and path_text.endswith(SOCKET_SUFFIX)) or folder is None:
+        return None
+    path = Path(path_text)
+    if os.path.realpath(path.parent) != os.path.realpath(folder):
+        return None
+    sock = connect(path, AGENT_ANSWER_TIMEOUT_S)
+    if sock is None:
+        return None
+    reply = ask(sock, [P.VERSION, P.OP_END_VAULT, os.fsencode(os.path.realpath(vault_path))])
+    if reply == [P.REPLY_ENDED]:
+        return True
+    return False if reply == [P.REPLY_OTHER] else None
+
+
 def remove_stale_sockets(folder: Path) -> None:
     for path in socket_paths(folder):
         sock = connect(path, AGENT_ANSWER_TIMEOUT_S)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -58,14 +59,86 @@ def show(
             line = output.json_line(r)
             output.write_stdout(line.encode("utf-8", "backslashreplace").decode("utf-8") + "\n")
         return
+    _table(records)
+
+
+#: ``eventTime`` as the log writes it, ISO 8601 UTC to the second: never cut or wrapped.
+_TIME_WIDTH = len("2026-12-01T10:00:00Z")
+#: The part of an error message the table shows: what happened (before "; what to do"), this long at most.
+_MESSAGE_CHARS = 80
+
+
+def _table(records: Iterable[dict[str, Any]]) -> None:
+    """The records as a table that reads on an 80-column terminal (``--json`` and pipes get every field).
+
+    The time is never cut; a failed call shows its errorCode and what
+    happened; ids and names give way (cut with an ellipsis) before the
+    result does, and the User column appears only when the records name
+    more than one user (the title names the one).
+    """
     rows = []
     for r in records:
         req = r.get("requestParameters") or {}
         resp = r.get("responseElements") or {}
-        rows.append((r.get("eventTime", ""), r.get("eventName", ""), (r.get("userIdentity") or {}).get("userName", ""),
-                     resp.get("keyId") or req.get("keyId") or req.get("aliasName") or "",
-                     r.get("errorCode") or "ok"))
-    output.table("Audit log", ["Time", "Operation", "User", "Key", "Result"], rows)
+        rows.append([str(v) for v in (
+            r.get("eventTime", ""), r.get("eventName", ""), (r.get("userIdentity") or {}).get("userName", ""),
+            resp.get("keyId") or req.get("keyId") or req.get("aliasName") or "", _result(r))])
+    users = {row[2] for row in rows}
+    title = "Audit log"
+    if len(users) == 1:
+        title += f" of {next(iter(users))}" if next(iter(users)) else ""
+        rows = [[t, op, key, res] for t, op, _user, key, res in rows]
+        names = ["Time", "Operation", "Key", "Result"]
+    else:
+        names = ["Time", "Operation", "User", "Key", "Result"]
+    widths = _widths(output.terminal_width(), names, rows)
+    columns = [output.Column(name, width=widths.get(name) if widths else None, no_wrap=name != "Result")
+               for name in names]
+    columns[0] = output.Column("Time", width=_TIME_WIDTH, no_wrap=True)
+    output.table(output.printable(title, backslash=False), columns, rows, compact=True)
+
+
+def _result(record: dict[str, Any]) -> str:
+    code = record.get("errorCode")
+    if not code:
+        return "ok"
+    message = str(record.get("errorMessage") or "").split("; ", 1)[0]
+    if len(message) > _MESSAGE_CHARS:
+        message = message[: _MESSAGE_CHARS - 1] + "\u2026"
+    return f"{code}: {message}" if message else str(code)
+
+
+def _widths(total: int, names: list[str], rows: list[list[str]]) -> dict[str, int] | None:
+    """Each column's width on a ``total``-column terminal; None below about 50 columns (Rich decides then).
+
+    Every column starts at its least useful width (an id's first 8 characters
+    and an ellipsis; a result as wide as its error code), then grows in this
+    order: the operation, the result up to a few words, the key, the user, and
+    the result takes what is left. A terminal too narrow for that (under 76
+    columns with four columns) gets smaller least widths, the result growing first.
+    """
+    from rich.cells import cell_len
+
+    natural = {n: max([cell_len(n)] + [cell_len(output.printable(row[i])) for row in rows])
+               for i, n in enumerate(names)}
+    codes = [cell_len(row[-1].split(": ", 1)[0]) + 1 for row in rows]
+    room = total - output.COMPACT_GAP * (len(names) - 1) - _TIME_WIDTH
+    growth = [("Operation", 24), ("Result", 32), ("Key", natural["Key"]), ("User", 16), ("Result", natural["Result"])]
+    for least in ({"Operation": 11, "User": 4, "Key": 9, "Result": min(max([20, *codes]), 30)},
+                  {"Operation": 8, "User": 3, "Key": 3, "Result": 10}):
+        width = {n: min(natural[n], least[n]) for n in names[1:]}
+        left = room - sum(width.values())
+        if left >= 0:
+            break
+        growth = [("Result", 32), *growth]  # narrower still: the result first
+    else:
+        return None
+    for name, target in growth:
+        if name in width:
+            grow = max(0, min(left, min(target, natural[name]) - width[name]))
+            width[name] += grow
+            left -= grow
+    return width
 
 
 @app.command("verify", cls=common.KmsCommand, help="Check the log for edits, deletions, reordering and insertions.")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup, TyperOption
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from .. import errors
 
@@ -55,9 +55,30 @@ def global_params() -> list[Any]:
 
 
 class KmsCommand(TyperCommand):
+    """A command with the global options, whose help says each thing once.
+
+    Defaults are written in the options' own words ("default 15m"), so
+    Typer's "[default: 15m]" after them would say it twice: it is off for
+    every parameter. The usage line shows arguments as their metavars
+    (``KEY``, ``[FILE]``), not Typer's ``{KEY}``.
+    """
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.params.extend(global_params())
+        for param in self.params:
+            if isinstance(param, (TyperOption, TyperArgument)):
+                param.show_default = False
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                metavar = param.metavar or (param.name or "").upper() + ("..." if param.nargs != 1 else "")
+                pieces.append(metavar if param.required or metavar.startswith("[") else f"[{metavar}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
 
 
 class KmsGroup(TyperGroup):
@@ -92,8 +113,11 @@ def audit_path() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def key_source() -> Any:
-    """The vault key's source: a session if one is set (never falling back), else a passphrase."""
+def key_source(label: str = "vault passphrase") -> Any:
+    """The vault key's source: a session if one is set (never falling back), else a passphrase.
+
+    ``label`` names the passphrase at the terminal prompt (passwd asks for the current one).
+    """
     if SESSION is not None:
         return SESSION.key_source(vault_path())
     if os.environ.get("KMSCLI_SESSION"):
@@ -104,10 +128,9 @@ def key_source() -> Any:
             "KMSCLI_SESSION is set, but this process is not running through the kmscli command that hands "
             "sessions to their agent; run kmscli itself, or unset KMSCLI_SESSION to use a passphrase"
         )
-    from ..vault.store import PassphraseKeySource
     from . import passphrase
 
-    return PassphraseKeySource(passphrase.current(STATE.passphrase_file))
+    return passphrase.key_source(STATE.passphrase_file, label=label)
 
 
 def service(keys: Any = None) -> Any:

@@ -117,10 +117,10 @@ def disable(key: KeyArg) -> None:
 
 
 @app.command("schedule-delete", cls=common.KmsCommand,
-             help="Schedule a key's destruction after a waiting period (7..30 days, default 30).")
+             help="Schedule a key's destruction after a waiting period (--days).")
 def schedule_delete(
     key: KeyArg,
-    days: Annotated[int, typer.Option("--days", metavar="N", help="Waiting period in days (7..30).")] = 30,
+    days: Annotated[int, typer.Option("--days", metavar="N", help="Waiting period in days (7..30; default 30).")] = 30,
     json_: JsonOpt = False,
 ) -> None:
     result = common.service().ScheduleKeyDeletion(KeyId=key, PendingWindowInDays=days)

@@ -34,6 +34,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from typer import Exit
@@ -198,25 +199,65 @@ def _cell(value: Any) -> str:
     return "" if value is None else printable(str(value))
 
 
-def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A Rich table on a terminal; tab-separated lines (no header) in a pipe, fields escaped (rule 6)."""
+@dataclass(frozen=True)
+class Column:
+    """How a table column fits a terminal: a fixed ``width``, and whether it may wrap.
+
+    ``no_wrap``: always one line, cut with an ellipsis when too long (an id,
+    a name); otherwise wrapped at spaces, a long word folded. A plain string
+    as a column is a wrapping column sized by Rich.
+    """
+
+    name: str
+    width: int | None = None
+    no_wrap: bool = False
+
+
+#: Between two columns of a :func:`table` with ``compact``: one space of padding and the rule's blank.
+COMPACT_GAP = 2
+
+
+def terminal_width() -> int:
+    """The width tables are drawn for: ``COLUMNS``, else the terminal's, else 80 (as Rich decides)."""
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), force_terminal=True).width
+
+
+def table(title: str | None, columns: Sequence[str | Column], rows: Sequence[Sequence[Any]], *,
+          compact: bool = False) -> None:
+    """A Rich table on a terminal; tab-separated lines (no header) in a pipe, fields escaped (rule 6).
+
+    ``compact``: no frame, a rule under the header and ``COMPACT_GAP`` columns
+    between cells, for tables that must fit 80 columns (the audit log).
+    """
     if not is_tty(sys.stdout):
         write_stdout("".join("\t".join(_cell(v) for v in row) + "\n" for row in rows))
         return
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
     # Text cells are never parsed as markup (a "[/x]" in a description once
     # crashed the table) nor given emoji or highlighting.
-    t = Table(title=Text(title) if title is not None else None, show_lines=False, header_style="bold")
+    style: dict[str, Any] = (
+        {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False, "collapse_padding": True} if compact else {}
+    )
+    t = Table(title=Text(title) if title is not None else None, show_lines=False, header_style="bold", **style)
     for c in columns:
-        t.add_column(Text(c), overflow="fold")
+        if isinstance(c, Column):
+            t.add_column(Text(c.name), width=c.width, no_wrap=c.no_wrap,
+                         overflow="ellipsis" if c.no_wrap else "fold")
+        else:
+            t.add_column(Text(c), overflow="fold")
     for row in rows:
         t.add_row(*[Text(_cell(v)) for v in row])
     _print_rich(t)
 
 
-def table_pages(title: str | None, columns: Sequence[str], pages: Iterable[Sequence[Sequence[Any]]]) -> None:
+def table_pages(title: str | None, columns: Sequence[str | Column], pages: Iterable[Sequence[Sequence[Any]]]) -> None:
     """:func:`table` for rows that come a page at a time: each page printed as it comes.
 
     In a pipe the lines are the same as one table's; on a terminal each page

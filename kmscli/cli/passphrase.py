@@ -7,13 +7,18 @@
 
 With none of them and no terminal, fail at once (exit 5) naming the options.
 A passphrase is never accepted as a command-line value and never printed.
+
+A person at the terminal gets three tries at every prompt, as sudo and ssh
+give: a wrong passphrase is asked for again (each wrong one is recorded as
+a failed unlock), and so is a new passphrase whose confirmation differs. A
+file or a variable would give the same answer again, so it gets one try.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from typing import Any
 
 from .. import errors
 
@@ -22,9 +27,11 @@ SOURCES_HINT = (
     "run 'eval \"$(kmscli unlock)\"' for a session, or run kmscli from a terminal"
 )
 MAX_PASSPHRASE_BYTES = 64 * 1024
+#: Tries at each terminal prompt, as sudo and ssh give.
+TRIES = 3
 
 
-def read_passphrase_file(path: str, what: str = "passphrase") -> bytes:
+def read_passphrase_file(path: str, what: str = "passphrase", *, warn_readable: bool = False) -> bytes:
     """The first line of ``path``, without its line ending, once the file is known to be the user's alone.
 
     Whoever can write the file chooses the passphrase (a new vault's, at
@@ -38,7 +45,8 @@ def read_passphrase_file(path: str, what: str = "passphrase") -> bytes:
     fails the owner check). The one exception to "regular file" is a pipe the
     shell opened for this process, ``--passphrase-file <(pass show kms)``
     (/dev/fd/N): nobody else can write into it, and it is how password
-    managers hand over a secret without a file.
+    managers hand over a secret without a file. With ``warn_readable``, a file
+    that group or others may read is used, with a warning (one line).
     """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
     try:
@@ -47,7 +55,9 @@ def read_passphrase_file(path: str, what: str = "passphrase") -> bytes:
     except OSError as e:
         raise errors.UsageError(f"cannot read the {what} file {path}: {e.strerror}") from None
     try:
-        _check_passphrase_file(fd, path, what)
+        mode = _check_passphrase_file(fd, path, what)
+        if warn_readable:
+            _warn_if_readable(mode, path, what)
         os.set_blocking(fd, True)  # a pipe's writer may not have written yet
         data = b""
         while len(data) <= MAX_PASSPHRASE_BYTES:
@@ -64,7 +74,8 @@ def read_passphrase_file(path: str, what: str = "passphrase") -> bytes:
     return data.split(b"\n", 1)[0].rstrip(b"\r")
 
 
-def _check_passphrase_file(fd: int, path: str, what: str) -> None:
+def _check_passphrase_file(fd: int, path: str, what: str) -> int:
+    """Refuse a file someone else could change (see read_passphrase_file); return its mode."""
     import stat
 
     st = os.fstat(fd)
@@ -88,6 +99,19 @@ def _check_passphrase_file(fd: int, path: str, what: str) -> None:
             f"the {what} file {path} is writable by {who} (mode {stat.S_IMODE(st.st_mode):o}), who could change "
             f"the {what}; run chmod 600 {path}"
         )
+    return st.st_mode
+
+
+def _warn_if_readable(mode: int, path: str, what: str) -> None:
+    """Whoever can read the file knows the passphrase: say so in one line, and use it all the same."""
+    import stat
+
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        from . import output
+
+        who = "others" if mode & stat.S_IROTH else "its group"
+        output.message(f"warning: the {what} file {path} is readable by {who} (mode {stat.S_IMODE(mode):o}), "
+                       f"who can read the {what}; run chmod 600 {path}")
 
 
 def _names_own_descriptor(path: str) -> bool:
@@ -96,8 +120,11 @@ def _names_own_descriptor(path: str) -> bool:
     return names_descriptor(path) is not None
 
 
-def _tty_prompt(prompt: str) -> bytes:
-    """Ask on the controlling terminal with echo off; raise if there is none."""
+def _tty_prompt(prompt: str, note: str | None = None) -> bytes:
+    """Ask on the controlling terminal with echo off; raise if there is none.
+
+    ``note``, a line said on the terminal before the prompt, tells why it asks again.
+    """
     try:
         fd = os.open("/dev/tty", os.O_RDWR | getattr(os, "O_NOCTTY", 0))
     except OSError:
@@ -112,7 +139,7 @@ def _tty_prompt(prompt: str) -> bytes:
             # Echo off first, then the prompt: TCSAFLUSH discards typeahead, and
             # after the prompt it would discard an answer typed as soon as it showed.
             termios.tcsetattr(fd, termios.TCSAFLUSH, new)
-            tty.write(prompt.encode())
+            tty.write((f"kmscli: {note}\n" if note else "").encode() + prompt.encode())
             line = b""
             while not line.endswith(b"\n"):
                 chunk = tty.read(1)
@@ -129,39 +156,77 @@ def _tty_prompt(prompt: str) -> bytes:
     return line.rstrip(b"\r\n")
 
 
-def current(passphrase_file: str | None) -> Callable[[], bytes]:
-    """A lazy getter for the passphrase that unlocks an existing vault (sources 2-4)."""
+class Current:
+    """The passphrase that unlocks an existing vault (sources 2-4), asked for only when called.
 
-    def get() -> bytes:
-        path = passphrase_file or os.environ.get("KMSCLI_PASSPHRASE_FILE")
+    ``another_try`` says whether a wrong one may be asked for again: only an
+    answer typed at the terminal, and at most ``TRIES`` in all.
+    """
+
+    def __init__(self, passphrase_file: str | None, *, label: str = "vault passphrase",
+                 warn_readable: bool = False) -> None:
+        self.passphrase_file = passphrase_file
+        self.label = label
+        self.warn_readable = warn_readable
+        #: Answers typed at the terminal so far.
+        self.asked = 0
+
+    def __call__(self) -> bytes:
+        path = self.passphrase_file or os.environ.get("KMSCLI_PASSPHRASE_FILE")
         if path:
-            return read_passphrase_file(path)
+            return read_passphrase_file(path, warn_readable=self.warn_readable)
         env = os.environ.get("KMSCLI_PASSPHRASE")
         if env is not None:
             return env.encode()
-        return _tty_prompt("kmscli: vault passphrase: ")
+        note = f"that passphrase does not unlock this vault; try again ({self.asked + 1} of {TRIES})"
+        answer = _tty_prompt(f"kmscli: {self.label}: ", note if self.asked else None)
+        self.asked += 1
+        return answer
 
-    return get
+    def another_try(self) -> bool:
+        return 0 < self.asked < TRIES
+
+
+def key_source(passphrase_file: str | None, *, label: str = "vault passphrase", warn_readable: bool = False) -> Any:
+    """The vault key from the passphrase (sources 2-4): asked when first needed, three tries at the terminal."""
+    from ..vault.store import PassphraseKeySource
+
+    getter = Current(passphrase_file, label=label, warn_readable=warn_readable)
+    return PassphraseKeySource(getter, may_retry=getter.another_try)
 
 
 def new(passphrase_file: str | None, *, file_env: str, env: str, label: str) -> bytes:
-    """A new passphrase (init, passwd): file, then environment, then asked twice."""
+    """A new passphrase (init, passwd): file, then environment, then asked twice (three tries)."""
     path = passphrase_file or os.environ.get(file_env)
     if path:
         value = read_passphrase_file(path)
     elif os.environ.get(env) is not None:
         value = os.environ[env].encode()
     else:
+        value = _ask_new(label, env)
+    if not value:
+        raise errors.ValidationException("the passphrase must not be empty")
+    return value
+
+
+def _ask_new(label: str, env: str) -> bytes:
+    """Ask for a new passphrase and its confirmation; an empty one or a mismatch asks again, TRIES in all."""
+    note = None
+    for attempt in range(1, TRIES + 1):
         try:
-            value = _tty_prompt(f"kmscli: {label}: ")
+            value = _tty_prompt(f"kmscli: {label}: ", note)
         except errors.PassphraseRequiredException:
             raise errors.PassphraseRequiredException(
                 f"no {label} and no terminal to ask on: give --{'new-' if 'NEW' in env else ''}passphrase-file PATH "
                 f"or set {env}"
             ) from None
-        again = _tty_prompt(f"kmscli: {label} again: ")
-        if value != again:
-            raise errors.ValidationException("the two passphrases differ; nothing was changed")
-    if not value:
-        raise errors.ValidationException("the passphrase must not be empty")
-    return value
+        if not value:
+            if attempt == TRIES:
+                raise errors.ValidationException(f"the passphrase must not be empty ({TRIES} tries); "
+                                                 "nothing was changed")
+            note = f"the passphrase must not be empty; try again ({attempt + 1} of {TRIES})"
+            continue
+        if value == _tty_prompt(f"kmscli: {label} again: "):
+            return value
+        note = f"the two passphrases differ; try again ({attempt + 1} of {TRIES})"
+    raise errors.ValidationException(f"the two passphrases differed {TRIES} times; nothing was changed")

@@ -112,6 +112,12 @@ def _backend(ephemeral: bool, account: str | None, seed: str | None) -> Any:
         return app.EphemeralBackend(account or app.EphemeralBackend.DEFAULT_ACCOUNT, seeder)
     svc = common.service()
     # Unlock now: a wrong passphrase is exit 5 before anything listens.
-    svc.store.open(svc.keys).close()
+    while True:
+        try:
+            svc.store.open(svc.keys).close()
+            break
+        except errors.IncorrectPassphraseException:
+            if not svc.keys.another_try():  # three tries at the terminal, as every prompt gives
+                raise
     alive = common.SESSION.alive if common.SESSION is not None else None
     return app.VaultBackend(svc.store.path, svc.keys, audit_path=common.audit_path(), alive=alive)

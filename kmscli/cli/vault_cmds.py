@@ -82,7 +82,8 @@ def passwd(
     kdf_time: Annotated[int | None, _TIME] = None,
     kdf_parallelism: Annotated[int | None, _LANES] = None,
 ) -> None:
-    svc = common.service()
+    # The current passphrase first, then the new one twice, as passwd, ssh-keygen -p and gpg ask.
+    svc = common.service(common.key_source(label="current vault passphrase"))
     header = svc.store.read_header()  # a missing vault fails before any prompt
     given = (kdf_memory, kdf_time, kdf_parallelism)
     kdf = _kdf(*given, base=header.kdf) if any(v is not None for v in given) else None

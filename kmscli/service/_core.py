@@ -170,14 +170,18 @@ class Core:
             yield
         except errors.KmsError as e:
             call = Call(event, request)
-            try:
-                ov = self.store.open(self.keys)
-            except errors.UnlockError as u:
-                with contextlib.suppress(errors.KmsError):
-                    self._record(None, call, u)
-                raise e from None
-            except errors.KmsError:
-                raise e from None  # no vault (or an unreadable one): nothing to record in
+            while True:
+                try:
+                    ov = self.store.open(self.keys)
+                    break
+                except errors.UnlockError as u:
+                    with contextlib.suppress(errors.KmsError):
+                        self._record(None, call, u)
+                    if self._may_ask_again(u):
+                        continue
+                    raise e from None
+                except errors.KmsError:
+                    raise e from None  # no vault (or an unreadable one): nothing to record in
             with contextlib.closing(ov):
                 self._record(ov, call, e)
             raise
@@ -267,6 +271,8 @@ class Core:
                 except errors.AuditLogException as a:
                     # Nothing is released by a failed unlock: say it, not a log problem instead.
                     raise type(e)(f"{e.message} (the failed attempt could not be recorded: {a.message})") from None
+                if self._may_ask_again(e):
+                    continue  # each wrong passphrase is its own failed unlock, recorded above
                 raise
             try:
                 try:
@@ -290,6 +296,11 @@ class Core:
                 ov.close()
                 raise
         raise errors.AuditLogException("the vault kept changing while this call read it (100 times); run it again")
+
+    def _may_ask_again(self, e: errors.KmsError) -> bool:
+        """After a wrong passphrase: whether the key source asks for another (a person at a terminal)."""
+        another = getattr(self.keys, "another_try", None)
+        return isinstance(e, errors.IncorrectPassphraseException) and another is not None and bool(another())
 
     def _check_audit_location(self, ov: OpenVault) -> None:
         """The log is the vault's own, fixed at init: naming another one is refused (exit 2)."""

@@ -60,6 +60,10 @@ class KeySource:
     def vault_key(self, header: F.Header) -> bytes:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def another_try(self) -> bool:
+        """After a wrong passphrase: whether a new one may be asked for (then the next unlock asks it)."""
+        return False
+
 
 class PassphraseKeySource(KeySource):
     """Derives the KEK from a passphrase, at most once per salt and parameters.
@@ -67,13 +71,26 @@ class PassphraseKeySource(KeySource):
     The passphrase is asked for lazily, so commands that fail before unlocking
     never prompt. Under the write lock the header is read again; when it is
     unchanged the cached vault key is reused instead of a second Argon2 run.
+    ``may_retry``, when given, says whether a wrong passphrase may be asked
+    for again (a person at a terminal gets three tries; a file or a variable
+    gives the same answer every time, so it gets one).
     """
 
-    def __init__(self, get_passphrase: Callable[[], bytes]) -> None:
+    def __init__(self, get_passphrase: Callable[[], bytes], *, may_retry: Callable[[], bool] | None = None) -> None:
         self._get = get_passphrase
+        self._may_retry = may_retry
         self._passphrase: bytes | None = None
         self._keys: dict[bytes, bytes] = {}
         self._keks: dict[bytes, bytes] = {}
+
+    def another_try(self) -> bool:
+        if self._may_retry is None or not self._may_retry():
+            return False
+        # Forget the wrong passphrase and what was derived from it; the next unlock asks again.
+        self._passphrase = None
+        self._keks.clear()
+        self._keys.clear()
+        return True
 
     def passphrase(self) -> bytes:
         if self._passphrase is None:

@@ -307,3 +307,63 @@ def test_show_refuses_an_operation_nobody_records(kms: Runner, vault: Path) -> N
     line = fails(kms("audit", "show", "--operation", "Decrpyt"), 2, "ValidationException")
     assert "--operation 'Decrpyt' is no operation kmscli records" in line
     ok(kms("audit", "show", "--operation", "createvault"))  # case-insensitive, kmscli's own events too
+
+
+def _screen_lines(screen: bytes) -> list[str]:
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", screen.decode())  # Rich's bold header: the text is what counts
+    return text.replace("\r\n", "\n").rstrip("\n").split("\n")
+
+
+def test_audit_show_reads_on_an_80_column_terminal(kms: Runner, env: dict[str, str], vault: Path) -> None:
+    """Issue 15: at 80 columns the table broke every timestamp in two and said nothing of why a call failed."""
+    from rich.cells import cell_len
+
+    from tests.cli.test_hygiene_terminal import on_terminal
+
+    key = new_key(kms, "--alias", "alias/app")
+    fails(kms("keys", "describe", "alias/nope"), 3, "NotFoundException")
+    fails(kms("keys", "list", env_update={"KMSCLI_PASSPHRASE": "wrong"}), 5, "IncorrectPassphraseException")
+    fails(kms("keys", "schedule-delete", key, "--days", "3"), 2, "ValidationException")
+    ok(kms("encrypt", "--key", "alias/app", input=b"x"))
+    code, screen, err = on_terminal(["audit", "show"], env, columns=80)
+    assert code == 0 and err == b"", err
+    lines = _screen_lines(screen)
+    assert max(cell_len(line) for line in lines) <= 80, screen
+    words = " ".join(lines).split()
+    firsts = [line for line in lines if line[:1].isdigit()]  # each record's first line starts with its time
+    recs = records(kms)
+    assert len(firsts) == len(recs), screen
+    for r, line in zip(recs, firsts, strict=True):
+        # Every time whole, on its record's line, with its operation beside it (cut with an ellipsis or not).
+        assert line.startswith(r["eventTime"] + " "), line
+        assert r["eventName"].startswith(line.split()[1].rstrip("\u2026")), line
+        if "errorCode" in r:
+            assert f"{r['errorCode']}:" in line  # the error code, unbroken, on the record's first line
+            what = r["errorMessage"].split("; ")[0]
+            assert all(w in words for w in what.split() if len(w) < 29), (what, screen)
+    assert "check it and try again" not in " ".join(lines)  # what happened, not what to do: --json has it all
+    assert lines[0].strip() == f"Audit log of {records(kms)[0]['userIdentity']['userName']}"
+    assert lines[1].split() == ["Time", "Operation", "Key", "Result"]  # one user: named in the title
+
+
+def test_audit_show_has_a_user_column_when_records_name_several(kms: Runner, env: dict[str, str],
+                                                                vault: Path) -> None:
+    # audit show shows what the file says (audit verify proves it): a record of another user, as a log
+    # shared by two users (or edited) would hold, is enough to need the column.
+    first = log_path(vault).read_text().splitlines()[0]
+    other = json.loads(first)
+    other["userIdentity"]["userName"] = "somebody-else"
+    other["eventName"] = "ScheduleKeyDeletion"
+    with log_path(vault).open("a") as f:
+        f.write(json.dumps(other) + "\n")
+    from tests.cli.test_hygiene_terminal import on_terminal
+
+    code, screen, err = on_terminal(["audit", "show"], env, columns=80)
+    assert code == 0, err
+    lines = _screen_lines(screen)
+    assert lines[0].strip() == "Audit log"
+    assert lines[1].split() == ["Time", "Operation", "User", "Key", "Result"]
+    assert any(other["eventTime"] in line and "somebody-" in line for line in lines), screen
+    assert max(len(line) for line in lines) <= 80

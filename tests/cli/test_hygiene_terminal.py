@@ -112,8 +112,9 @@ def test_tsv_fields_escape_tabs_newlines_and_backslashes(monkeypatch: pytest.Mon
 
 
 # -- through the real binary ---------------------------------------------------------------
-def on_terminal(args: list[str], env: dict[str, str], guard_s: float = HANG_GUARD_S) -> tuple[int, bytes, bytes]:
-    """Run kmscli with stdout on a pseudo-terminal; return the exit code, the screen and stderr.
+def on_terminal(args: list[str], env: dict[str, str], guard_s: float = HANG_GUARD_S,
+                columns: int = 300) -> tuple[int, bytes, bytes]:
+    """Run kmscli with stdout on a ``columns``-wide pseudo-terminal; return the exit code, the screen and stderr.
 
     The screen is read until the terminal reports that nothing holds it any
     more (EIO), which comes only after its last bytes: no clock decides when
@@ -122,7 +123,7 @@ def on_terminal(args: list[str], env: dict[str, str], guard_s: float = HANG_GUAR
     """
     master, slave = pty.openpty()
     proc = subprocess.Popen([*kmscli_command(), *args], stdin=subprocess.DEVNULL, stdout=slave,
-                            stderr=subprocess.PIPE, env={**env, "COLUMNS": "300"})
+                            stderr=subprocess.PIPE, env={**env, "COLUMNS": str(columns)})
     os.close(slave)
     screen = bytearray()
     deadline = time.monotonic() + guard_s

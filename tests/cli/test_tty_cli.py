@@ -8,6 +8,7 @@ terminal closes: nothing here waits a fixed time, and its clock (and the
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -27,21 +28,112 @@ def test_init_asks_twice_on_the_terminal(tmp_path: Path) -> None:
     assert code == 0, screen
 
 
-def test_init_mismatch_changes_nothing(tmp_path: Path) -> None:
+def test_init_mismatch_three_times_changes_nothing(tmp_path: Path) -> None:
     vault = tmp_path / "v" / "vault.kms"
-    code, screen = run_on_tty(["init", *CHEAP_KDF], clean_env(KMSCLI_VAULT=str(vault)), [b"one", b"two"])
+    code, screen = run_on_tty(["init", *CHEAP_KDF], clean_env(KMSCLI_VAULT=str(vault)),
+                              [b"one", b"two", b"three", b"four", b"five", b"six"])
     assert code == 2, screen
-    assert b"differ" in screen
+    assert screen.count(b"the two passphrases differ; try again") == 2
+    assert b"ValidationException: the two passphrases differed 3 times; nothing was changed" in screen
     assert not vault.exists()
 
 
-def test_wrong_passphrase_on_terminal(tmp_path: Path) -> None:
+def test_init_mismatch_asks_again(tmp_path: Path) -> None:
+    """Issue 15: a typo in the confirmation ended init (exit 2); now it asks again, three tries in all."""
+    vault = tmp_path / "v" / "vault.kms"
+    env = clean_env(KMSCLI_VAULT=str(vault))
+    code, screen = run_on_tty(["init", *CHEAP_KDF], env, [b"right", b"rihgt", b"", b"right", b"right"])
+    assert code == 0, screen
+    lines = screen.decode().replace("\r\n", "\n").split("\n")
+    assert lines[:6] == [
+        "kmscli: new vault passphrase: ", "kmscli: new vault passphrase again: ",
+        "kmscli: the two passphrases differ; try again (2 of 3)", "kmscli: new vault passphrase: ",
+        "kmscli: the passphrase must not be empty; try again (3 of 3)", "kmscli: new vault passphrase: ",
+    ], screen
+    assert b"right" not in screen  # no echo
+    # The passphrase that matched its confirmation is the vault's.
+    assert run_on_tty(["keys", "list"], {**env, "KMSCLI_PASSPHRASE": "right"}, [])[0] == 0
+
+
+def _failed_unlocks(vault: Path) -> list[dict[str, object]]:
+    records = [json.loads(line) for line in (vault.parent / "audit.jsonl").read_text().splitlines()]
+    return [r for r in records if r.get("errorCode") == "IncorrectPassphraseException"]
+
+
+def test_wrong_passphrase_on_terminal_three_tries(tmp_path: Path) -> None:
     vault = tmp_path / "v" / "vault.kms"
     env = clean_env(KMSCLI_VAULT=str(vault))
     assert run_on_tty(["init", *CHEAP_KDF], env, [b"right", b"right"])[0] == 0
-    code, screen = run_on_tty(["keys", "list"], env, [b"wrong"])
+    code, screen = run_on_tty(["keys", "list"], env, [b"wrong1", b"wrong2", b"wrong3"])
     assert code == 5, screen
+    assert screen.count(b"kmscli: vault passphrase: ") == 3
+    assert b"try again (2 of 3)" in screen and b"try again (3 of 3)" in screen
+    assert screen.count(b"IncorrectPassphraseException") == 1  # one error line, after the last try
     assert b"wrong" not in screen
+    # Each try is a failed unlock of its own, written without the key, as a single failure is.
+    failed = _failed_unlocks(vault)
+    assert [(r["eventName"], r["keyed"]) for r in failed] == [("ListKeys", False)] * 3
+
+
+def test_a_wrong_passphrase_is_asked_again(tmp_path: Path) -> None:
+    """Issue 15: one typo on the terminal ended the command (exit 5); sudo and ssh give three tries."""
+    vault = tmp_path / "v" / "vault.kms"
+    env = clean_env(KMSCLI_VAULT=str(vault))
+    assert run_on_tty(["init", *CHEAP_KDF], env, [b"right", b"right"])[0] == 0
+    code, screen = run_on_tty(["keys", "create", "--alias", "alias/t"], env, [b"wrong", b"right"])
+    assert code == 0, screen
+    assert b"kmscli: that passphrase does not unlock this vault; try again (2 of 3)\r\nkmscli: vault passphrase: " \
+        in screen
+    assert b"IncorrectPassphraseException" not in screen
+    assert len(_failed_unlocks(vault)) == 1
+    records = [json.loads(line) for line in (vault.parent / "audit.jsonl").read_text().splitlines()]
+    assert [(r["eventName"], r.get("errorCode")) for r in records[-2:]] == [
+        ("CreateKey", "IncorrectPassphraseException"), ("CreateKey", None)]
+
+
+def test_a_passphrase_from_a_file_or_the_environment_gets_one_try(tmp_path: Path) -> None:
+    """The same wrong answer would come again: no retry, no prompt, exit 5 at once, one failed unlock."""
+    vault = tmp_path / "v" / "vault.kms"
+    env = clean_env(KMSCLI_VAULT=str(vault))
+    assert run_on_tty(["init", *CHEAP_KDF], env, [b"right", b"right"])[0] == 0
+    wrong = tmp_path / "pass"
+    wrong.write_bytes(b"wrong\n")
+    wrong.chmod(0o600)
+    for extra, args in (({"KMSCLI_PASSPHRASE": "wrong"}, []), ({}, ["--passphrase-file", str(wrong)])):
+        code, screen = run_on_tty([*args, "keys", "list"], {**env, **extra}, [])
+        assert code == 5, screen
+        assert b"passphrase: " not in screen and b"try again (" not in screen
+    assert len(_failed_unlocks(vault)) == 2
+
+
+def test_passwd_asks_for_the_current_passphrase_first(tmp_path: Path) -> None:
+    """As passwd, ssh-keygen -p and gpg do; the prompt says which passphrase it wants."""
+    vault = tmp_path / "v" / "vault.kms"
+    env = clean_env(KMSCLI_VAULT=str(vault))
+    assert run_on_tty(["init", *CHEAP_KDF], env, [b"old", b"old"])[0] == 0
+    code, screen = run_on_tty(["passwd"], env, [b"olf", b"old", b"new", b"newer", b"new", b"new"])
+    assert code == 0, screen
+    lines = screen.decode().replace("\r\n", "\n").split("\n")
+    assert lines[:7] == [
+        "kmscli: current vault passphrase: ",
+        "kmscli: that passphrase does not unlock this vault; try again (2 of 3)",
+        "kmscli: current vault passphrase: ",
+        "kmscli: new vault passphrase: ", "kmscli: new vault passphrase again: ",
+        "kmscli: the two passphrases differ; try again (2 of 3)", "kmscli: new vault passphrase: ",
+    ], screen
+    assert run_on_tty(["keys", "list"], {**env, "KMSCLI_PASSPHRASE": "new"}, [])[0] == 0
+    assert run_on_tty(["keys", "list"], {**env, "KMSCLI_PASSPHRASE": "old"}, [])[0] == 5
+
+
+def test_passwd_stops_after_three_wrong_current_passphrases(tmp_path: Path) -> None:
+    vault = tmp_path / "v" / "vault.kms"
+    env = clean_env(KMSCLI_VAULT=str(vault))
+    assert run_on_tty(["init", *CHEAP_KDF], env, [b"old", b"old"])[0] == 0
+    code, screen = run_on_tty(["passwd"], env, [b"a", b"b", b"c"])
+    assert code == 5, screen
+    assert b"new vault passphrase" not in screen  # never asked for a new one
+    assert [r["eventName"] for r in _failed_unlocks(vault)] == ["ChangePassphrase"] * 3
+    assert run_on_tty(["keys", "list"], {**env, "KMSCLI_PASSPHRASE": "old"}, [])[0] == 0
 
 
 def test_prompt_leaves_stdin_for_data(tmp_path: Path) -> None:
@@ -149,3 +241,12 @@ def test_input_typed_on_the_terminal_is_asked_for(tmp_path: Path) -> None:
     assert ("kmscli: reading the input from the terminal: type or paste it, then Ctrl-D on a line of its own "
             "(or give -i FILE)") in text
     assert "-----BEGIN KMSCLI ENCRYPTED MESSAGE-----" in text
+
+
+def test_serve_gives_three_tries_too(tmp_path: Path) -> None:
+    vault = tmp_path / "v" / "vault.kms"
+    env = clean_env(KMSCLI_VAULT=str(vault))
+    assert run_on_tty(["init", *CHEAP_KDF], env, [b"right", b"right"])[0] == 0
+    code, screen = run_on_tty(["serve", "--port", "0"], env, [b"a", b"b", b"c"])
+    assert code == 5, screen
+    assert screen.count(b"kmscli: vault passphrase: ") == 3 and b"serving on" not in screen
