@@ -36,6 +36,19 @@ def kmscli_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "kmscli"]
 
 
+def default_signals() -> None:
+    """For Popen's preexec_fn: the child starts with SIGHUP and SIGTERM at their defaults.
+
+    A suite run under ``nohup`` (or any parent ignoring them) passes the
+    ignored disposition on, and kmscli rightly keeps an ignored SIGHUP
+    ignored; tests that send these signals mean the default.
+    """
+    import signal
+
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KMSCLI_")}
     env.pop("NO_COLOR", None)

@@ -199,6 +199,7 @@ def test_every_service_operation_with_an_aws_counterpart_is_called() -> None:
                      "GetAuditHead", "RestartAuditLog", "ReadAuditLog", "ListKeyDetails", "DescribeKeyDetails",
                      "GenerateRandomRecorded",  # GenerateRandom as serve records it
                      "SeedVault",  # serve --ephemeral --seed
+                     "BackupVault", "RestoreVault",  # kmscli vault backup / restore
                      # IAM's, for `kmscli serve` credentials (tests/cli/test_credentials_cli.py)
                      "CreateAccessKey", "ListAccessKeys", "DeleteAccessKey"}
 

@@ -272,7 +272,7 @@ def test_termination_mid_decrypt_leaves_no_plaintext_behind(kms: Runner, key: st
     import subprocess
     import time
 
-    from tests.conftest import HANG_GUARD_S, kmscli_command
+    from tests.conftest import HANG_GUARD_S, default_signals, kmscli_command
 
     plain = tmp_path / "plain.bin"
     plain.write_bytes(os.urandom(6 << 20))
@@ -281,7 +281,7 @@ def test_termination_mid_decrypt_leaves_no_plaintext_behind(kms: Runner, key: st
     out = tmp_path / "out" / "restored"
     out.parent.mkdir()
     proc = subprocess.Popen([*kmscli_command(), "decrypt", "-o", str(out)], stdin=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, env=env, start_new_session=True, preexec_fn=default_signals)
     assert proc.stdin is not None
     proc.stdin.write(blob[: len(blob) // 2])  # half: three chunks, two of them released; the rest never comes
     proc.stdin.flush()

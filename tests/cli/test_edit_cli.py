@@ -26,7 +26,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import HANG_GUARD_S, PASSPHRASE, Runner, clean_env, fails, kmscli_command, ok
+from tests.conftest import (
+    HANG_GUARD_S,
+    PASSPHRASE,
+    Runner,
+    clean_env,
+    default_signals,
+    fails,
+    kmscli_command,
+    ok,
+)
 
 FAKE_EDITOR = r'''
 import json, os, signal, stat, subprocess, sys, time
@@ -426,7 +435,7 @@ def editing(env: dict[str, str], editor: FakeEditor, f: Path) -> Iterator[tuple[
     """
     proc = subprocess.Popen([*kmscli_command(), "edit", str(f)], env={**env, **editor.env("wait")},
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_signals)
     run: dict[str, Any] = {}
     try:
         wait_for(lambda: bool(editor.runs()))
