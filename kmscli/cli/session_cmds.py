@@ -56,8 +56,9 @@ def unlock(
         raise
     output.emit_line(session.export_line(token, shell))
     idle_text = f", or after {session.human_duration(idle_s)} unused" if idle_s else ""
+    lock_hint = "kmscli lock --shell fish | source" if shell == "fish" else 'eval "$(kmscli lock)"'
     output.message(f"unlocked {svc.store.path} for {session.human_duration(ttl_s)}{idle_text}; "
-                   "'kmscli lock' ends it sooner")
+                   f"{lock_hint} ends it sooner")
     if previous:
         _replace(previous, svc.store.path)
 
