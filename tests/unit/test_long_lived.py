@@ -411,3 +411,26 @@ def test_a_warm_snapshot_serves_only_what_it_verified(tmp_path: Path) -> None:
         with pytest.raises(errors.VaultCorruptException, match="integrity check"):
             view.get("key", "k2")
     store.close()
+
+
+def test_closing_a_kept_store_of_a_replaced_vault_leaves_the_new_vaults_wal_alone(tmp_path: Path) -> None:
+    """SQLite deletes a database's WAL by name when its last connection closes. A server still holding
+    the vault that passwd (or a restore) replaced must not delete the new vault's WAL, which holds
+    commits not yet folded into the new file: SQLite skips the checkpoint and the delete for a file
+    that has moved (SQLITE_FCNTL_HAS_MOVED), and this shows it holds through kmscli's stores."""
+    from kmscli.service import Kms
+
+    path, vault_key = _vault(tmp_path)
+    old = VaultStore(path, keep_opened=True)
+    assert _key_ids(old, vault_key) == []  # connections to the first file, kept
+    Kms(path, PassphraseKeySource(lambda: b"pw")).ChangePassphrase(b"new")
+    new = PassphraseKeySource(lambda: b"new")
+    writer = VaultStore(path, keep_opened=True)  # keeps the new file open: its WAL is not folded
+    key_id = Kms(path, new, store=writer).CreateKey()["KeyMetadata"]["KeyId"]
+    wal = Path(str(path) + "-wal")
+    assert wal.stat().st_size > 0
+    old.close()  # the replaced file's last connections
+    assert wal.stat().st_size > 0
+    assert [k["KeyId"] for k in Kms(path, new).ListKeys()["Keys"]] == [key_id]
+    writer.close()
+    assert [k["KeyId"] for k in Kms(path, new).ListKeys()["Keys"]] == [key_id]
