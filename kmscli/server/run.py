@@ -135,6 +135,10 @@ def _serve_one(make_app: Callable[[], Any], sock: socket.socket, *, tls_cert: st
         app, log_level="warning", access_log=False, lifespan="on", server_header=False, date_header=True,
         ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_graceful_shutdown=GRACEFUL_STOP_S,
         timeout_keep_alive=KEEP_ALIVE_S, http="httptools", loop="asyncio",
+        # The client's address is the connection's peer, never a header: uvicorn would otherwise
+        # believe X-Forwarded-For from loopback, where every local caller is, and let any of them
+        # write another address into the audit record.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
 

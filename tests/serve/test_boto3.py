@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
@@ -552,3 +553,22 @@ def test_the_served_vault_is_the_cli_vault(served: Served, tmp_path: Path) -> No
     wire_key = kms.create_key(Description="made on the wire")["KeyMetadata"]["KeyId"]
     listed = json.loads(ok(served.kms("keys", "list", "--json")).stdout)
     assert wire_key in {k["KeyId"] for k in listed["Keys"]}
+
+
+def test_a_client_cannot_name_its_own_source_address(served: Served) -> None:
+    """The record's sourceIPAddress is the connection's peer. A proxy header (X-Forwarded-For, Forwarded,
+    X-Real-IP) is the client's word, and every local client is on loopback, which uvicorn trusts for
+    them by default: honoured, it would let any caller write another address into the audit log."""
+    kms = served.client()
+    key = new_key(served)["KeyId"]
+
+    def forge(request: Any, **_: Any) -> None:
+        request.headers["X-Forwarded-For"] = "203.0.113.9"
+        request.headers["X-Real-IP"] = "203.0.113.10"
+        request.headers["Forwarded"] = "for=203.0.113.11;proto=https"
+        request.headers["X-Forwarded-Proto"] = "https"
+
+    kms.meta.events.register("before-send.kms.*", forge)
+    enc = kms.encrypt(KeyId=key, Plaintext=b"x")
+    rec = served.record(enc["ResponseMetadata"]["RequestId"])
+    assert rec["sourceIPAddress"] == "127.0.0.1"
