@@ -25,6 +25,30 @@ ORIGIN = "AWS_KMS"
 ENCRYPTION_ALGORITHMS = ["SYMMETRIC_DEFAULT"]
 
 
+def key_spec(key: dict[str, Any]) -> str:
+    """A vault key's KeySpec: stored only for keys that are not SYMMETRIC_DEFAULT (older keys have none)."""
+    return str(key.get("KeySpec", KEY_SPEC))
+
+
+def key_usage(key: dict[str, Any]) -> str:
+    """A vault key's KeyUsage: stored only beside a KeySpec (a symmetric key is ENCRYPT_DECRYPT)."""
+    return str(key.get("KeyUsage", KEY_USAGE))
+
+
+def customer_master_key_spec(spec: str) -> dict[str, str]:
+    """The deprecated ``CustomerMasterKeySpec`` member, which AWS still sends, but only for the specs its enum has
+    (none of the ML-DSA specs): ``{}`` for the others."""
+    if spec == KEY_SPEC:
+        return {"CustomerMasterKeySpec": spec}  # without loading the model: DescribeKey's common case
+    from .aws_model import SHAPES
+
+    return {"CustomerMasterKeySpec": spec} if spec in SHAPES["CustomerMasterKeySpec"]["enum"] else {}
+
+
+def is_symmetric(key: dict[str, Any]) -> bool:
+    return "KeySpec" not in key or key["KeySpec"] == KEY_SPEC
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -49,7 +73,7 @@ def key_metadata(account: str, key: dict[str, Any], *, region: str) -> dict[str,
     ListResourceTags and GetKeyRotationStatus answer them.
     """
     state = key["KeyState"]
-    material = key["Materials"][-1]
+    spec, usage = key_spec(key), key_usage(key)
     meta: dict[str, Any] = {
         "AWSAccountId": account,
         "KeyId": key["KeyId"],
@@ -57,16 +81,24 @@ def key_metadata(account: str, key: dict[str, Any], *, region: str) -> dict[str,
         "CreationDate": parse_iso(key["CreationDate"]),
         "Enabled": state == KeyState.ENABLED,
         "Description": key["Description"],
-        "KeyUsage": KEY_USAGE,
+        "KeyUsage": usage,
         "KeyState": state,
         "Origin": ORIGIN,
         "KeyManager": "CUSTOMER",
-        "CustomerMasterKeySpec": KEY_SPEC,
-        "KeySpec": KEY_SPEC,
-        "EncryptionAlgorithms": list(ENCRYPTION_ALGORITHMS),
-        "MultiRegion": False,
-        "CurrentKeyMaterialId": material["KeyMaterialId"],
+        "KeySpec": spec,
     }
+    meta.update(customer_master_key_spec(spec))
+    if spec == KEY_SPEC:
+        meta["EncryptionAlgorithms"] = list(ENCRYPTION_ALGORITHMS)
+    else:
+        # Only the member of the key's usage, in AWS's order (SigningAlgorithms, MacAlgorithms, ...).
+        from .crypto.asymmetric import key_algorithms
+
+        meta.update(key_algorithms(spec, usage))
+    meta["MultiRegion"] = False
+    if spec == KEY_SPEC:
+        # AWS shows CurrentKeyMaterialId only for keys whose material rotates: symmetric encryption keys.
+        meta["CurrentKeyMaterialId"] = key["Materials"][-1]["KeyMaterialId"]
     if state == KeyState.PENDING_DELETION:
         meta["DeletionDate"] = parse_iso(key["DeletionDate"])
         meta["PendingDeletionWindowInDays"] = key["PendingDeletionWindowInDays"]

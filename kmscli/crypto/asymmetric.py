@@ -276,6 +276,16 @@ def _check_length(data: object, member: str, maximum: int) -> bytes:
                               f"Member must have length {bound}")
 
 
+def check_enum(value: object, shape: str, member: str) -> str:
+    """``value`` if it is in the AWS model's enum ``shape``; AWS's ValidationException naming ``member`` otherwise."""
+    return _check_enum(value, shape, member)
+
+
+def check_length(data: object, member: str, maximum: int) -> bytes:
+    """``data`` as bytes if it is 1 to ``maximum`` bytes long; AWS's ValidationException otherwise."""
+    return _check_length(data, member, maximum)
+
+
 def check_key_spec(spec: object) -> str:
     """``spec`` if kmscli makes keys of it; AWS's ValidationException for an unknown name, exit 2 with a reason for
     a spec AWS has that kmscli refuses (SM2, ...)."""

@@ -125,14 +125,6 @@ def _parameters(function: Callable[..., Any]) -> frozenset[str]:
 
 
 # -- operations whose service method is not AWS's call shape -------------------------------
-def _algorithm(params: dict[str, Any], member: str = "EncryptionAlgorithm") -> None:
-    algorithm = params.pop(member, None)
-    if algorithm not in (None, "SYMMETRIC_DEFAULT"):
-        raise errors.InvalidKeyUsageException(
-            f"{algorithm} is not an encryption algorithm of a SYMMETRIC_DEFAULT key; use SYMMETRIC_DEFAULT"
-        )
-
-
 def _common(operation: str, params: dict[str, Any], allowed: tuple[str, ...] | frozenset[str]) -> None:
     """Drop members that change nothing; refuse those kmscli cannot honour yet (never ignore them silently)."""
     for name in list(params):
@@ -149,48 +141,55 @@ Prepared = Callable[[], dict[str, Any]]
 
 
 def _encrypt(kms: Any, params: dict[str, Any]) -> Prepared:
-    _algorithm(params)
-    _common("Encrypt", params, ("KeyId", "Plaintext", "EncryptionContext"))
+    _common("Encrypt", params, ("KeyId", "Plaintext", "EncryptionContext", "EncryptionAlgorithm"))
 
     def run() -> dict[str, Any]:
         out = io.BytesIO()
         answer = kms.Encrypt(params["KeyId"], io.BytesIO(params["Plaintext"]), out,
-                             EncryptionContext=params.get("EncryptionContext"))
+                             EncryptionContext=params.get("EncryptionContext"),
+                             EncryptionAlgorithm=params.get("EncryptionAlgorithm"))
         return {**answer, "CiphertextBlob": out.getvalue()}
 
     return run
 
 
-def _decrypt(kms: Any, params: dict[str, Any]) -> Prepared:
-    _algorithm(params)
-    _common("Decrypt", params, ("CiphertextBlob", "EncryptionContext", "KeyId"))
+def _required_blob(params: dict[str, Any]) -> None:
+    """CiphertextBlob is optional in the model (for DryRun) but needed by every request kmscli runs."""
     if "CiphertextBlob" not in params:
         raise errors.ValidationException(
             "1 validation error detected: Value null at 'ciphertextBlob' failed to satisfy constraint: "
             "Member must not be null"
         )
 
+
+def _decrypt(kms: Any, params: dict[str, Any]) -> Prepared:
+    _common("Decrypt", params, ("CiphertextBlob", "EncryptionContext", "KeyId", "EncryptionAlgorithm"))
+    _required_blob(params)
+
     def run() -> dict[str, Any]:
         out = io.BytesIO()
         answer = kms.Decrypt(io.BytesIO(params["CiphertextBlob"]), out,
-                             EncryptionContext=params.get("EncryptionContext"), KeyId=params.get("KeyId"))
+                             EncryptionContext=params.get("EncryptionContext"), KeyId=params.get("KeyId"),
+                             EncryptionAlgorithm=params.get("EncryptionAlgorithm"))
         return {**answer, "Plaintext": out.getvalue()}
 
     return run
 
 
 def _reencrypt(kms: Any, params: dict[str, Any]) -> Prepared:
-    _algorithm(params, "SourceEncryptionAlgorithm")
-    _algorithm(params, "DestinationEncryptionAlgorithm")
     _common("ReEncrypt", params, ("CiphertextBlob", "SourceEncryptionContext", "SourceKeyId", "DestinationKeyId",
-                                  "DestinationEncryptionContext"))
+                                  "DestinationEncryptionContext", "SourceEncryptionAlgorithm",
+                                  "DestinationEncryptionAlgorithm"))
+    _required_blob(params)
 
     def run() -> dict[str, Any]:
         out = io.BytesIO()
         answer = kms.ReEncrypt(io.BytesIO(params["CiphertextBlob"]), out, params["DestinationKeyId"],
                                SourceEncryptionContext=params.get("SourceEncryptionContext"),
                                DestinationEncryptionContext=params.get("DestinationEncryptionContext"),
-                               SourceKeyId=params.get("SourceKeyId"))
+                               SourceKeyId=params.get("SourceKeyId"),
+                               SourceEncryptionAlgorithm=params.get("SourceEncryptionAlgorithm"),
+                               DestinationEncryptionAlgorithm=params.get("DestinationEncryptionAlgorithm"))
         return {**answer, "CiphertextBlob": out.getvalue()}
 
     return run

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from ._core import AUDIT_FILE, Caller
 from .aliases import AliasOps
+from .asymmetric_ops import AsymmetricOps
 from .audit_ops import AuditOps
 from .backup import BackupOps
 from .credentials import CredentialOps
@@ -34,6 +35,6 @@ from .vault_ops import VaultOps
 __all__ = ["AUDIT_FILE", "Caller", "Kms"]
 
 
-class Kms(VaultOps, KeyOps, AliasOps, PolicyOps, RotationOps, CryptoOps, AuditOps, CredentialOps,
+class Kms(VaultOps, KeyOps, AliasOps, PolicyOps, RotationOps, CryptoOps, AsymmetricOps, AuditOps, CredentialOps,
           SeedOps, BackupOps):
     """The local KMS, bound to one vault, one caller and one clock."""

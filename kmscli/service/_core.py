@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors, ids
-from ..model import KeyState, iso, parse_iso, utcnow
+from ..model import KEY_SPEC, KeyState, iso, key_spec, key_usage, parse_iso, utcnow
 from ..vault.state import Cursor, OpenVault
 from ..vault.store import KeySource, PassphraseKeySource, VaultStore
 
@@ -569,8 +569,8 @@ class Core:
             "aws:PrincipalArn": principal,
             "aws:username": self.caller.user,
             "kms:CallerAccount": account,
-            "kms:KeySpec": "SYMMETRIC_DEFAULT",
-            "kms:KeyUsage": "ENCRYPT_DECRYPT",
+            "kms:KeySpec": key_spec(key),
+            "kms:KeyUsage": key_usage(key),
             "kms:KeyOrigin": "AWS_KMS",
         }
         if call.alias is not None:
@@ -615,7 +615,9 @@ class Core:
                         ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The key and material a ciphertext names, after every check that applies."""
         key = self._region_key(ov, header.key_id)
-        if key is None:  # destroyed, another region's or another vault's: indistinguishable from garbage
+        if key is None or key_spec(key) != KEY_SPEC:
+            # Destroyed, another region's or another vault's: indistinguishable from garbage. No envelope was
+            # ever sealed under an asymmetric or HMAC key, so one that names such a key is garbage too.
             raise errors.InvalidCiphertextException()
         if asserted is not None:
             wanted = self._resolve(ov, call, asserted)
@@ -643,6 +645,22 @@ class Core:
             raise errors.DisabledException(f"{self._arn(ov, key)} is disabled.")
         if state == KeyState.PENDING_DELETION:
             raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
+
+    def _require_usage(self, ov: OpenVault, key: dict[str, Any], needed: str, operation: str) -> None:
+        """InvalidKeyUsageException (exit 4), in AWS's words, unless the key's usage is ``needed``."""
+        from ..crypto import asymmetric
+
+        asymmetric.require_usage(key_spec(key), key_usage(key), needed, operation, self._arn(ov, key))
+
+    def _require_symmetric(self, ov: OpenVault, key: dict[str, Any], operation: str) -> None:
+        """InvalidKeyUsageException unless the key is a SYMMETRIC_DEFAULT key: envelope encryption and data keys."""
+        self._require_usage(ov, key, "ENCRYPT_DECRYPT", operation)
+        spec = key_spec(key)
+        if spec != KEY_SPEC:
+            raise errors.InvalidKeyUsageException(
+                f"{self._arn(ov, key)} key spec is {spec}, which is not valid for {operation}: it needs a "
+                f"{KEY_SPEC} key", hint=f"an {spec} key encrypts with --algorithm RSAES_OAEP_SHA_256 or "
+                "RSAES_OAEP_SHA_1 (a small message, no envelope)" if operation in ("Encrypt", "ReEncrypt") else None)
 
     def _require_not_pending(self, ov: OpenVault, key: dict[str, Any]) -> None:
         if key["KeyState"] == KeyState.PENDING_DELETION:
@@ -814,9 +832,13 @@ def alias_slot(region: str, name: str) -> str:
 
 
 def new_key(key_id: str, region: str, created: str, description: str, tags: dict[str, str], policy: str,
-            material: bytes) -> dict[str, Any]:
-    """A key as the vault body stores it (docs/vault.md): Enabled, rotation off, one material version."""
-    return {
+            material: bytes, spec: str = KEY_SPEC, usage: str = "ENCRYPT_DECRYPT") -> dict[str, Any]:
+    """A key as the vault body stores it (docs/vault.md): Enabled, rotation off, one material version.
+
+    ``KeySpec`` and ``KeyUsage`` are stored only for a key that is not SYMMETRIC_DEFAULT, so a symmetric key's
+    record is what it always was.
+    """
+    key: dict[str, Any] = {
         "KeyId": key_id,
         "Region": region,
         "CreationDate": created,
@@ -830,6 +852,9 @@ def new_key(key_id: str, region: str, created: str, description: str, tags: dict
                      "MinDecryptVersion": 1, "OnDemandCount": 0},
         "Materials": [new_material(1, created, None, material)],
     }
+    if spec != KEY_SPEC:
+        key.update(KeySpec=spec, KeyUsage=usage)
+    return key
 
 
 def new_material(version: int, created: str, rotation_type: str | None, secret: bytes) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import errors, ids
-from ..model import KeyState, iso
+from ..model import KeyState, iso, key_spec, key_usage
 from ..vault.store import OpenVault
 from ._core import (
     ALIASES_LIMIT_DEFAULT,
@@ -52,11 +52,31 @@ class AliasOps(Core):
                 raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
             if key["KeyId"] != alias["TargetKeyId"]:
                 self._check_alias_quota(ov, key["KeyId"])
+                self._check_same_kind(ov, alias["TargetKeyId"], key)
             ov.put_alias(self._alias_slot(AliasName),
                          {**alias, "TargetKeyId": key["KeyId"], "LastUpdatedDate": iso(self.clock())})
             return {}
 
         return self._mutate("UpdateAlias", request, update)
+
+    def _check_same_kind(self, ov: OpenVault, old_id: str, new: dict[str, Any]) -> None:
+        """As AWS: an alias moves only to a key of the same type (symmetric, asymmetric, HMAC) and usage, so code
+        that signs or encrypts through an alias never finds a key that cannot do it."""
+        old = ov.get_key(old_id)
+        if old is None:
+            return  # the alias named a key destroyed since: any key will do
+
+        def kind(key: dict[str, Any]) -> tuple[str, str]:
+            spec = key_spec(key)
+            family = ("SYMMETRIC_DEFAULT" if spec == "SYMMETRIC_DEFAULT"
+                      else "HMAC" if spec.startswith("HMAC_") else "asymmetric")
+            return family, key_usage(key)
+
+        if kind(old) != kind(new):
+            raise errors.ValidationException(
+                f"alias target {self._arn(ov, new)} ({key_spec(new)}, {key_usage(new)}) is not the same type of key "
+                f"as the current one ({key_spec(old)}, {key_usage(old)}): an alias moves only to a key of the "
+                "same type and key usage")
 
     def DeleteAlias(self, AliasName: str) -> dict[str, Any]:
         with self._refusing("DeleteAlias", {"aliasName": AliasName}):

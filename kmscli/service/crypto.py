@@ -6,6 +6,8 @@ import os
 from typing import Any, BinaryIO
 
 from .. import errors
+from ..model import KEY_SPEC as SYMMETRIC
+from ..model import key_spec, key_usage
 from ..vault.store import OpenVault
 from ._core import (
     DATA_KEY_SPECS,
@@ -23,16 +25,25 @@ from ._core import (
 
 class CryptoOps(Core):
     def Encrypt(self, KeyId: str, reader: BinaryIO, writer: BinaryIO,
-                EncryptionContext: dict[str, str] | None = None, progress: Any = None) -> dict[str, Any]:
-        """Envelope-encrypt everything ``reader`` yields onto ``writer``."""
+                EncryptionContext: dict[str, str] | None = None, progress: Any = None,
+                EncryptionAlgorithm: str | None = None) -> dict[str, Any]:
+        """Envelope-encrypt everything ``reader`` yields onto ``writer``; with an RSAES_OAEP_* algorithm, encrypt
+        a small plaintext with an RSA key instead (no envelope, AWS's size limits)."""
         from ..crypto import stream
 
-        request = {"keyId": KeyId, "encryptionContext": dict(EncryptionContext or {})}
+        algorithm = EncryptionAlgorithm or SYMMETRIC
+        request = {"keyId": KeyId, "encryptionContext": dict(EncryptionContext or {}),
+                   "encryptionAlgorithm": algorithm}
         with self._refusing("Encrypt", request):
             context = context_of(EncryptionContext)
+            _check_algorithm(algorithm, "encryptionAlgorithm", context)
+        if algorithm != SYMMETRIC:
+            return self._rsa_encrypt(KeyId, reader, writer, algorithm, request)
 
         def encrypt(ov: OpenVault, call: Call) -> dict[str, Any]:
-            key = self._key(ov, call, KeyId, "kms:Encrypt", context_conditions(context))
+            key = self._key(ov, call, KeyId, "kms:Encrypt",
+                            {**context_conditions(context), "kms:EncryptionAlgorithm": SYMMETRIC})
+            self._require_symmetric(ov, key, "Encrypt")
             self._require_enabled(ov, key)
             material = key["Materials"][-1]
             self._preflight(ov, writer)
@@ -40,24 +51,57 @@ class CryptoOps(Core):
                                       material_version=material["Version"], context=context, progress=progress)
             call.request["inputBytes"] = n
             call.response["keyMaterialId"] = material["KeyMaterialId"]
-            return {"KeyId": self._arn(ov, key), "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
+            return {"KeyId": self._arn(ov, key), "EncryptionAlgorithm": SYMMETRIC}
+
+        return self._read("Encrypt", request, encrypt)
+
+    def _rsa_encrypt(self, key_ref: str, reader: BinaryIO, writer: BinaryIO, algorithm: str,
+                     request: dict[str, Any]) -> dict[str, Any]:
+        from ..crypto import asymmetric as A
+
+        def encrypt(ov: OpenVault, call: Call) -> dict[str, Any]:
+            key = self._key(ov, call, key_ref, "kms:Encrypt", {"kms:EncryptionAlgorithm": algorithm})
+            spec, usage = key_spec(key), key_usage(key)
+            plaintext = read_bounded(reader, A.MAX_MESSAGE, "plaintext")
+            call.request["inputBytes"] = len(plaintext)
+            self._require_enabled(ov, key)
+            blob = A.encrypt(spec, material_bytes(key["Materials"][-1]), algorithm, plaintext, usage=usage,
+                             key_id=self._arn(ov, key))
+            self._preflight(ov, writer)
+            writer.write(blob)
+            return {"KeyId": self._arn(ov, key), "EncryptionAlgorithm": algorithm}
 
         return self._read("Encrypt", request, encrypt)
 
     def Decrypt(self, reader: BinaryIO, writer: BinaryIO, EncryptionContext: dict[str, str] | None = None,
-                KeyId: str | None = None, progress: Any = None) -> dict[str, Any]:
-        """Decrypt a kmscli ciphertext; the key comes from the ciphertext, ``KeyId`` only asserts it."""
+                KeyId: str | None = None, progress: Any = None,
+                EncryptionAlgorithm: str | None = None) -> dict[str, Any]:
+        """Decrypt a kmscli ciphertext; the key comes from the ciphertext, ``KeyId`` only asserts it.
+
+        With an RSAES_OAEP_* algorithm the input is an RSA ciphertext, which names no key: ``KeyId`` is needed.
+        """
         from ..crypto import stream
 
-        request: dict[str, Any] = {"encryptionContext": dict(EncryptionContext or {})}
+        algorithm = EncryptionAlgorithm or SYMMETRIC
+        request: dict[str, Any] = {"encryptionContext": dict(EncryptionContext or {}),
+                                   "encryptionAlgorithm": algorithm}
         if KeyId is not None:
             request["keyId"] = KeyId
         with self._refusing("Decrypt", request):
             context = context_of(EncryptionContext)
+            _check_algorithm(algorithm, "encryptionAlgorithm", context)
+            if algorithm != SYMMETRIC and KeyId is None:
+                raise errors.ValidationException(
+                    f"KeyId is required to decrypt with {algorithm}: an RSA ciphertext does not name its key",
+                    hint="give --key")
+        if algorithm != SYMMETRIC:
+            assert KeyId is not None
+            return self._rsa_decrypt(KeyId, reader, writer, algorithm, request)
 
         def decrypt(ov: OpenVault, call: Call) -> dict[str, Any]:
             header = stream.read_header(reader)
-            key, material = self._ciphertext_key(ov, call, header, KeyId, "kms:Decrypt", context)
+            key, material = self._ciphertext_key(ov, call, header, KeyId, "kms:Decrypt", context,
+                                                 {"kms:EncryptionAlgorithm": SYMMETRIC})
             call.response["keyMaterialId"] = material["KeyMaterialId"]
             self._preflight(ov, writer)
             # The record that releases plaintext is on disk before its first byte
@@ -68,24 +112,58 @@ class CryptoOps(Core):
                                       progress=progress)
             call.response["outputBytes"] = n
             return {"KeyId": self._arn(ov, key), "KeyMaterialId": material["KeyMaterialId"],
-                    "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
+                    "EncryptionAlgorithm": SYMMETRIC}
+
+        return self._read("Decrypt", request, decrypt)
+
+    def _rsa_decrypt(self, key_ref: str, reader: BinaryIO, writer: BinaryIO, algorithm: str,
+                     request: dict[str, Any]) -> dict[str, Any]:
+        from ..crypto import asymmetric as A
+
+        def decrypt(ov: OpenVault, call: Call) -> dict[str, Any]:
+            key = self._key(ov, call, key_ref, "kms:Decrypt", {"kms:EncryptionAlgorithm": algorithm})
+            ciphertext = read_bounded(reader, A.MAX_BLOB, "ciphertextBlob")
+            self._require_enabled(ov, key)
+            plaintext = A.decrypt(key_spec(key), material_bytes(key["Materials"][-1]), algorithm, ciphertext,
+                                  usage=key_usage(key), key_id=self._arn(ov, key))
+            call.response["outputBytes"] = len(plaintext)
+            self._preflight(ov, writer)
+            self._record_before_release(ov, call)
+            writer.write(plaintext)
+            return {"KeyId": self._arn(ov, key), "EncryptionAlgorithm": algorithm}
 
         return self._read("Decrypt", request, decrypt)
 
     def ReEncrypt(self, reader: BinaryIO, writer: BinaryIO, DestinationKeyId: str,
                   SourceEncryptionContext: dict[str, str] | None = None,
                   DestinationEncryptionContext: dict[str, str] | None = None,
-                  SourceKeyId: str | None = None) -> dict[str, Any]:
-        """Move a ciphertext to another key, material or context without releasing its plaintext."""
+                  SourceKeyId: str | None = None, SourceEncryptionAlgorithm: str | None = None,
+                  DestinationEncryptionAlgorithm: str | None = None) -> dict[str, Any]:
+        """Move a ciphertext to another key, material or context without releasing its plaintext.
+
+        Between symmetric keys it streams; when either side is an RSA key (an RSAES_OAEP_* algorithm) the
+        plaintext is a small one, held in memory only, as AWS bounds it.
+        """
         from ..crypto import stream
 
+        src_alg = SourceEncryptionAlgorithm or SYMMETRIC
+        dst_alg = DestinationEncryptionAlgorithm or SYMMETRIC
         request: dict[str, Any] = {"destinationKeyId": DestinationKeyId,
                                    "sourceEncryptionContext": dict(SourceEncryptionContext or {}),
-                                   "destinationEncryptionContext": dict(DestinationEncryptionContext or {})}
+                                   "destinationEncryptionContext": dict(DestinationEncryptionContext or {}),
+                                   "sourceEncryptionAlgorithm": src_alg, "destinationEncryptionAlgorithm": dst_alg}
         if SourceKeyId is not None:
             request["sourceKeyId"] = SourceKeyId
         with self._refusing("ReEncrypt", request):
             src_ctx, dst_ctx = context_of(SourceEncryptionContext), context_of(DestinationEncryptionContext)
+            _check_algorithm(src_alg, "sourceEncryptionAlgorithm", src_ctx)
+            _check_algorithm(dst_alg, "destinationEncryptionAlgorithm", dst_ctx)
+            if src_alg != SYMMETRIC and SourceKeyId is None:
+                raise errors.ValidationException(
+                    f"SourceKeyId is required to re-encrypt from {src_alg}: an RSA ciphertext does not name its key")
+        if src_alg != SYMMETRIC or dst_alg != SYMMETRIC:
+            return self._reencrypt_small(reader, writer, DestinationKeyId, src_ctx, dst_ctx, SourceKeyId,
+                                         src_alg, dst_alg, request)
 
         def reencrypt(ov: OpenVault, call: Call) -> dict[str, Any]:
             header = stream.read_header(reader)
@@ -95,10 +173,13 @@ class CryptoOps(Core):
             dst_alias, call.alias = call.alias, None
             same = dst["KeyId"] == header.key_id
             src, src_material = self._ciphertext_key(ov, call, header, SourceKeyId, "kms:ReEncryptFrom", src_ctx,
-                                                     {"kms:ReEncryptOnSameKey": same})
+                                                     {"kms:ReEncryptOnSameKey": same,
+                                                      "kms:EncryptionAlgorithm": SYMMETRIC})
             call.alias = dst_alias
             self._authorize(ov, call, dst, "kms:ReEncryptTo",
-                            {**context_conditions(dst_ctx), "kms:ReEncryptOnSameKey": same})
+                            {**context_conditions(dst_ctx), "kms:ReEncryptOnSameKey": same,
+                             "kms:EncryptionAlgorithm": SYMMETRIC})
+            self._require_symmetric(ov, dst, "ReEncrypt")
             self._require_enabled(ov, dst)
             dst_material = dst["Materials"][-1]
             self._preflight(ov, writer)
@@ -109,8 +190,60 @@ class CryptoOps(Core):
             return {"KeyId": self._arn(ov, dst), "SourceKeyId": self._arn(ov, src),
                     "SourceKeyMaterialId": src_material["KeyMaterialId"],
                     "DestinationKeyMaterialId": dst_material["KeyMaterialId"],
-                    "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
-                    "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
+                    "SourceEncryptionAlgorithm": SYMMETRIC, "DestinationEncryptionAlgorithm": SYMMETRIC}
+
+        return self._read("ReEncrypt", request, reencrypt)
+
+    def _reencrypt_small(self, reader: BinaryIO, writer: BinaryIO, dst_ref: str, src_ctx: dict[str, str],
+                         dst_ctx: dict[str, str], src_ref: str | None, src_alg: str, dst_alg: str,
+                         request: dict[str, Any]) -> dict[str, Any]:
+        """ReEncrypt with an RSA key on either side: the plaintext (at most 4096 bytes) stays in this process."""
+        from ..crypto import asymmetric as A
+        from ..crypto import stream
+
+        def reencrypt(ov: OpenVault, call: Call) -> dict[str, Any]:
+            dst = self._resolve(ov, call, dst_ref)
+            dst_alias, call.alias = call.alias, None
+            out: dict[str, Any] = {}
+            if src_alg == SYMMETRIC:
+                header = stream.read_header(reader)
+                same = dst["KeyId"] == header.key_id
+                src, src_material = self._ciphertext_key(ov, call, header, src_ref, "kms:ReEncryptFrom", src_ctx,
+                                                         {"kms:ReEncryptOnSameKey": same,
+                                                          "kms:EncryptionAlgorithm": SYMMETRIC})
+                held = _Bounded(A.MAX_MESSAGE)
+                stream.decrypt_stream(header, reader, held, master_key=material_bytes(src_material), context=src_ctx)
+                plaintext = held.getvalue()
+                out["SourceKeyMaterialId"] = src_material["KeyMaterialId"]
+            else:
+                assert src_ref is not None
+                src = self._resolve(ov, call, src_ref)
+                same = dst["KeyId"] == src["KeyId"]
+                self._authorize(ov, call, src, "kms:ReEncryptFrom",
+                                {"kms:ReEncryptOnSameKey": same, "kms:EncryptionAlgorithm": src_alg})
+                ciphertext = read_bounded(reader, A.MAX_BLOB, "ciphertextBlob")
+                self._require_enabled(ov, src)
+                plaintext = A.decrypt(key_spec(src), material_bytes(src["Materials"][-1]), src_alg, ciphertext,
+                                      usage=key_usage(src), key_id=self._arn(ov, src))
+            call.alias = dst_alias
+            self._authorize(ov, call, dst, "kms:ReEncryptTo",
+                            {**context_conditions(dst_ctx), "kms:ReEncryptOnSameKey": same,
+                             "kms:EncryptionAlgorithm": dst_alg})
+            self._require_enabled(ov, dst)
+            dst_material = dst["Materials"][-1]
+            if dst_alg == SYMMETRIC:
+                self._require_symmetric(ov, dst, "ReEncrypt")
+                blob = stream.encrypt_bytes(plaintext, master_key=material_bytes(dst_material), key_id=dst["KeyId"],
+                                            material_version=dst_material["Version"], context=dst_ctx)
+                out["DestinationKeyMaterialId"] = dst_material["KeyMaterialId"]
+            else:
+                blob = A.encrypt(key_spec(dst), material_bytes(dst_material), dst_alg, plaintext,
+                                 usage=key_usage(dst), key_id=self._arn(ov, dst))
+            self._preflight(ov, writer)
+            writer.write(blob)
+            call.response.update(keyId=dst["KeyId"], sourceKeyId=src["KeyId"])
+            return {"KeyId": self._arn(ov, dst), "SourceKeyId": self._arn(ov, src), **out,
+                    "SourceEncryptionAlgorithm": src_alg, "DestinationEncryptionAlgorithm": dst_alg}
 
         return self._read("ReEncrypt", request, reencrypt)
 
@@ -143,7 +276,9 @@ class CryptoOps(Core):
         assert size is not None
 
         def generate(ov: OpenVault, call: Call) -> dict[str, Any]:
-            key = self._key(ov, call, key_ref, "kms:" + event, context_conditions(context))
+            key = self._key(ov, call, key_ref, "kms:" + event,
+                            {**context_conditions(context), "kms:EncryptionAlgorithm": SYMMETRIC})
+            self._require_symmetric(ov, key, event)
             self._require_enabled(ov, key)
             material = key["Materials"][-1]
             plaintext = P.random_bytes(size)
@@ -152,6 +287,50 @@ class CryptoOps(Core):
             out = {"KeyId": self._arn(ov, key), "KeyMaterialId": material["KeyMaterialId"], "CiphertextBlob": blob}
             if with_plaintext:
                 out["Plaintext"] = plaintext
+            return out
+
+        return self._read(event, request, generate)
+
+    def GenerateDataKeyPair(self, KeyId: str, KeyPairSpec: str,
+                            EncryptionContext: dict[str, str] | None = None) -> dict[str, Any]:
+        """A new key pair: its public key, its private key encrypted under a symmetric key and in plaintext."""
+        return self._data_key_pair("GenerateDataKeyPair", KeyId, KeyPairSpec, EncryptionContext, True)
+
+    def GenerateDataKeyPairWithoutPlaintext(self, KeyId: str, KeyPairSpec: str,
+                                            EncryptionContext: dict[str, str] | None = None) -> dict[str, Any]:
+        """A new key pair: its public key and its private key encrypted under a symmetric key only."""
+        return self._data_key_pair("GenerateDataKeyPairWithoutPlaintext", KeyId, KeyPairSpec, EncryptionContext,
+                                   False)
+
+    def _data_key_pair(self, event: str, key_ref: str, pair_spec: str, ec: dict[str, str] | None,
+                       with_plaintext: bool) -> dict[str, Any]:
+        from ..crypto import asymmetric as A
+        from ..crypto import stream
+
+        request: dict[str, Any] = {"keyId": key_ref, "keyPairSpec": pair_spec, "encryptionContext": dict(ec or {})}
+        with self._refusing(event, request):
+            context = context_of(ec)
+            spec = A.check_enum(pair_spec, "DataKeyPairSpec", "keyPairSpec")
+            if spec in A.REFUSED_DATA_KEY_PAIR_SPECS:
+                raise errors.UnsupportedOperationException(
+                    f"KeyPairSpec {spec} is not supported: {A.REFUSED_DATA_KEY_PAIR_SPECS[spec]}")
+
+        def generate(ov: OpenVault, call: Call) -> dict[str, Any]:
+            key = self._key(ov, call, key_ref, "kms:" + event,
+                            {**context_conditions(context), "kms:DataKeyPairSpec": spec,
+                             "kms:EncryptionAlgorithm": SYMMETRIC})
+            self._require_symmetric(ov, key, event)
+            self._require_enabled(ov, key)
+            material = key["Materials"][-1]
+            private, public = A.generate_data_key_pair(spec)
+            blob = stream.encrypt_bytes(private, master_key=material_bytes(material), key_id=key["KeyId"],
+                                        material_version=material["Version"], context=context)
+            out: dict[str, Any] = {"PrivateKeyCiphertextBlob": blob}
+            if with_plaintext:
+                out["PrivateKeyPlaintext"] = private
+            out.update(PublicKey=public, KeyId=self._arn(ov, key), KeyPairSpec=spec,
+                       KeyMaterialId=material["KeyMaterialId"])
+            call.response["keyMaterialId"] = material["KeyMaterialId"]
             return out
 
         return self._read(event, request, generate)
@@ -175,3 +354,54 @@ class CryptoOps(Core):
         """Random bytes from the OS CSPRNG; needs no vault and is not audited (SPEC)."""
         check_range("NumberOfBytes", NumberOfBytes, RANDOM_BYTES_MIN, RANDOM_BYTES_MAX)
         return os.urandom(NumberOfBytes)
+
+
+def _check_algorithm(algorithm: str, member: str, context: dict[str, str]) -> None:
+    """An EncryptionAlgorithmSpec of AWS's enum; an RSA one takes no encryption context (AWS binds a context to
+    symmetric ciphertexts only)."""
+    from ..crypto import asymmetric as A
+
+    A.check_enum(algorithm, "EncryptionAlgorithmSpec", member)
+    if algorithm != SYMMETRIC and context:
+        raise errors.ValidationException(
+            f"an encryption context applies only to SYMMETRIC_DEFAULT encryption, not to {algorithm}",
+            hint="drop --context; RSA ciphertexts bind no context")
+
+
+def read_bounded(reader: BinaryIO, limit: int, member: str) -> bytes:
+    """All of ``reader`` when it holds at most ``limit`` bytes; AWS's length ValidationException otherwise
+    (reading stops one byte past the limit, so a large input costs nothing)."""
+    from ..crypto import asymmetric as A
+
+    parts: list[bytes] = []
+    held = 0
+    while held <= limit:
+        part = reader.read(limit + 1 - held)
+        if not part:
+            break
+        parts.append(part)
+        held += len(part)
+    return A.check_length(b"".join(parts), member, limit)
+
+
+class _Bounded:
+    """A writer that holds at most ``limit`` bytes: the plaintext of a re-encryption to an RSA key."""
+
+    def __init__(self, limit: int) -> None:
+        self._parts: list[bytes] = []
+        self._held = 0
+        self._limit = limit
+
+    def write(self, data: Any) -> int:
+        self._held += len(data)
+        if self._held > self._limit:
+            raise errors.ValidationException(
+                f"the plaintext is over {self._limit} bytes: too large to re-encrypt under an RSA key")
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)

@@ -6,14 +6,13 @@ from datetime import timedelta
 from typing import Any
 
 from .. import errors, ids
-from ..model import KeyState, iso, parse_iso
+from ..model import KeyState, is_symmetric, iso, parse_iso
 from ..vault.store import OpenVault
 from ._core import (
     DELETION_WINDOW_DEFAULT,
     DELETION_WINDOW_MAX,
     DELETION_WINDOW_MIN,
     LIST_LIMIT_DEFAULT,
-    MATERIAL_SIZE,
     TAGS_LIMIT_DEFAULT,
     TAGS_PER_KEY_MAX,
     Call,
@@ -37,10 +36,16 @@ class KeyOps(Core):
         Policy: str | None = None,
         BypassPolicyLockoutSafetyCheck: bool = False,
         KeySpec: str = "SYMMETRIC_DEFAULT",
-        KeyUsage: str = "ENCRYPT_DECRYPT",
+        KeyUsage: str | None = None,
         AliasName: str | None = None,
     ) -> dict[str, Any]:
-        """Create a symmetric key (and, beyond AWS, its first alias in the same write)."""
+        """Create a key of any spec kmscli makes (and, beyond AWS, its first alias in the same write).
+
+        ``KeyUsage`` may be omitted only for a SYMMETRIC_DEFAULT key (ENCRYPT_DECRYPT), as in AWS. The private
+        half of an asymmetric key and an HMAC key's secret are made here and never leave the vault.
+        """
+        from ..crypto import asymmetric
+
         request = {"description": Description, "keySpec": KeySpec, "keyUsage": KeyUsage,
                    "tags": Tags or [], "bypassPolicyLockoutSafetyCheck": BypassPolicyLockoutSafetyCheck}
         if Policy is not None:
@@ -49,15 +54,15 @@ class KeyOps(Core):
             request["aliasName"] = AliasName
         with self._refusing("CreateKey", request):
             ids.validate_description(Description)
-            if KeySpec != "SYMMETRIC_DEFAULT" or KeyUsage != "ENCRYPT_DECRYPT":
-                raise errors.ValidationException("kmscli makes SYMMETRIC_DEFAULT keys for ENCRYPT_DECRYPT only")
+            usage = asymmetric.check_key_usage(KeySpec, KeyUsage)
+            request["keyUsage"] = usage
             tags = tag_dict(Tags or [])
             if AliasName is not None:
                 ids.validate_alias_name(AliasName)
+        # Made before the vault is locked: an RSA_4096 key takes a second or more, and writers need not wait.
+        secret = asymmetric.generate(KeySpec)
 
         def create(ov: OpenVault, call: Call) -> dict[str, Any]:
-            from ..crypto import primitives as P
-
             account = ov.account
             key_id = ids.new_key_id()
             policy = self._checked_policy(Policy, account, BypassPolicyLockoutSafetyCheck, key_id)
@@ -66,7 +71,7 @@ class KeyOps(Core):
                     f"An alias with the name {self._alias_arn(ov, AliasName)} already exists"
                 )
             now = iso(self.clock())
-            key = new_key(key_id, self.region, now, Description, tags, policy, P.random_bytes(MATERIAL_SIZE))
+            key = new_key(key_id, self.region, now, Description, tags, policy, secret, KeySpec, usage)
             if AliasName is not None:
                 # The alias is made by this call as if by CreateAlias: the new
                 # key's own policy decides, an explicit Deny included.
@@ -149,7 +154,8 @@ class KeyOps(Core):
             }
             if self._allowed(ov, call, key, "kms:ListResourceTags"):
                 out["Tags"] = [{"TagKey": k, "TagValue": v} for k, v in sorted(key["Tags"].items())]
-            if self._allowed(ov, call, key, "kms:GetKeyRotationStatus"):
+            if is_symmetric(key) and self._allowed(ov, call, key, "kms:GetKeyRotationStatus"):
+                # Only symmetric encryption keys rotate; the others have no rotation status (AWS: Unsupported).
                 enabled, period, next_date = self._rotation_status(key)
                 out["Rotation"] = {"Enabled": enabled, "PeriodInDays": period, "NextRotationDate": next_date,
                                    "MinDecryptVersion": key["Rotation"]["MinDecryptVersion"]}

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from .. import errors
-from ..model import iso, parse_iso
+from ..model import is_symmetric, iso, key_spec, parse_iso
 from ..vault.store import OpenVault
 from ._core import (
     LIST_LIMIT_DEFAULT,
@@ -24,6 +24,15 @@ from ._core import (
 
 
 class RotationOps(Core):
+    def _require_rotatable(self, ov: OpenVault, key: dict[str, Any], operation: str) -> None:
+        """UnsupportedOperationException (exit 2) for a key whose material never rotates: asymmetric and HMAC
+        keys, as in AWS (a key pair's public half is out in the world; a new one would be a new key)."""
+        if not is_symmetric(key):
+            raise errors.UnsupportedOperationException(
+                f"{self._arn(ov, key)} key spec is {key_spec(key)}: {operation} is supported only for "
+                "symmetric encryption keys (SYMMETRIC_DEFAULT)",
+                hint="to replace an asymmetric or HMAC key, create a new key and move its alias to it")
+
     def EnableKeyRotation(self, KeyId: str, RotationPeriodInDays: int = ROTATION_PERIOD_DEFAULT) -> dict[str, Any]:
         request = {"keyId": KeyId, "rotationPeriodInDays": RotationPeriodInDays}
         with self._refusing("EnableKeyRotation", request):
@@ -33,6 +42,7 @@ class RotationOps(Core):
         def enable(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:EnableKeyRotation",
                             {"kms:RotationPeriodInDays": RotationPeriodInDays})
+            self._require_rotatable(ov, key, "EnableKeyRotation")
             self._require_enabled(ov, key)
             rot = key["Rotation"]
             rot.update(Enabled=True, PeriodInDays=RotationPeriodInDays,
@@ -45,6 +55,7 @@ class RotationOps(Core):
     def DisableKeyRotation(self, KeyId: str) -> dict[str, Any]:
         def disable(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:DisableKeyRotation")
+            self._require_rotatable(ov, key, "DisableKeyRotation")
             self._require_enabled(ov, key)
             key["Rotation"].update(Enabled=False, NextRotationDate=None)
             ov.put_key(key)
@@ -59,6 +70,7 @@ class RotationOps(Core):
             # No AWS action covers this extension; it is rotation configuration,
             # so it needs the permission that turns rotation on.
             key = self._key(ov, call, KeyId, "kms:EnableKeyRotation")
+            self._require_rotatable(ov, key, "SetMinDecryptVersion")
             self._require_not_pending(ov, key)
             latest = key["Materials"][-1]["Version"]
             check_range("--min-decrypt-version", MinDecryptVersion, 1, latest)
@@ -72,6 +84,7 @@ class RotationOps(Core):
     def GetKeyRotationStatus(self, KeyId: str) -> dict[str, Any]:
         def status(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:GetKeyRotationStatus")
+            self._require_rotatable(ov, key, "GetKeyRotationStatus")
             enabled, period, next_date = self._rotation_status(key)
             out: dict[str, Any] = {"KeyId": self._arn(ov, key), "KeyRotationEnabled": enabled}
             if enabled:
@@ -83,6 +96,7 @@ class RotationOps(Core):
     def RotateKeyOnDemand(self, KeyId: str) -> dict[str, Any]:
         def rotate(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:RotateKeyOnDemand")
+            self._require_rotatable(ov, key, "RotateKeyOnDemand")
             self._require_enabled(ov, key)
             if key["Rotation"]["OnDemandCount"] >= ON_DEMAND_ROTATIONS_MAX:
                 raise errors.LimitExceededException(
@@ -115,6 +129,7 @@ class RotationOps(Core):
 
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:ListKeyRotations")
+            self._require_rotatable(ov, key, "ListKeyRotations")
             current = key["Materials"][-1]["Version"]
             shown = [m for m in key["Materials"]
                      if IncludeKeyMaterial == "ALL_KEY_MATERIAL" or m["RotationType"] is not None]

@@ -48,22 +48,46 @@ CONTEXT_2K = {f"k{i}": "v" * 250 for i in range(8)}
 CONTEXT_6K = {f"k{i}": "v" * 750 for i in range(8)}
 
 
+#: One key of each kind issue 16 adds, by the name the scenario's state keeps its id under.
+ASYMMETRIC_KEYS = {
+    "rsa-sign": ("RSA_2048", "SIGN_VERIFY"),
+    "rsa-enc": ("RSA_2048", "ENCRYPT_DECRYPT"),
+    "ecc-sign": ("ECC_NIST_P384", "SIGN_VERIFY"),
+    "ecdh": ("ECC_NIST_P384", "KEY_AGREEMENT"),
+    "mldsa": ("ML_DSA_65", "SIGN_VERIFY"),
+    "hmac": ("HMAC_512", "GENERATE_VERIFY_MAC"),
+}
+
+
+def _peer_p384() -> bytes:
+    """A peer's P-384 public key (DER SubjectPublicKeyInfo), made outside kmscli."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+        ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
+
+
 def _stream(svc: Kms, operation: str, params: dict[str, Any]) -> dict[str, Any]:
     """Call a streaming operation as an AWS blob operation: blob in, blob out."""
     out = io.BytesIO()
     if operation == "Encrypt":
         answer = svc.Encrypt(params["KeyId"], io.BytesIO(params["Plaintext"]), out,
-                             EncryptionContext=params.get("EncryptionContext"))
+                             EncryptionContext=params.get("EncryptionContext"),
+                             EncryptionAlgorithm=params.get("EncryptionAlgorithm"))
         return {**answer, "CiphertextBlob": out.getvalue()}
     if operation == "Decrypt":
         answer = svc.Decrypt(io.BytesIO(params["CiphertextBlob"]), out,
-                             EncryptionContext=params.get("EncryptionContext"), KeyId=params.get("KeyId"))
+                             EncryptionContext=params.get("EncryptionContext"), KeyId=params.get("KeyId"),
+                             EncryptionAlgorithm=params.get("EncryptionAlgorithm"))
         return {**answer, "Plaintext": out.getvalue()}
     assert operation == "ReEncrypt"
     answer = svc.ReEncrypt(io.BytesIO(params["CiphertextBlob"]), out, params["DestinationKeyId"],
                            SourceEncryptionContext=params.get("SourceEncryptionContext"),
                            DestinationEncryptionContext=params.get("DestinationEncryptionContext"),
-                           SourceKeyId=params.get("SourceKeyId"))
+                           SourceKeyId=params.get("SourceKeyId"),
+                           SourceEncryptionAlgorithm=params.get("SourceEncryptionAlgorithm"),
+                           DestinationEncryptionAlgorithm=params.get("DestinationEncryptionAlgorithm"))
     return {**answer, "CiphertextBlob": out.getvalue()}
 
 
@@ -128,6 +152,38 @@ def _scenario() -> list[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any
         ("DescribeKey-pending-deletion", "DescribeKey", lambda s: {"KeyId": s["key2"]}),
         ("CancelKeyDeletion", "CancelKeyDeletion", lambda s: {"KeyId": s["key2"]}),
         ("DeleteAlias", "DeleteAlias", lambda s: {"AliasName": "alias/app"}),
+        # Asymmetric and HMAC keys (issue 16): one key of each kind, then every operation on it.
+        *[(f"CreateKey-{name}", "CreateKey", lambda s, spec=spec, usage=usage: {"KeySpec": spec, "KeyUsage": usage})
+          for name, (spec, usage) in ASYMMETRIC_KEYS.items()],
+        *[(f"DescribeKey-{name}", "DescribeKey", lambda s, name=name: {"KeyId": s[name]}) for name in ASYMMETRIC_KEYS],
+        *[(f"GetPublicKey-{name}", "GetPublicKey", lambda s, name=name: {"KeyId": s[name]})
+          for name in ASYMMETRIC_KEYS if not name.startswith("hmac")],
+        ("Sign-rsa", "Sign", lambda s: {"KeyId": s["rsa-sign"], "Message": blob(b"m"),
+                                        "SigningAlgorithm": "RSASSA_PSS_SHA_256"}),
+        ("Sign-ecc-digest", "Sign", lambda s: {"KeyId": s["ecc-sign"], "Message": blob(b"d" * 48),
+                                               "MessageType": "DIGEST", "SigningAlgorithm": "ECDSA_SHA_384"}),
+        ("Sign-mldsa-4096-bytes", "Sign", lambda s: {"KeyId": s["mldsa"], "Message": blob(b"m" * 4096),
+                                                     "SigningAlgorithm": "ML_DSA_SHAKE_256"}),
+        ("Verify-rsa", "Verify", lambda s: {"KeyId": s["rsa-sign"], "Message": blob(b"m"),
+                                            "Signature": blob(s["signature"]),
+                                            "SigningAlgorithm": "RSASSA_PSS_SHA_256"}),
+        ("Encrypt-rsa", "Encrypt", lambda s: {"KeyId": s["rsa-enc"], "Plaintext": blob(b"p" * 190),
+                                              "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"}),
+        ("Decrypt-rsa", "Decrypt", lambda s: {"KeyId": s["rsa-enc"], "CiphertextBlob": blob(s["rsa-ciphertext"]),
+                                              "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"}),
+        ("ReEncrypt-rsa-to-symmetric", "ReEncrypt",
+         lambda s: {"CiphertextBlob": blob(s["rsa-ciphertext"]), "SourceKeyId": s["rsa-enc"],
+                    "SourceEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "DestinationKeyId": s["key"]}),
+        ("GenerateMac", "GenerateMac", lambda s: {"KeyId": s["hmac"], "Message": blob(b"m" * 4096),
+                                                  "MacAlgorithm": "HMAC_SHA_512"}),
+        ("VerifyMac", "VerifyMac", lambda s: {"KeyId": s["hmac"], "Message": blob(b"m" * 4096),
+                                              "MacAlgorithm": "HMAC_SHA_512", "Mac": blob(s["mac"])}),
+        ("GenerateDataKeyPair-RSA_4096-6KiB-context", "GenerateDataKeyPair",
+         lambda s: {"KeyId": s["key"], "KeyPairSpec": "RSA_4096", "EncryptionContext": CONTEXT_6K}),
+        ("GenerateDataKeyPairWithoutPlaintext", "GenerateDataKeyPairWithoutPlaintext",
+         lambda s: {"KeyId": s["key"], "KeyPairSpec": "ECC_NIST_P256"}),
+        ("DeriveSharedSecret", "DeriveSharedSecret",
+         lambda s: {"KeyId": s["ecdh"], "KeyAgreementAlgorithm": "ECDH", "PublicKey": blob(_peer_p384())}),
     ]
 
 
@@ -158,6 +214,14 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, An
             state["policy"] = answer["Policy"]
         elif step == "Encrypt":
             state["ciphertext"] = answer["CiphertextBlob"]
+        elif step.startswith("CreateKey-") and step[len("CreateKey-"):] in ASYMMETRIC_KEYS:
+            state[step[len("CreateKey-"):]] = answer["KeyMetadata"]["KeyId"]
+        elif step == "Sign-rsa":
+            state["signature"] = answer["Signature"]
+        elif step == "Encrypt-rsa":
+            state["rsa-ciphertext"] = answer["CiphertextBlob"]
+        elif step == "GenerateMac":
+            state["mac"] = answer["Mac"]
     return out
 
 
