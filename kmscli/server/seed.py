@@ -4,7 +4,10 @@ Two forms are read. kmscli's own::
 
     Keys:
       - KeyId: 6c8a9c4e-...           # a lowercase UUID
-        Material: <64 hex digits>     # or Materials: [..] oldest first (a rotated key); random when absent
+        KeySpec: SYMMETRIC_DEFAULT    # or RSA_2048, ECC_NIST_P256, ML_DSA_65, HMAC_256, ... (then KeyUsage too)
+        KeyUsage: ENCRYPT_DECRYPT     # SIGN_VERIFY, GENERATE_VERIFY_MAC, KEY_AGREEMENT, as AWS allows for the spec
+        Material: <64 hex digits>     # or Materials: [..] oldest first (a rotated key); new material when absent;
+                                      # an HMAC key's bytes in hex, an asymmetric key as a PEM private key
         Region: us-east-1             # default us-east-1, the region most test suites sign for
         Description: ...
         Tags: {team: core}
@@ -22,7 +25,6 @@ and local-kms's (``Keys: {Symmetric: {Aes: [{Metadata: {KeyId, Description}, Bac
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -80,16 +82,20 @@ def _normalise(document: Any, path: str) -> tuple[list[dict[str, Any]], list[dic
         materials = k.get("Materials")
         if materials is None and "Material" in k:
             materials = [k["Material"]]
-        if materials is None:
-            materials = [os.urandom(32).hex()]
         entry: dict[str, Any] = {
             "KeyId": k.get("KeyId"),
-            "Materials": [_secret(m, path) for m in materials],
             "Region": k.get("Region", SEED_REGION),
             "Description": k.get("Description", ""),
             "Tags": {str(t): str(v) for t, v in (k.get("Tags") or {}).items()},
             "Enabled": k.get("Enabled", True) is not False,
         }
+        if materials is not None:  # else the service makes new material of the key's spec
+            if not isinstance(materials, list):
+                raise errors.ValidationException(f"the seed file {path}: Materials must be a list")
+            entry["Materials"] = [_secret(m, path) for m in materials]
+        for member in ("KeySpec", "KeyUsage"):
+            if member in k:
+                entry[member] = k[member]
         policy = k.get("Policy")
         if policy is not None:
             entry["Policy"] = policy if isinstance(policy, str) else json.dumps(policy)
@@ -104,14 +110,36 @@ def _normalise(document: Any, path: str) -> tuple[list[dict[str, Any]], list[dic
 
 
 def _secret(value: Any, path: str) -> bytes:
-    """Key material written as 64 hex digits (local-kms's form) or standard base64."""
+    """Key material as written in a seed: a PEM private key (asymmetric keys; PKCS#8 DER is kept), hex digits
+    (local-kms's form: 64 for a symmetric key; an HMAC key's length otherwise) or standard base64.
+
+    Which length and kind a key needs is the service's check (SeedVault), which knows the key's spec.
+    """
     import base64
     import binascii
+    import string
 
     if isinstance(value, str):
         text = value.strip()
+        if text.startswith("-----BEGIN"):
+            return _pem_private_key(text, path)
         try:
-            return bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
+            if len(text) % 2 == 0 and len(text) in (56, 64, 96, 128) and all(c in string.hexdigits for c in text):
+                return bytes.fromhex(text)
+            return base64.b64decode(text, validate=True)
         except (ValueError, binascii.Error):
             pass
-    raise errors.ValidationException(f"the seed file {path}: key material is 32 bytes as 64 hex digits or base64")
+    raise errors.ValidationException(
+        f"the seed file {path}: key material is hex digits, base64 or (for an asymmetric key) a PEM private key")
+
+
+def _pem_private_key(text: str, path: str) -> bytes:
+    """A PEM private key (PKCS#8 or the traditional RSA / EC forms) as PKCS#8 DER, what the vault keeps."""
+    from cryptography.hazmat.primitives import serialization as ser
+
+    try:
+        key = ser.load_pem_private_key(text.encode("ascii"), password=None)
+        return key.private_bytes(ser.Encoding.DER, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+    except (ValueError, TypeError, UnicodeError):
+        raise errors.ValidationException(
+            f"the seed file {path}: a PEM key material is an unencrypted private key (BEGIN PRIVATE KEY)") from None
