@@ -10,7 +10,7 @@
 _kmscli_spec() {
     case $1 in
         '')
-            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random inspect edit serve vault keys alias policy audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
+            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random inspect sign verify pubkey mac verify-mac datakey-pair derive-secret edit serve vault keys alias policy audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'init')
@@ -30,12 +30,12 @@ _kmscli_spec() {
             vals=' --shell=choice:sh,bash,zsh,fish --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'encrypt')
-            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --armor|-a --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --armor|-a --algorithm --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --algorithm=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps=' --context -c ' args='' ;;
         'decrypt')
-            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --algorithm --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --algorithm=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps=' --context -c ' args='' ;;
         'reencrypt')
             cmds='  ' opts='--key|-k --context|-c --source-context --source-key --in|-i --out|-o --armor|-a --vault --audit-log --passphrase-file --region --debug -h|--help'
@@ -53,6 +53,34 @@ _kmscli_spec() {
             cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='file' ;;
+        'sign')
+            cmds='  ' opts='--key|-k --algorithm|-a --digest --in|-i --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --key=alias -k=alias --algorithm=none -a=none --in=file -i=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='' ;;
+        'verify')
+            cmds='  ' opts='--key|-k --algorithm|-a --signature|-s --digest --in|-i --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --key=alias -k=alias --algorithm=none -a=none --signature=file -s=file --in=file -i=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='' ;;
+        'pubkey')
+            cmds='  ' opts='--format|-f --out|-o --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --format=choice:pem,der -f=choice:pem,der --out=file -o=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='alias' ;;
+        'mac')
+            cmds='  ' opts='--key|-k --algorithm|-a --in|-i --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --key=alias -k=alias --algorithm=none -a=none --in=file -i=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='' ;;
+        'verify-mac')
+            cmds='  ' opts='--key|-k --algorithm|-a --mac|-m --in|-i --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --key=alias -k=alias --algorithm=none -a=none --mac=file -m=file --in=file -i=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='' ;;
+        'datakey-pair')
+            cmds='  ' opts='--spec --context|-c --no-plaintext --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --spec=none --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps=' --context -c ' args='alias' ;;
+        'derive-secret')
+            cmds='  ' opts='--key|-k --public-key|-p --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --key=alias -k=alias --public-key=file -p=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='' ;;
         'edit')
             cmds='  ' opts='--key|-k --context|-c --armor|-a --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --key=alias -k=alias --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
@@ -78,8 +106,8 @@ _kmscli_spec() {
             vals='  '
             reps='  ' args='' ;;
         'keys create')
-            cmds='  ' opts='--description|-d --alias --tag --policy --bypass-policy-lockout-safety-check --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --description=none -d=none --alias=none --tag=none --policy=file --vault=file --audit-log=file --passphrase-file=file --region=none '
+            cmds='  ' opts='--spec --usage --description|-d --alias --tag --policy --bypass-policy-lockout-safety-check --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --spec=none --usage=none --description=none -d=none --alias=none --tag=none --policy=file --vault=file --audit-log=file --passphrase-file=file --region=none '
             reps=' --tag ' args='' ;;
         'keys list')
             cmds='  ' opts='--all|-a --json --vault --audit-log --passphrase-file --region --debug -h|--help'

@@ -6,7 +6,7 @@
 function __kmscli_cmds --argument-names path
     switch $path
         case ''
-            echo init passwd unlock lock encrypt decrypt reencrypt datakey random inspect edit serve vault keys alias policy audit credentials
+            echo init passwd unlock lock encrypt decrypt reencrypt datakey random inspect sign verify pubkey mac verify-mac datakey-pair derive-secret edit serve vault keys alias policy audit credentials
         case 'vault'
             echo backup restore
         case 'keys'
@@ -36,9 +36,9 @@ function __kmscli_vopts --argument-names path
         case 'lock'
             echo --shell --vault --audit-log --passphrase-file --region
         case 'encrypt'
-            echo --key -k --context -c --in -i --out -o --vault --audit-log --passphrase-file --region
+            echo --key -k --context -c --in -i --out -o --algorithm --vault --audit-log --passphrase-file --region
         case 'decrypt'
-            echo --key -k --context -c --in -i --out -o --vault --audit-log --passphrase-file --region
+            echo --key -k --context -c --in -i --out -o --algorithm --vault --audit-log --passphrase-file --region
         case 'reencrypt'
             echo --key -k --context -c --source-context --source-key --in -i --out -o --vault --audit-log --passphrase-file --region
         case 'datakey'
@@ -47,6 +47,20 @@ function __kmscli_vopts --argument-names path
             echo --format -f --vault --audit-log --passphrase-file --region
         case 'inspect'
             echo --vault --audit-log --passphrase-file --region
+        case 'sign'
+            echo --key -k --algorithm -a --in -i --out -o --format -f --vault --audit-log --passphrase-file --region
+        case 'verify'
+            echo --key -k --algorithm -a --signature -s --in -i --vault --audit-log --passphrase-file --region
+        case 'pubkey'
+            echo --format -f --out -o --vault --audit-log --passphrase-file --region
+        case 'mac'
+            echo --key -k --algorithm -a --in -i --out -o --format -f --vault --audit-log --passphrase-file --region
+        case 'verify-mac'
+            echo --key -k --algorithm -a --mac -m --in -i --vault --audit-log --passphrase-file --region
+        case 'datakey-pair'
+            echo --spec --context -c --vault --audit-log --passphrase-file --region
+        case 'derive-secret'
+            echo --key -k --public-key -p --out -o --format -f --vault --audit-log --passphrase-file --region
         case 'edit'
             echo --key -k --context -c --vault --audit-log --passphrase-file --region
         case 'serve'
@@ -56,7 +70,7 @@ function __kmscli_vopts --argument-names path
         case 'vault restore'
             echo --vault --audit-log --passphrase-file --region
         case 'keys create'
-            echo --description -d --alias --tag --policy --vault --audit-log --passphrase-file --region
+            echo --spec --usage --description -d --alias --tag --policy --vault --audit-log --passphrase-file --region
         case 'keys list'
             echo --vault --audit-log --passphrase-file --region
         case 'keys describe'
@@ -200,6 +214,13 @@ complete -c kmscli -n '__kmscli_at \'\'' -a reencrypt -d 'Move a ciphertext to a
 complete -c kmscli -n '__kmscli_at \'\'' -a datakey -d 'Make a data key: plaintext and a copy encrypted under KEY.'
 complete -c kmscli -n '__kmscli_at \'\'' -a random -d 'Print N random bytes (1..1024); needs no vault.'
 complete -c kmscli -n '__kmscli_at \'\'' -a inspect -d 'Show what a ciphertext says about itself (key, context, sizes); needs no vault and proves nothing.'
+complete -c kmscli -n '__kmscli_at \'\'' -a sign -d 'Sign input of any size with an asymmetric key; the private key never leaves the vault.'
+complete -c kmscli -n '__kmscli_at \'\'' -a verify -d 'Verify a signature: exit 0 when valid, 6 when not.'
+complete -c kmscli -n '__kmscli_at \'\'' -a pubkey -d 'Print an asymmetric key\'s public key (PEM or DER), usable by openssl as is.'
+complete -c kmscli -n '__kmscli_at \'\'' -a mac -d 'Make the HMAC of a message (up to 4096 bytes) with an HMAC key.'
+complete -c kmscli -n '__kmscli_at \'\'' -a verify-mac -d 'Verify an HMAC: exit 0 when valid, 6 when not.'
+complete -c kmscli -n '__kmscli_at \'\'' -a datakey-pair -d 'Make a key pair: its public key, its private key encrypted under KEY and, unless --no-plaintext, in plaintext.'
+complete -c kmscli -n '__kmscli_at \'\'' -a derive-secret -d 'Agree a shared secret (ECDH) between a KEY_AGREEMENT key and a peer\'s public key.'
 complete -c kmscli -n '__kmscli_at \'\'' -a edit -d 'Edit a ciphertext in place: decrypt it into a private in-memory file, run $VISUAL or $EDITOR on it, and encrypt the result again (same key and context unless given); the plaintext never touches the disk.'
 complete -c kmscli -n '__kmscli_at \'\'' -a serve -d 'Serve the vault over AWS KMS\'s wire protocol: point AWS_ENDPOINT_URL_KMS at it and sign with a key from \'kmscli credentials create\'.'
 complete -c kmscli -n '__kmscli_at \'\'' -a vault -d 'Back up the vault and its audit log, and restore them.'
@@ -266,6 +287,7 @@ complete -c kmscli -n '__kmscli_at \'encrypt\'' -l context -s c -x -d 'Encryptio
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l in -s i -r -F -d 'Read from IN (\'-\' = stdin, default).'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l out -s o -r -F -d 'Write to OUT (\'-\' = stdout, default); replaced only on success, mode 0600.'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l armor -s a -d 'Write ASCII armor instead of binary.'
+complete -c kmscli -n '__kmscli_at \'encrypt\'' -l algorithm -x -d 'SYMMETRIC_DEFAULT (default: envelope encryption of any size), or RSAES_OAEP_SHA_256 / RSAES_OAEP_SHA_1 with an RSA ENCRYPT_DECRYPT key: a small message (up to 470 bytes for RSA_4096 with SHA-1), no envelope, as AWS.'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
@@ -278,6 +300,7 @@ complete -c kmscli -n '__kmscli_at \'decrypt\'' -l key -s k -x -a '(__kmscli_ali
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l context -s c -x -d 'Encryption context pair; repeatable; must match exactly at decrypt.'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l in -s i -r -F -d 'Read from IN (\'-\' = stdin, default).'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l out -s o -r -F -d 'Write to OUT (\'-\' = stdout, default); replaced only on success, mode 0600.'
+complete -c kmscli -n '__kmscli_at \'decrypt\'' -l algorithm -x -d 'RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1 to decrypt an RSA ciphertext (needs --key: it names no key); SYMMETRIC_DEFAULT (default) for kmscli\'s own.'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
@@ -334,6 +357,100 @@ complete -c kmscli -n '__kmscli_at \'inspect\'' -l debug -d 'Show a traceback fo
 complete -c kmscli -n '__kmscli_at \'inspect\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'inspect\' 0' -F -d '[FILE]'
 
+# kmscli sign
+complete -c kmscli -n '__kmscli_at \'sign\'' -l key -s k -x -a '(__kmscli_aliases)' -d 'Key id, alias/NAME, key ARN or alias ARN.'
+complete -c kmscli -n '__kmscli_at \'sign\'' -l algorithm -s a -x -d 'Signing algorithm as AWS names it: RSASSA_PSS_SHA_256|384|512, RSASSA_PKCS1_V1_5_SHA_256|384|512, ECDSA_SHA_256|384|512, ML_DSA_SHAKE_256.'
+complete -c kmscli -n '__kmscli_at \'sign\'' -l digest -d 'The input is already the message\'s digest (ML-DSA: its 64-byte external mu).'
+complete -c kmscli -n '__kmscli_at \'sign\'' -l in -s i -r -F -d 'Read from IN (\'-\' = stdin, default).'
+complete -c kmscli -n '__kmscli_at \'sign\'' -l out -s o -r -F -d 'Write to OUT (\'-\' = stdout, default); replaced only on success, mode 0600.'
+complete -c kmscli -n '__kmscli_at \'sign\'' -l format -s f -x -a 'raw base64' -d 'Output encoding: raw bytes (default) or one base64 line.'
+complete -c kmscli -n '__kmscli_at \'sign\'' -l json -d 'Print the AWS KMS JSON response shape.'
+complete -c kmscli -n '__kmscli_at \'sign\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'sign\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'sign\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'sign\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'sign\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'sign\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli verify
+complete -c kmscli -n '__kmscli_at \'verify\'' -l key -s k -x -a '(__kmscli_aliases)' -d 'Key id, alias/NAME, key ARN or alias ARN.'
+complete -c kmscli -n '__kmscli_at \'verify\'' -l algorithm -s a -x -d 'Signing algorithm as AWS names it: RSASSA_PSS_SHA_256|384|512, RSASSA_PKCS1_V1_5_SHA_256|384|512, ECDSA_SHA_256|384|512, ML_DSA_SHAKE_256.'
+complete -c kmscli -n '__kmscli_at \'verify\'' -l signature -s s -r -F -d 'The signature, raw or base64 (\'-\' = stdin, when the message comes from -i FILE).'
+complete -c kmscli -n '__kmscli_at \'verify\'' -l digest -d 'The input is already the message\'s digest (ML-DSA: its 64-byte external mu).'
+complete -c kmscli -n '__kmscli_at \'verify\'' -l in -s i -r -F -d 'Read from IN (\'-\' = stdin, default).'
+complete -c kmscli -n '__kmscli_at \'verify\'' -l json -d 'Print the AWS KMS JSON response shape.'
+complete -c kmscli -n '__kmscli_at \'verify\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'verify\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'verify\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'verify\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'verify\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'verify\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli pubkey
+complete -c kmscli -n '__kmscli_at \'pubkey\'' -l format -s f -x -a 'pem der' -d 'PEM (default) or DER SubjectPublicKeyInfo.'
+complete -c kmscli -n '__kmscli_at \'pubkey\'' -l out -s o -r -F -d 'Write to OUT (\'-\' = stdout, default); replaced only on success, mode 0600.'
+complete -c kmscli -n '__kmscli_at \'pubkey\'' -l json -d 'Print the AWS KMS JSON response shape.'
+complete -c kmscli -n '__kmscli_at \'pubkey\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'pubkey\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'pubkey\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'pubkey\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'pubkey\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'pubkey\'' -s h -l help -d 'Show this message and exit.'
+complete -c kmscli -n '__kmscli_arg \'pubkey\' 0' -a '(__kmscli_aliases)' -d 'KEY'
+
+# kmscli mac
+complete -c kmscli -n '__kmscli_at \'mac\'' -l key -s k -x -a '(__kmscli_aliases)' -d 'Key id, alias/NAME, key ARN or alias ARN.'
+complete -c kmscli -n '__kmscli_at \'mac\'' -l algorithm -s a -x -d 'HMAC_SHA_224|256|384|512, the one of the key\'s spec.'
+complete -c kmscli -n '__kmscli_at \'mac\'' -l in -s i -r -F -d 'Read from IN (\'-\' = stdin, default).'
+complete -c kmscli -n '__kmscli_at \'mac\'' -l out -s o -r -F -d 'Write to OUT (\'-\' = stdout, default); replaced only on success, mode 0600.'
+complete -c kmscli -n '__kmscli_at \'mac\'' -l format -s f -x -a 'raw base64' -d 'Output encoding: raw bytes (default) or one base64 line.'
+complete -c kmscli -n '__kmscli_at \'mac\'' -l json -d 'Print the AWS KMS JSON response shape.'
+complete -c kmscli -n '__kmscli_at \'mac\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'mac\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'mac\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'mac\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'mac\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'mac\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli verify-mac
+complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l key -s k -x -a '(__kmscli_aliases)' -d 'Key id, alias/NAME, key ARN or alias ARN.'
+complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l algorithm -s a -x -d 'HMAC_SHA_224|256|384|512, the one of the key\'s spec.'
+complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l mac -s m -r -F -d 'The MAC, raw or base64 (\'-\' = stdin, when the message comes from -i FILE).'
+complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l in -s i -r -F -d 'Read from IN (\'-\' = stdin, default).'
+complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l json -d 'Print the AWS KMS JSON response shape.'
+complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'verify-mac\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli datakey-pair
+complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l spec -x -d 'RSA_2048|3072|4096, ECC_NIST_P256|P384|P521, ECC_SECG_P256K1, ECC_NIST_EDWARDS25519, ML_KEM_768|1024.'
+complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l context -s c -x -d 'Encryption context pair of the encrypted private key; repeatable.'
+complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l no-plaintext -d 'Leave the plaintext private key out.'
+complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l json -d 'Print the AWS KMS JSON response shape.'
+complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -s h -l help -d 'Show this message and exit.'
+complete -c kmscli -n '__kmscli_arg \'datakey-pair\' 0' -a '(__kmscli_aliases)' -d 'KEY'
+
+# kmscli derive-secret
+complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l key -s k -x -a '(__kmscli_aliases)' -d 'Key id, alias/NAME, key ARN or alias ARN.'
+complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l public-key -s p -r -F -d 'The peer\'s public key: PEM or DER SubjectPublicKeyInfo on the key\'s curve.'
+complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l out -s o -r -F -d 'Write to OUT (\'-\' = stdout, default); replaced only on success, mode 0600.'
+complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l format -s f -x -a 'raw base64' -d 'Output encoding: raw bytes (default) or one base64 line.'
+complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l json -d 'Print the AWS KMS JSON response shape.'
+complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'derive-secret\'' -s h -l help -d 'Show this message and exit.'
+
 # kmscli edit
 complete -c kmscli -n '__kmscli_at \'edit\'' -l key -s k -x -a '(__kmscli_aliases)' -d 'Encrypt the result under KEY instead of the file\'s own key; required for a new file.'
 complete -c kmscli -n '__kmscli_at \'edit\'' -l context -s c -x -d 'Encrypt the result with this encryption context instead of the file\'s own; repeatable. Required when the file holds only its context\'s digest.'
@@ -387,7 +504,7 @@ complete -c kmscli -n '__kmscli_at \'vault restore\'' -s h -l help -d 'Show this
 complete -c kmscli -n '__kmscli_arg \'vault restore\' 0' -F -d 'IN'
 
 # kmscli keys
-complete -c kmscli -n '__kmscli_at \'keys\'' -a create -d 'Create a symmetric key and print its key id.'
+complete -c kmscli -n '__kmscli_at \'keys\'' -a create -d 'Create a key (symmetric unless --spec says otherwise) and print its key id.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a list -d 'List keys (with --all, also those pending deletion).'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a describe -d 'Show one key\'s metadata.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a tags -d 'List a key\'s tags (ListResourceTags).'
@@ -404,6 +521,8 @@ complete -c kmscli -n '__kmscli_at \'keys\'' -a rotations -d 'List every materia
 complete -c kmscli -n '__kmscli_at \'keys\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli keys create
+complete -c kmscli -n '__kmscli_at \'keys create\'' -l spec -x -d 'Key spec: SYMMETRIC_DEFAULT (default), RSA_2048|3072|4096, ECC_NIST_P256|P384|P521, ECC_SECG_P256K1, ML_DSA_44|65|87, HMAC_224|256|384|512.'
+complete -c kmscli -n '__kmscli_at \'keys create\'' -l usage -x -d 'Key usage: ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC or KEY_AGREEMENT; needed for every spec but SYMMETRIC_DEFAULT (HMAC keys: GENERATE_VERIFY_MAC, implied).'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l description -s d -x -d 'Description (up to 8192 characters).'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l alias -x -d 'Also create alias NAME (alias/...).'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l tag -x -d 'Tag the key; repeatable.'

@@ -59,6 +59,13 @@ _kmscli() {
         'datakey:Make a data key: plaintext and a copy encrypted under KEY.'
         'random:Print N random bytes (1..1024); needs no vault.'
         'inspect:Show what a ciphertext says about itself (key, context, sizes); needs no vault and proves nothing.'
+        'sign:Sign input of any size with an asymmetric key; the private key never leaves the vault.'
+        'verify:Verify a signature: exit 0 when valid, 6 when not.'
+        'pubkey:Print an asymmetric key'\''s public key (PEM or DER), usable by openssl as is.'
+        'mac:Make the HMAC of a message (up to 4096 bytes) with an HMAC key.'
+        'verify-mac:Verify an HMAC: exit 0 when valid, 6 when not.'
+        'datakey-pair:Make a key pair: its public key, its private key encrypted under KEY and, unless --no-plaintext, in plaintext.'
+        'derive-secret:Agree a shared secret (ECDH) between a KEY_AGREEMENT key and a peer'\''s public key.'
         'edit:Edit a ciphertext in place: decrypt it into a private in-memory file, run $VISUAL or $EDITOR on it, and encrypt the result again (same key and context unless given); the plaintext never touches the disk.'
         'serve:Serve the vault over AWS KMS'\''s wire protocol: point AWS_ENDPOINT_URL_KMS at it and sign with a key from '\''kmscli credentials create'\''.'
         'vault:Back up the vault and its audit log, and restore them.'
@@ -82,6 +89,13 @@ _kmscli() {
         (datakey) _kmscli_datakey && ret=0 ;;
         (random) _kmscli_random && ret=0 ;;
         (inspect) _kmscli_inspect && ret=0 ;;
+        (sign) _kmscli_sign && ret=0 ;;
+        (verify) _kmscli_verify && ret=0 ;;
+        (pubkey) _kmscli_pubkey && ret=0 ;;
+        (mac) _kmscli_mac && ret=0 ;;
+        (verify-mac) _kmscli_verify_mac && ret=0 ;;
+        (datakey-pair) _kmscli_datakey_pair && ret=0 ;;
+        (derive-secret) _kmscli_derive_secret && ret=0 ;;
         (edit) _kmscli_edit && ret=0 ;;
         (serve) _kmscli_serve && ret=0 ;;
         (vault) _kmscli_vault && ret=0 ;;
@@ -163,6 +177,7 @@ _kmscli_encrypt() {
         '(--out -o)-o+[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
         '(--armor -a)--armor[Write ASCII armor instead of binary.]' \
         '(--armor -a)-a[Write ASCII armor instead of binary.]' \
+        '--algorithm=[SYMMETRIC_DEFAULT (default: envelope encryption of any size), or RSAES_OAEP_SHA_256 / RSAES_OAEP_SHA_1 with an RSA ENCRYPT_DECRYPT key: a small message (up to 470 bytes for RSA_4096 with SHA-1), no envelope, as AWS.]:ALG: ' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
@@ -182,6 +197,7 @@ _kmscli_decrypt() {
         '(--in -i)-i+[Read from IN ('\''-'\'' = stdin, default).]:IN:_files' \
         '(--out -o)--out=[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
         '(--out -o)-o+[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
+        '--algorithm=[RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1 to decrypt an RSA ciphertext (needs --key: it names no key); SYMMETRIC_DEFAULT (default) for kmscli'\''s own.]:ALG: ' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
@@ -258,6 +274,146 @@ _kmscli_inspect() {
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         '::[FILE]:_files'
+}
+
+_kmscli_sign() {
+    _arguments -S \
+        '(--key -k)--key=[Key id, alias/NAME, key ARN or alias ARN.]:KEY:_kmscli_aliases' \
+        '(--key -k)-k+[Key id, alias/NAME, key ARN or alias ARN.]:KEY:_kmscli_aliases' \
+        '(--algorithm -a)--algorithm=[Signing algorithm as AWS names it: RSASSA_PSS_SHA_256|384|512, RSASSA_PKCS1_V1_5_SHA_256|384|512, ECDSA_SHA_256|384|512, ML_DSA_SHAKE_256.]:ALG: ' \
+        '(--algorithm -a)-a+[Signing algorithm as AWS names it: RSASSA_PSS_SHA_256|384|512, RSASSA_PKCS1_V1_5_SHA_256|384|512, ECDSA_SHA_256|384|512, ML_DSA_SHAKE_256.]:ALG: ' \
+        '--digest[The input is already the message'\''s digest (ML-DSA: its 64-byte external mu).]' \
+        '(--in -i)--in=[Read from IN ('\''-'\'' = stdin, default).]:IN:_files' \
+        '(--in -i)-i+[Read from IN ('\''-'\'' = stdin, default).]:IN:_files' \
+        '(--out -o)--out=[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
+        '(--out -o)-o+[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
+        '(--format -f)--format=[Output encoding: raw bytes (default) or one base64 line.]:raw|base64:(raw base64)' \
+        '(--format -f)-f+[Output encoding: raw bytes (default) or one base64 line.]:raw|base64:(raw base64)' \
+        '--json[Print the AWS KMS JSON response shape.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]'
+}
+
+_kmscli_verify() {
+    _arguments -S \
+        '(--key -k)--key=[Key id, alias/NAME, key ARN or alias ARN.]:KEY:_kmscli_aliases' \
+        '(--key -k)-k+[Key id, alias/NAME, key ARN or alias ARN.]:KEY:_kmscli_aliases' \
+        '(--algorithm -a)--algorithm=[Signing algorithm as AWS names it: RSASSA_PSS_SHA_256|384|512, RSASSA_PKCS1_V1_5_SHA_256|384|512, ECDSA_SHA_256|384|512, ML_DSA_SHAKE_256.]:ALG: ' \
+        '(--algorithm -a)-a+[Signing algorithm as AWS names it: RSASSA_PSS_SHA_256|384|512, RSASSA_PKCS1_V1_5_SHA_256|384|512, ECDSA_SHA_256|384|512, ML_DSA_SHAKE_256.]:ALG: ' \
+        '(--signature -s)--signature=[The signature, raw or base64 ('\''-'\'' = stdin, when the message comes from -i FILE).]:FILE:_files' \
+        '(--signature -s)-s+[The signature, raw or base64 ('\''-'\'' = stdin, when the message comes from -i FILE).]:FILE:_files' \
+        '--digest[The input is already the message'\''s digest (ML-DSA: its 64-byte external mu).]' \
+        '(--in -i)--in=[Read from IN ('\''-'\'' = stdin, default).]:IN:_files' \
+        '(--in -i)-i+[Read from IN ('\''-'\'' = stdin, default).]:IN:_files' \
+        '--json[Print the AWS KMS JSON response shape.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]'
+}
+
+_kmscli_pubkey() {
+    _arguments -S \
+        '(--format -f)--format=[PEM (default) or DER SubjectPublicKeyInfo.]:pem|der:(pem der)' \
+        '(--format -f)-f+[PEM (default) or DER SubjectPublicKeyInfo.]:pem|der:(pem der)' \
+        '(--out -o)--out=[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
+        '(--out -o)-o+[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
+        '--json[Print the AWS KMS JSON response shape.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ':KEY:_kmscli_aliases'
+}
+
+_kmscli_mac() {
+    _arguments -S \
+        '(--key -k)--key=[Key id, alias/NAME, key ARN or alias ARN.]:KEY:_kmscli_aliases' \
+        '(--key -k)-k+[Key id, alias/NAME, key ARN or alias ARN.]:KEY:_kmscli_aliases' \
+        '(--algorithm -a)--algorithm=[HMAC_SHA_224|256|384|512, the one of the key'\''s spec.]:ALG: ' \
+        '(--algorithm -a)-a+[HMAC_SHA_224|256|384|512, the one of the key'\''s spec.]:ALG: ' \
+        '(--in -i)--in=[Read from IN ('\''-'\'' = stdin, default).]:IN:_files' \
+        '(--in -i)-i+[Read from IN ('\''-'\'' = stdin, default).]:IN:_files' \
+        '(--out -o)--out=[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
+        '(--out -o)-o+[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
+        '(--format -f)--format=[Output encoding: raw bytes (default) or one base64 line.]:raw|base64:(raw base64)' \
+        '(--format -f)-f+[Output encoding: raw bytes (default) or one base64 line.]:raw|base64:(raw base64)' \
+        '--json[Print the AWS KMS JSON response shape.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]'
+}
+
+_kmscli_verify_mac() {
+    _arguments -S \
+        '(--key -k)--key=[Key id, alias/NAME, key ARN or alias ARN.]:KEY:_kmscli_aliases' \
+        '(--key -k)-k+[Key id, alias/NAME, key ARN or alias ARN.]:KEY:_kmscli_aliases' \
+        '(--algorithm -a)--algorithm=[HMAC_SHA_224|256|384|512, the one of the key'\''s spec.]:ALG: ' \
+        '(--algorithm -a)-a+[HMAC_SHA_224|256|384|512, the one of the key'\''s spec.]:ALG: ' \
+        '(--mac -m)--mac=[The MAC, raw or base64 ('\''-'\'' = stdin, when the message comes from -i FILE).]:FILE:_files' \
+        '(--mac -m)-m+[The MAC, raw or base64 ('\''-'\'' = stdin, when the message comes from -i FILE).]:FILE:_files' \
+        '(--in -i)--in=[Read from IN ('\''-'\'' = stdin, default).]:IN:_files' \
+        '(--in -i)-i+[Read from IN ('\''-'\'' = stdin, default).]:IN:_files' \
+        '--json[Print the AWS KMS JSON response shape.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]'
+}
+
+_kmscli_datakey_pair() {
+    _arguments -S \
+        '--spec=[RSA_2048|3072|4096, ECC_NIST_P256|P384|P521, ECC_SECG_P256K1, ECC_NIST_EDWARDS25519, ML_KEM_768|1024.]:SPEC: ' \
+        '*--context=[Encryption context pair of the encrypted private key; repeatable.]:K=V: ' \
+        '*-c+[Encryption context pair of the encrypted private key; repeatable.]:K=V: ' \
+        '--no-plaintext[Leave the plaintext private key out.]' \
+        '--json[Print the AWS KMS JSON response shape.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ':KEY:_kmscli_aliases'
+}
+
+_kmscli_derive_secret() {
+    _arguments -S \
+        '(--key -k)--key=[Key id, alias/NAME, key ARN or alias ARN.]:KEY:_kmscli_aliases' \
+        '(--key -k)-k+[Key id, alias/NAME, key ARN or alias ARN.]:KEY:_kmscli_aliases' \
+        '(--public-key -p)--public-key=[The peer'\''s public key: PEM or DER SubjectPublicKeyInfo on the key'\''s curve.]:FILE:_files' \
+        '(--public-key -p)-p+[The peer'\''s public key: PEM or DER SubjectPublicKeyInfo on the key'\''s curve.]:FILE:_files' \
+        '(--out -o)--out=[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
+        '(--out -o)-o+[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
+        '(--format -f)--format=[Output encoding: raw bytes (default) or one base64 line.]:raw|base64:(raw base64)' \
+        '(--format -f)-f+[Output encoding: raw bytes (default) or one base64 line.]:raw|base64:(raw base64)' \
+        '--json[Print the AWS KMS JSON response shape.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]'
 }
 
 _kmscli_edit() {
@@ -358,7 +514,7 @@ _kmscli_keys() {
     case $state in
     (command)
         local -a commands=(
-        'create:Create a symmetric key and print its key id.'
+        'create:Create a key (symmetric unless --spec says otherwise) and print its key id.'
         'list:List keys (with --all, also those pending deletion).'
         'describe:Show one key'\''s metadata.'
         'tags:List a key'\''s tags (ListResourceTags).'
@@ -398,6 +554,8 @@ _kmscli_keys() {
 
 _kmscli_keys_create() {
     _arguments -S \
+        '--spec=[Key spec: SYMMETRIC_DEFAULT (default), RSA_2048|3072|4096, ECC_NIST_P256|P384|P521, ECC_SECG_P256K1, ML_DSA_44|65|87, HMAC_224|256|384|512.]:SPEC: ' \
+        '--usage=[Key usage: ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC or KEY_AGREEMENT; needed for every spec but SYMMETRIC_DEFAULT (HMAC keys: GENERATE_VERIFY_MAC, implied).]:USAGE: ' \
         '(--description -d)--description=[Description (up to 8192 characters).]:TEXT: ' \
         '(--description -d)-d+[Description (up to 8192 characters).]:TEXT: ' \
         '--alias=[Also create alias NAME (alias/...).]:NAME: ' \

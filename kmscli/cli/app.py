@@ -59,6 +59,7 @@ def _register() -> None:
         policy_cmds,
         serve_cmds,
         session_cmds,
+        sign_cmds,
         vault_cmds,
     )
 
@@ -68,6 +69,7 @@ def _register() -> None:
     app.add_typer(alias_cmds.app, name="alias")
     app.add_typer(policy_cmds.app, name="policy")
     crypto_cmds.register(app)
+    sign_cmds.register(app)
     edit_cmds.register(app)
     app.add_typer(audit_cmds.app, name="audit")
     app.add_typer(credentials_cmds.app, name="credentials")

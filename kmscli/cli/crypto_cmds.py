@@ -17,6 +17,10 @@ InOpt = Annotated[str | None, typer.Option("--in", "-i", metavar="IN", help="Rea
 OutOpt = Annotated[str | None, typer.Option("--out", "-o", metavar="OUT",
                    help="Write to OUT ('-' = stdout, default); replaced only on success, mode 0600.")]
 ArmorOpt = Annotated[bool, typer.Option("--armor", "-a", help="Write ASCII armor instead of binary.")]
+AlgorithmOpt = Annotated[str | None, typer.Option(
+    "--algorithm", metavar="ALG", help="SYMMETRIC_DEFAULT (default: envelope encryption of any size), or "
+    "RSAES_OAEP_SHA_256 / RSAES_OAEP_SHA_1 with an RSA ENCRYPT_DECRYPT key: a small message (up to 470 bytes for "
+    "RSA_4096 with SHA-1), no envelope, as AWS.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +35,7 @@ def register(app: typer.Typer) -> None:
 
 
 def encrypt(key: KeyOpt, context: ContextOpt = None, in_: InOpt = None, out: OutOpt = None,
-            armor: ArmorOpt = False) -> None:
+            armor: ArmorOpt = False, algorithm: AlgorithmOpt = None) -> None:
     ctx = common.pairs(context, "context")
     svc = common.service()
     reader, size = fileio.open_input(in_)
@@ -39,7 +43,8 @@ def encrypt(key: KeyOpt, context: ContextOpt = None, in_: InOpt = None, out: Out
     try:
         with fileio.output(out, binary=not armor) as dest:
             writer, finish = maybe_armor(dest.stream, armor)
-            svc.Encrypt(KeyId=key, reader=reader, writer=writer, EncryptionContext=ctx, progress=progress)
+            svc.Encrypt(KeyId=key, reader=reader, writer=writer, EncryptionContext=ctx, progress=progress,
+                        **({"EncryptionAlgorithm": algorithm} if algorithm else {}))
             finish()
     finally:
         progress.close()
@@ -49,6 +54,9 @@ def decrypt(
     key: Annotated[str | None, typer.Option("--key", "-k", metavar="KEY",
                    help="Assert the ciphertext was made under KEY (exit 6 otherwise).")] = None,
     context: ContextOpt = None, in_: InOpt = None, out: OutOpt = None,
+    algorithm: Annotated[str | None, typer.Option(
+        "--algorithm", metavar="ALG", help="RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1 to decrypt an RSA ciphertext "
+        "(needs --key: it names no key); SYMMETRIC_DEFAULT (default) for kmscli's own.")] = None,
 ) -> None:
     ctx = common.pairs(context, "context")
     svc = common.service()
@@ -57,7 +65,7 @@ def decrypt(
     try:
         with fileio.output(out, binary=False) as dest:
             svc.Decrypt(reader=maybe_dearmor(reader), writer=dest.stream, EncryptionContext=ctx, KeyId=key,
-                        progress=progress)
+                        progress=progress, **({"EncryptionAlgorithm": algorithm} if algorithm else {}))
     finally:
         progress.close()
 

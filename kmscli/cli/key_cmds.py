@@ -16,8 +16,15 @@ KeyArg = Annotated[str, typer.Argument(metavar="KEY", help="Key id, alias/NAME, 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the AWS KMS JSON response shape.")]
 
 
-@app.command("create", cls=common.KmsCommand, help="Create a symmetric key and print its key id.")
+@app.command("create", cls=common.KmsCommand, help="Create a key (symmetric unless --spec says otherwise) and "
+                                                    "print its key id.")
 def create(
+    spec: Annotated[str, typer.Option("--spec", metavar="SPEC",
+                    help="Key spec: SYMMETRIC_DEFAULT (default), RSA_2048|3072|4096, ECC_NIST_P256|P384|P521, "
+                         "ECC_SECG_P256K1, ML_DSA_44|65|87, HMAC_224|256|384|512.")] = "SYMMETRIC_DEFAULT",
+    usage: Annotated[str | None, typer.Option("--usage", metavar="USAGE",
+                     help="Key usage: ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC or KEY_AGREEMENT; needed "
+                          "for every spec but SYMMETRIC_DEFAULT (HMAC keys: GENERATE_VERIFY_MAC, implied).")] = None,
     description: Annotated[str, typer.Option("--description", "-d", help="Description (up to 8192 characters).")] = "",
     alias: Annotated[str | None, typer.Option("--alias", metavar="NAME", help="Also create alias NAME (alias/...).")
                      ] = None,
@@ -30,8 +37,11 @@ def create(
 ) -> None:
     document = _read_policy(policy) if policy is not None else None
     tags = [{"TagKey": k, "TagValue": v} for k, v in common.pairs(tag, "tag").items()]
+    if usage is None and spec.startswith("HMAC_"):
+        usage = "GENERATE_VERIFY_MAC"  # the only usage an HMAC key has: asking for it would be ceremony
     result = common.service().CreateKey(Description=description, Tags=tags, Policy=document,
-                                        BypassPolicyLockoutSafetyCheck=bypass, AliasName=alias)
+                                        BypassPolicyLockoutSafetyCheck=bypass, AliasName=alias, KeySpec=spec,
+                                        KeyUsage=usage)
     if json_:
         output.emit_aws("CreateKey", result)
     else:
@@ -74,7 +84,9 @@ def describe(key: KeyArg, json_: JsonOpt = False) -> None:
     detail = svc.DescribeKeyDetails(KeyId=key)
     meta = detail["KeyMetadata"]
     rot = detail.get("Rotation")
-    if rot is None:
+    if meta["KeySpec"] != "SYMMETRIC_DEFAULT":
+        rotation = "not supported for this key spec"
+    elif rot is None:
         rotation = "(not allowed to see)"
     elif rot["Enabled"]:
         rotation = f"every {rot['PeriodInDays']} days, next {output.when(rot['NextRotationDate'])}"
@@ -85,15 +97,24 @@ def describe(key: KeyArg, json_: JsonOpt = False) -> None:
         ("KeyId", meta["KeyId"]), ("Arn", meta["Arn"]), ("State", meta["KeyState"]),
         ("Aliases", ", ".join(detail["Aliases"])), ("Description", meta["Description"]),
         ("Created", output.when(meta["CreationDate"])), ("KeySpec", meta["KeySpec"]),
-        ("KeyUsage", meta["KeyUsage"]), ("Rotation", rotation), ("KeyMaterialId", meta["CurrentKeyMaterialId"]),
+        ("KeyUsage", meta["KeyUsage"]), ("Algorithms", ", ".join(_algorithms(meta))), ("Rotation", rotation),
+        ("KeyMaterialId", meta.get("CurrentKeyMaterialId", "(one, for the key's life: it never rotates)")),
         ("Tags", "(not allowed to see)" if tags is None else ", ".join(f"{t['TagKey']}={t['TagValue']}"
                                                                           for t in tags)),
     ]
     if rot is not None and rot["MinDecryptVersion"] > 1:
-        rows.insert(9, ("MinDecryptVersion", rot["MinDecryptVersion"]))
+        rows.insert(10, ("MinDecryptVersion", rot["MinDecryptVersion"]))
     if "DeletionDate" in meta:
         rows.insert(3, ("DeletionDate", output.when(meta["DeletionDate"])))
     output.fields(rows)
+
+
+def _algorithms(meta: dict[str, Any]) -> list[str]:
+    """The key's algorithms, whichever member its usage has (EncryptionAlgorithms, SigningAlgorithms, ...)."""
+    for member in ("EncryptionAlgorithms", "SigningAlgorithms", "MacAlgorithms", "KeyAgreementAlgorithms"):
+        if member in meta:
+            return list(meta[member])
+    return []
 
 
 @app.command("tags", cls=common.KmsCommand, help="List a key's tags (ListResourceTags).")

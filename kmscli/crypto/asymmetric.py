@@ -536,6 +536,39 @@ def generate_data_key_pair(pair_spec: object) -> tuple[bytes, bytes]:
 
 
 # -- Sign and Verify ---------------------------------------------------------------
+def message_hasher(algorithm: str, public_key: bytes | None = None) -> tuple[Any, str]:
+    """A streaming hash that turns a message of any size into what Sign takes in its place: (hasher, MessageType).
+
+    For RSA and ECDSA the algorithm's digest (MessageType DIGEST); for ML-DSA the FIPS 204 external mu (MessageType
+    EXTERNAL_MU), which needs the key's ``public_key`` (GetPublicKey's SubjectPublicKeyInfo): mu =
+    SHAKE256(SHAKE256(pk, 64) || 0x00 || 0x00 || M, 64), pure ML-DSA with an empty context. Either gives the same
+    signature as signing the whole message RAW. The hasher has ``update`` and ``finish() -> bytes``.
+    """
+    import hashlib
+
+    algorithm = _check_enum(algorithm, "SigningAlgorithmSpec", "signingAlgorithm")
+    name = _SIGNING_HASH[algorithm]
+    if name is not None:
+        return _Hasher(hashlib.new(name), None), DIGEST
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    public = load_der_public_key(_check_length(public_key, "publicKey", MAX_PUBLIC_KEY))
+    tr = hashlib.shake_256(public.public_bytes_raw()).digest(64)  # type: ignore[union-attr]
+    h = hashlib.shake_256(tr + b"\x00\x00")
+    return _Hasher(h, MU_SIZE), EXTERNAL_MU
+
+
+class _Hasher:
+    def __init__(self, h: Any, length: int | None) -> None:
+        self._h, self._length = h, length
+
+    def update(self, data: bytes) -> None:
+        self._h.update(data)
+
+    def finish(self) -> bytes:
+        return bytes(self._h.digest(self._length) if self._length is not None else self._h.digest())
+
+
 def _sign_args(algorithm: str, message_type: str) -> tuple[Any, Any]:
     """(padding, or None for ECDSA; hash argument) of an RSA or ECDSA algorithm. DIGEST: the message is the
     digest already, so cryptography must not hash it again (Prehashed)."""
