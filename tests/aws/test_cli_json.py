@@ -96,3 +96,51 @@ def test_a_data_key_blob_fits_the_model_with_the_largest_context(kms: Runner, ke
         args += ["--context", f"k{i:02d}=" + "v" * 120]
     out = ok(kms("datakey", "alias/app", "--bytes", "1024", *args, "--json")).stdout
     check("GenerateDataKey", out)
+
+
+def test_the_json_of_asymmetric_and_hmac_commands_is_their_aws_response(kms: Runner, key: str, tmp_path: Path
+                                                                         ) -> None:
+    def run(operation: str, *args: str, input: bytes = b"") -> dict[str, Any]:
+        out = ok(kms(*args, "--json", input=input)).stdout
+        check(operation, out)
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    signer = run("CreateKey", "keys", "create", "--spec", "ECC_NIST_P256", "--usage", "SIGN_VERIFY")
+    assert signer["KeyMetadata"]["SigningAlgorithms"] == ["ECDSA_SHA_256"]
+    assert "CurrentKeyMaterialId" not in signer["KeyMetadata"]
+    sid = signer["KeyMetadata"]["KeyId"]
+    mldsa = run("CreateKey", "keys", "create", "--spec", "ML_DSA_44", "--usage", "SIGN_VERIFY")["KeyMetadata"]
+    assert "CustomerMasterKeySpec" not in mldsa  # the deprecated member's enum has no ML-DSA spec
+    run("DescribeKey", "keys", "describe", sid)
+    public = run("GetPublicKey", "pubkey", sid)
+    assert public["KeyUsage"] == "SIGN_VERIFY" and public["SigningAlgorithms"] == ["ECDSA_SHA_256"]
+    signed = run("Sign", "sign", "--key", sid, "--algorithm", "ECDSA_SHA_256", input=b"release")
+    assert signed["KeyId"].endswith(sid)
+    (tmp_path / "sig.b64").write_text(signed["Signature"])
+    verified = run("Verify", "verify", "--key", sid, "--algorithm", "ECDSA_SHA_256", "--signature",
+                   str(tmp_path / "sig.b64"), input=b"release")
+    assert verified["SignatureValid"] is True
+    mac_key = run("CreateKey", "keys", "create", "--spec", "HMAC_384")["KeyMetadata"]
+    assert (mac_key["KeyUsage"], mac_key["MacAlgorithms"]) == ("GENERATE_VERIFY_MAC", ["HMAC_SHA_384"])
+    mac = run("GenerateMac", "mac", "--key", mac_key["KeyId"], "--algorithm", "HMAC_SHA_384", input=b"m")
+    (tmp_path / "mac.b64").write_text(mac["Mac"])
+    assert run("VerifyMac", "verify-mac", "--key", mac_key["KeyId"], "--algorithm", "HMAC_SHA_384", "--mac",
+               str(tmp_path / "mac.b64"), input=b"m")["MacValid"] is True
+    pair = run("GenerateDataKeyPair", "datakey-pair", key, "--spec", "ECC_NIST_P384", "--context", "k=v")
+    assert pair["KeyPairSpec"] == "ECC_NIST_P384" and "PrivateKeyPlaintext" in pair
+    bare = run("GenerateDataKeyPairWithoutPlaintext", "datakey-pair", key, "--spec", "RSA_2048", "--no-plaintext")
+    assert "PrivateKeyPlaintext" not in bare
+    agreement = run("CreateKey", "keys", "create", "--spec", "ECC_NIST_P256", "--usage", "KEY_AGREEMENT")
+    assert agreement["KeyMetadata"]["KeyAgreementAlgorithms"] == ["ECDH"]
+    (tmp_path / "peer.der").write_bytes(_p256_public_der())
+    shared = run("DeriveSharedSecret", "derive-secret", "--key", agreement["KeyMetadata"]["KeyId"],
+                 "--public-key", str(tmp_path / "peer.der"))
+    assert shared["KeyOrigin"] == "AWS_KMS" and shared["KeyAgreementAlgorithm"] == "ECDH"
+
+
+def _p256_public_der() -> bytes:
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
