@@ -175,7 +175,7 @@ KEY_SPECS: Final = tuple(KEY_USAGES)
 #: Key specs AWS has that kmscli refuses (UnsupportedOperationException, exit 2), with the reason shown.
 REFUSED_KEY_SPECS: Final[dict[str, str]] = {
     "SM2": "SM2 keys exist only in AWS's China Regions; kmscli does not make them",
-    "ECC_NIST_EDWARDS25519": "kmscli does not make Ed25519 KMS keys yet (issue 16 covers the specs of its SPEC)",
+    "ECC_NIST_EDWARDS25519": "kmscli does not make Ed25519 KMS keys yet (data key pairs of this spec it does make)",
     "ML_KEM_512": "kmscli does not make ML-KEM KMS keys (ENCAPSULATE_DECAPSULATE) yet",
     "ML_KEM_768": "kmscli does not make ML-KEM KMS keys (ENCAPSULATE_DECAPSULATE) yet",
     "ML_KEM_1024": "kmscli does not make ML-KEM KMS keys (ENCAPSULATE_DECAPSULATE) yet",
