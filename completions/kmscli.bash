@@ -10,7 +10,7 @@
 _kmscli_spec() {
     case $1 in
         '')
-            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random inspect sign verify pubkey mac verify-mac datakey-pair derive-secret edit serve vault keys alias policy audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
+            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random inspect sign verify pubkey mac verify-mac datakey-pair derive-secret edit serve vault keys alias policy grants audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'init')
@@ -30,21 +30,21 @@ _kmscli_spec() {
             vals=' --shell=choice:sh,bash,zsh,fish --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'encrypt')
-            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --armor|-a --algorithm --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --algorithm=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps=' --context -c ' args='' ;;
+            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --armor|-a --algorithm --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --algorithm=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --context -c --grant-token ' args='' ;;
         'decrypt')
-            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --algorithm --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --algorithm=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps=' --context -c ' args='' ;;
+            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --algorithm --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --algorithm=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --context -c --grant-token ' args='' ;;
         'reencrypt')
-            cmds='  ' opts='--key|-k --context|-c --source-context --source-key --in|-i --out|-o --armor|-a --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --key=alias -k=alias --context=none -c=none --source-context=none --source-key=alias --in=file -i=file --out=file -o=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps=' --context -c --source-context ' args='' ;;
+            cmds='  ' opts='--key|-k --context|-c --source-context --source-key --in|-i --out|-o --armor|-a --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --source-context=none --source-key=alias --in=file -i=file --out=file -o=file --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --context -c --source-context --grant-token ' args='' ;;
         'datakey')
-            cmds='  ' opts='--spec --bytes --context|-c --no-plaintext --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --spec=choice:AES_256,AES_128 --bytes=none --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps=' --context -c ' args='alias' ;;
+            cmds='  ' opts='--spec --bytes --context|-c --no-plaintext --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --spec=choice:AES_256,AES_128 --bytes=none --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --context -c --grant-token ' args='alias' ;;
         'random')
             cmds='  ' opts='--format|-f --json --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --format=choice:base64,hex,raw -f=choice:base64,hex,raw --vault=file --audit-log=file --passphrase-file=file --region=alias '
@@ -54,37 +54,37 @@ _kmscli_spec() {
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='file' ;;
         'sign')
-            cmds='  ' opts='--key|-k --algorithm|-a --digest --in|-i --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --key=alias -k=alias --algorithm=none -a=none --in=file -i=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='' ;;
+            cmds='  ' opts='--key|-k --algorithm|-a --digest --in|-i --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --algorithm=none -a=none --in=file -i=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='' ;;
         'verify')
-            cmds='  ' opts='--key|-k --algorithm|-a --signature|-s --digest --in|-i --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --key=alias -k=alias --algorithm=none -a=none --signature=file -s=file --in=file -i=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='' ;;
+            cmds='  ' opts='--key|-k --algorithm|-a --signature|-s --digest --in|-i --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --algorithm=none -a=none --signature=file -s=file --in=file -i=file --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='' ;;
         'pubkey')
-            cmds='  ' opts='--format|-f --out|-o --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --format=choice:pem,der -f=choice:pem,der --out=file -o=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias' ;;
+            cmds='  ' opts='--format|-f --out|-o --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --format=choice:pem,der -f=choice:pem,der --out=file -o=file --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias' ;;
         'mac')
-            cmds='  ' opts='--key|-k --algorithm|-a --in|-i --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --key=alias -k=alias --algorithm=none -a=none --in=file -i=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='' ;;
+            cmds='  ' opts='--key|-k --algorithm|-a --in|-i --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --algorithm=none -a=none --in=file -i=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='' ;;
         'verify-mac')
-            cmds='  ' opts='--key|-k --algorithm|-a --mac|-m --in|-i --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --key=alias -k=alias --algorithm=none -a=none --mac=file -m=file --in=file -i=file --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='' ;;
+            cmds='  ' opts='--key|-k --algorithm|-a --mac|-m --in|-i --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --algorithm=none -a=none --mac=file -m=file --in=file -i=file --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='' ;;
         'datakey-pair')
-            cmds='  ' opts='--spec --context|-c --no-plaintext --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --spec=none --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps=' --context -c ' args='alias' ;;
+            cmds='  ' opts='--spec --context|-c --no-plaintext --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --spec=none --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --context -c --grant-token ' args='alias' ;;
         'derive-secret')
-            cmds='  ' opts='--key|-k --public-key|-p --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --key=alias -k=alias --public-key=file -p=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='' ;;
+            cmds='  ' opts='--key|-k --public-key|-p --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --public-key=file -p=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='' ;;
         'edit')
-            cmds='  ' opts='--key|-k --context|-c --armor|-a --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --key=alias -k=alias --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps=' --context -c ' args='file' ;;
+            cmds='  ' opts='--key|-k --context|-c --armor|-a --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --context -c --grant-token ' args='file' ;;
         'serve')
             cmds='  ' opts='--host --port --tls-cert --tls-key --ephemeral --account --seed --workers --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --host=none --port=none --tls-cert=file --tls-key=file --account=none --seed=file --workers=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
@@ -114,65 +114,65 @@ _kmscli_spec() {
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='' ;;
         'keys describe')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias' ;;
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias' ;;
         'keys tags')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias' ;;
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias' ;;
         'keys enable')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias' ;;
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias' ;;
         'keys disable')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias' ;;
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias' ;;
         'keys schedule-delete')
-            cmds='  ' opts='--days --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --days=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias' ;;
+            cmds='  ' opts='--days --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --days=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias' ;;
         'keys cancel-delete')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias' ;;
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias' ;;
         'keys set-description')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias none' ;;
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias none' ;;
         'keys tag')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias none*' ;;
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias none*' ;;
         'keys untag')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias none*' ;;
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias none*' ;;
         'keys rotate')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias' ;;
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias' ;;
         'keys rotation')
-            cmds='  ' opts='--enable --disable --days --min-decrypt-version --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --days=none --min-decrypt-version=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias' ;;
+            cmds='  ' opts='--enable --disable --days --min-decrypt-version --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --days=none --min-decrypt-version=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias' ;;
         'keys rotations')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias' ;;
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias' ;;
         'alias')
             cmds=' create update delete list ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'alias create')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=none '
-            reps='  ' args='none alias' ;;
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=none --grant-token=none '
+            reps=' --grant-token ' args='none alias' ;;
         'alias update')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias alias' ;;
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias alias' ;;
         'alias delete')
             cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
@@ -186,13 +186,37 @@ _kmscli_spec() {
             vals='  '
             reps='  ' args='' ;;
         'policy get')
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias' ;;
+        'policy put')
+            cmds='  ' opts='--bypass-policy-lockout-safety-check --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias file' ;;
+        'grants')
+            cmds=' create list list-retirable retire revoke ' opts='-h|--help'
+            vals='  '
+            reps='  ' args='' ;;
+        'grants create')
+            cmds='  ' opts='--grantee --operation|--op --retiring --name --context-equals --context-subset --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --grantee=none --operation=none --op=none --retiring=none --name=none --context-equals=none --context-subset=none --vault=file --audit-log=file --passphrase-file=file --region=none --grant-token=none '
+            reps=' --operation --op --context-equals --context-subset --grant-token ' args='alias' ;;
+        'grants list')
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias' ;;
+        'grants list-retirable')
             cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias' ;;
-        'policy put')
-            cmds='  ' opts='--bypass-policy-lockout-safety-check --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
-            reps='  ' args='alias file' ;;
+            reps='  ' args='none' ;;
+        'grants retire')
+            cmds='  ' opts='--token --key|-k --grant-id --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --token=none --key=alias -k=alias --grant-id=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='' ;;
+        'grants revoke')
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            reps=' --grant-token ' args='alias none' ;;
         'audit')
             cmds=' show verify head restart ' opts='-h|--help'
             vals='  '

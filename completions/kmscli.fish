@@ -6,7 +6,7 @@
 function __kmscli_cmds --argument-names path
     switch $path
         case ''
-            echo init passwd unlock lock encrypt decrypt reencrypt datakey random inspect sign verify pubkey mac verify-mac datakey-pair derive-secret edit serve vault keys alias policy audit credentials
+            echo init passwd unlock lock encrypt decrypt reencrypt datakey random inspect sign verify pubkey mac verify-mac datakey-pair derive-secret edit serve vault keys alias policy grants audit credentials
         case 'vault'
             echo backup restore
         case 'keys'
@@ -15,6 +15,8 @@ function __kmscli_cmds --argument-names path
             echo create update delete list
         case 'policy'
             echo get put
+        case 'grants'
+            echo create list list-retirable retire revoke
         case 'audit'
             echo show verify head restart
         case 'credentials'
@@ -36,33 +38,33 @@ function __kmscli_vopts --argument-names path
         case 'lock'
             echo --shell --vault --audit-log --passphrase-file --region
         case 'encrypt'
-            echo --key -k --context -c --in -i --out -o --algorithm --vault --audit-log --passphrase-file --region
+            echo --key -k --context -c --in -i --out -o --algorithm --vault --audit-log --passphrase-file --region --grant-token
         case 'decrypt'
-            echo --key -k --context -c --in -i --out -o --algorithm --vault --audit-log --passphrase-file --region
+            echo --key -k --context -c --in -i --out -o --algorithm --vault --audit-log --passphrase-file --region --grant-token
         case 'reencrypt'
-            echo --key -k --context -c --source-context --source-key --in -i --out -o --vault --audit-log --passphrase-file --region
+            echo --key -k --context -c --source-context --source-key --in -i --out -o --vault --audit-log --passphrase-file --region --grant-token
         case 'datakey'
-            echo --spec --bytes --context -c --vault --audit-log --passphrase-file --region
+            echo --spec --bytes --context -c --vault --audit-log --passphrase-file --region --grant-token
         case 'random'
             echo --format -f --vault --audit-log --passphrase-file --region
         case 'inspect'
             echo --vault --audit-log --passphrase-file --region
         case 'sign'
-            echo --key -k --algorithm -a --in -i --out -o --format -f --vault --audit-log --passphrase-file --region
+            echo --key -k --algorithm -a --in -i --out -o --format -f --vault --audit-log --passphrase-file --region --grant-token
         case 'verify'
-            echo --key -k --algorithm -a --signature -s --in -i --vault --audit-log --passphrase-file --region
+            echo --key -k --algorithm -a --signature -s --in -i --vault --audit-log --passphrase-file --region --grant-token
         case 'pubkey'
-            echo --format -f --out -o --vault --audit-log --passphrase-file --region
+            echo --format -f --out -o --vault --audit-log --passphrase-file --region --grant-token
         case 'mac'
-            echo --key -k --algorithm -a --in -i --out -o --format -f --vault --audit-log --passphrase-file --region
+            echo --key -k --algorithm -a --in -i --out -o --format -f --vault --audit-log --passphrase-file --region --grant-token
         case 'verify-mac'
-            echo --key -k --algorithm -a --mac -m --in -i --vault --audit-log --passphrase-file --region
+            echo --key -k --algorithm -a --mac -m --in -i --vault --audit-log --passphrase-file --region --grant-token
         case 'datakey-pair'
-            echo --spec --context -c --vault --audit-log --passphrase-file --region
+            echo --spec --context -c --vault --audit-log --passphrase-file --region --grant-token
         case 'derive-secret'
-            echo --key -k --public-key -p --out -o --format -f --vault --audit-log --passphrase-file --region
+            echo --key -k --public-key -p --out -o --format -f --vault --audit-log --passphrase-file --region --grant-token
         case 'edit'
-            echo --key -k --context -c --vault --audit-log --passphrase-file --region
+            echo --key -k --context -c --vault --audit-log --passphrase-file --region --grant-token
         case 'serve'
             echo --host --port --tls-cert --tls-key --account --seed --workers --vault --audit-log --passphrase-file --region
         case 'vault backup'
@@ -74,41 +76,51 @@ function __kmscli_vopts --argument-names path
         case 'keys list'
             echo --vault --audit-log --passphrase-file --region
         case 'keys describe'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'keys tags'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'keys enable'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'keys disable'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'keys schedule-delete'
-            echo --days --vault --audit-log --passphrase-file --region
+            echo --days --vault --audit-log --passphrase-file --region --grant-token
         case 'keys cancel-delete'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'keys set-description'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'keys tag'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'keys untag'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'keys rotate'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'keys rotation'
-            echo --days --min-decrypt-version --vault --audit-log --passphrase-file --region
+            echo --days --min-decrypt-version --vault --audit-log --passphrase-file --region --grant-token
         case 'keys rotations'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'alias create'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'alias update'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'alias delete'
             echo --vault --audit-log --passphrase-file --region
         case 'alias list'
             echo --key -k --vault --audit-log --passphrase-file --region
         case 'policy get'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'policy put'
+            echo --vault --audit-log --passphrase-file --region --grant-token
+        case 'grants create'
+            echo --grantee --operation --op --retiring --name --context-equals --context-subset --vault --audit-log --passphrase-file --region --grant-token
+        case 'grants list'
+            echo --vault --audit-log --passphrase-file --region --grant-token
+        case 'grants list-retirable'
             echo --vault --audit-log --passphrase-file --region
+        case 'grants retire'
+            echo --token --key -k --grant-id --vault --audit-log --passphrase-file --region
+        case 'grants revoke'
+            echo --vault --audit-log --passphrase-file --region --grant-token
         case 'audit show'
             echo --key -k --operation --since --vault --audit-log --passphrase-file --region
         case 'audit verify'
@@ -227,6 +239,7 @@ complete -c kmscli -n '__kmscli_at \'\'' -a vault -d 'Back up the vault and its 
 complete -c kmscli -n '__kmscli_at \'\'' -a keys -d 'Create, inspect, enable, disable, rotate and delete keys.'
 complete -c kmscli -n '__kmscli_at \'\'' -a alias -d 'Create, repoint, delete and list aliases (names start with alias/).'
 complete -c kmscli -n '__kmscli_at \'\'' -a policy -d 'Read and replace key policies (AWS IAM JSON grammar).'
+complete -c kmscli -n '__kmscli_at \'\'' -a grants -d 'Grants: let one principal use one key for a few operations, without editing its policy.'
 complete -c kmscli -n '__kmscli_at \'\'' -a audit -d 'Read the audit log and prove it has not been tampered with.'
 complete -c kmscli -n '__kmscli_at \'\'' -a credentials -d 'Access keys for AWS SDKs and tools that call \'kmscli serve\' (IAM\'s access keys).'
 complete -c kmscli -n '__kmscli_at \'\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
@@ -293,6 +306,7 @@ complete -c kmscli -n '__kmscli_at \'encrypt\'' -l audit-log -r -F -d 'Audit log
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'encrypt\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli decrypt
@@ -306,6 +320,7 @@ complete -c kmscli -n '__kmscli_at \'decrypt\'' -l audit-log -r -F -d 'Audit log
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'decrypt\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli reencrypt
@@ -321,6 +336,7 @@ complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l audit-log -r -F -d 'Audit l
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli datakey
@@ -334,6 +350,7 @@ complete -c kmscli -n '__kmscli_at \'datakey\'' -l audit-log -r -F -d 'Audit log
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'datakey\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'datakey\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -370,6 +387,7 @@ complete -c kmscli -n '__kmscli_at \'sign\'' -l audit-log -r -F -d 'Audit log: w
 complete -c kmscli -n '__kmscli_at \'sign\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'sign\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'sign\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'sign\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'sign\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli verify
@@ -384,6 +402,7 @@ complete -c kmscli -n '__kmscli_at \'verify\'' -l audit-log -r -F -d 'Audit log:
 complete -c kmscli -n '__kmscli_at \'verify\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'verify\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'verify\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'verify\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'verify\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli pubkey
@@ -395,6 +414,7 @@ complete -c kmscli -n '__kmscli_at \'pubkey\'' -l audit-log -r -F -d 'Audit log:
 complete -c kmscli -n '__kmscli_at \'pubkey\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'pubkey\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'pubkey\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'pubkey\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'pubkey\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'pubkey\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -410,6 +430,7 @@ complete -c kmscli -n '__kmscli_at \'mac\'' -l audit-log -r -F -d 'Audit log: wh
 complete -c kmscli -n '__kmscli_at \'mac\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'mac\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'mac\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'mac\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'mac\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli verify-mac
@@ -423,6 +444,7 @@ complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l audit-log -r -F -d 'Audit 
 complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'verify-mac\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli datakey-pair
@@ -435,6 +457,7 @@ complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l audit-log -r -F -d 'Audi
 complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'datakey-pair\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -449,6 +472,7 @@ complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l audit-log -r -F -d 'Aud
 complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'derive-secret\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli edit
@@ -460,6 +484,7 @@ complete -c kmscli -n '__kmscli_at \'edit\'' -l audit-log -r -F -d 'Audit log: w
 complete -c kmscli -n '__kmscli_at \'edit\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'edit\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'edit\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'edit\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'edit\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'edit\' 0' -F -d 'FILE'
 
@@ -553,6 +578,7 @@ complete -c kmscli -n '__kmscli_at \'keys describe\'' -l audit-log -r -F -d 'Aud
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys describe\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys describe\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -563,6 +589,7 @@ complete -c kmscli -n '__kmscli_at \'keys tags\'' -l audit-log -r -F -d 'Audit l
 complete -c kmscli -n '__kmscli_at \'keys tags\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys tags\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys tags\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys tags\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys tags\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys tags\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -572,6 +599,7 @@ complete -c kmscli -n '__kmscli_at \'keys enable\'' -l audit-log -r -F -d 'Audit
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys enable\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys enable\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -581,6 +609,7 @@ complete -c kmscli -n '__kmscli_at \'keys disable\'' -l audit-log -r -F -d 'Audi
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys disable\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys disable\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -592,6 +621,7 @@ complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l audit-log -r -F 
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys schedule-delete\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -602,6 +632,7 @@ complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l audit-log -r -F -d
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys cancel-delete\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -611,6 +642,7 @@ complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l audit-log -r -F 
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys set-description\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -620,6 +652,7 @@ complete -c kmscli -n '__kmscli_at \'keys tag\'' -l audit-log -r -F -d 'Audit lo
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys tag\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys tag\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -629,6 +662,7 @@ complete -c kmscli -n '__kmscli_at \'keys untag\'' -l audit-log -r -F -d 'Audit 
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys untag\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys untag\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -639,6 +673,7 @@ complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l audit-log -r -F -d 'Audit
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys rotate\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -653,6 +688,7 @@ complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l audit-log -r -F -d 'Aud
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys rotation\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -663,6 +699,7 @@ complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l audit-log -r -F -d 'Au
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys rotations\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -679,6 +716,7 @@ complete -c kmscli -n '__kmscli_at \'alias create\'' -l audit-log -r -F -d 'Audi
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l region -x -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'alias create\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'alias create\' 1' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -688,6 +726,7 @@ complete -c kmscli -n '__kmscli_at \'alias update\'' -l audit-log -r -F -d 'Audi
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'alias update\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'alias update\' 0' -a '(__kmscli_aliases)' -d 'NAME'
 complete -c kmscli -n '__kmscli_arg \'alias update\' 1' -a '(__kmscli_aliases)' -d 'KEY'
@@ -723,6 +762,7 @@ complete -c kmscli -n '__kmscli_at \'policy get\'' -l audit-log -r -F -d 'Audit 
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'policy get\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'policy get\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
@@ -733,9 +773,76 @@ complete -c kmscli -n '__kmscli_at \'policy put\'' -l audit-log -r -F -d 'Audit 
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'policy put\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'policy put\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 complete -c kmscli -n '__kmscli_arg \'policy put\' 1' -F -d '[FILE|-]'
+
+# kmscli grants
+complete -c kmscli -n '__kmscli_at \'grants\'' -a create -d 'Create a grant; print its id and token (tab-separated).'
+complete -c kmscli -n '__kmscli_at \'grants\'' -a list -d 'List a key\'s grants (ListGrants).'
+complete -c kmscli -n '__kmscli_at \'grants\'' -a list-retirable -d 'List the grants a principal may retire, on every key (ListRetirableGrants).'
+complete -c kmscli -n '__kmscli_at \'grants\'' -a retire -d 'Retire a grant (by its token, or by key and grant id).'
+complete -c kmscli -n '__kmscli_at \'grants\'' -a revoke -d 'Revoke a grant as the key\'s administrator (RevokeGrant).'
+complete -c kmscli -n '__kmscli_at \'grants\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli grants create
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l grantee -x -d 'Who may use the grant: a user of this vault: NAME or arn:aws:iam::ACCOUNT:user/NAME (or the account: ...:root).'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l operation -l op -x -d 'An operation the grant allows (Encrypt, Decrypt, GenerateDataKey, ReEncryptFrom, Sign, GenerateMac, DescribeKey, CreateGrant, RetireGrant, ...); repeatable, or comma-separated.'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l retiring -x -d 'Who may retire the grant besides you: a user of this vault: NAME or arn:aws:iam::ACCOUNT:user/NAME (or the account: ...:root).'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l name -x -d 'A name: the same name and arguments again return the same grant (safe retries).'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l context-equals -x -d 'Allow only requests whose encryption context is exactly these pairs; repeatable.'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l context-subset -x -d 'Allow only requests whose encryption context includes these pairs; repeatable.'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l json -d 'Print the AWS KMS JSON response shape.'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l region -x -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -s h -l help -d 'Show this message and exit.'
+complete -c kmscli -n '__kmscli_arg \'grants create\' 0' -a '(__kmscli_aliases)' -d 'KEY'
+
+# kmscli grants list
+complete -c kmscli -n '__kmscli_at \'grants list\'' -l json -d 'Print the AWS KMS JSON response shape.'
+complete -c kmscli -n '__kmscli_at \'grants list\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'grants list\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'grants list\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'grants list\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'grants list\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'grants list\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
+complete -c kmscli -n '__kmscli_at \'grants list\'' -s h -l help -d 'Show this message and exit.'
+complete -c kmscli -n '__kmscli_arg \'grants list\' 0' -a '(__kmscli_aliases)' -d 'KEY'
+
+# kmscli grants list-retirable
+complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -l json -d 'Print the AWS KMS JSON response shape.'
+complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli grants retire
+complete -c kmscli -n '__kmscli_at \'grants retire\'' -l token -x -d 'The grant\'s token.'
+complete -c kmscli -n '__kmscli_at \'grants retire\'' -l key -s k -x -a '(__kmscli_aliases)' -d 'The grant\'s key (with --grant-id).'
+complete -c kmscli -n '__kmscli_at \'grants retire\'' -l grant-id -x -d 'The grant\'s id (with --key).'
+complete -c kmscli -n '__kmscli_at \'grants retire\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'grants retire\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'grants retire\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'grants retire\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'grants retire\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'grants retire\'' -s h -l help -d 'Show this message and exit.'
+
+# kmscli grants revoke
+complete -c kmscli -n '__kmscli_at \'grants revoke\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'grants revoke\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'grants revoke\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'grants revoke\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'grants revoke\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'grants revoke\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
+complete -c kmscli -n '__kmscli_at \'grants revoke\'' -s h -l help -d 'Show this message and exit.'
+complete -c kmscli -n '__kmscli_arg \'grants revoke\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
 # kmscli audit
 complete -c kmscli -n '__kmscli_at \'audit\'' -a show -d 'Show audit records: a table on a terminal, JSON lines otherwise.'

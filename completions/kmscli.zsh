@@ -72,6 +72,7 @@ _kmscli() {
         'keys:Create, inspect, enable, disable, rotate and delete keys.'
         'alias:Create, repoint, delete and list aliases (names start with alias/).'
         'policy:Read and replace key policies (AWS IAM JSON grammar).'
+        'grants:Grants: let one principal use one key for a few operations, without editing its policy.'
         'audit:Read the audit log and prove it has not been tampered with.'
         'credentials:Access keys for AWS SDKs and tools that call '\''kmscli serve'\'' (IAM'\''s access keys).'
         )
@@ -102,6 +103,7 @@ _kmscli() {
         (keys) _kmscli_keys && ret=0 ;;
         (alias) _kmscli_alias && ret=0 ;;
         (policy) _kmscli_policy && ret=0 ;;
+        (grants) _kmscli_grants && ret=0 ;;
         (audit) _kmscli_audit && ret=0 ;;
         (credentials) _kmscli_credentials && ret=0 ;;
         esac ;;
@@ -183,6 +185,7 @@ _kmscli_encrypt() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
 }
@@ -203,6 +206,7 @@ _kmscli_decrypt() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
 }
@@ -226,6 +230,7 @@ _kmscli_reencrypt() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
 }
@@ -243,6 +248,7 @@ _kmscli_datakey() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases'
@@ -295,6 +301,7 @@ _kmscli_sign() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
 }
@@ -316,6 +323,7 @@ _kmscli_verify() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
 }
@@ -332,6 +340,7 @@ _kmscli_pubkey() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases'
@@ -355,6 +364,7 @@ _kmscli_mac() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
 }
@@ -375,6 +385,7 @@ _kmscli_verify_mac() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
 }
@@ -391,6 +402,7 @@ _kmscli_datakey_pair() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases'
@@ -412,6 +424,7 @@ _kmscli_derive_secret() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
 }
@@ -429,6 +442,7 @@ _kmscli_edit() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':FILE:_files'
@@ -594,6 +608,7 @@ _kmscli_keys_describe() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases'
@@ -607,6 +622,7 @@ _kmscli_keys_tags() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases'
@@ -619,6 +635,7 @@ _kmscli_keys_enable() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases'
@@ -631,6 +648,7 @@ _kmscli_keys_disable() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases'
@@ -645,6 +663,7 @@ _kmscli_keys_schedule_delete() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases'
@@ -658,6 +677,7 @@ _kmscli_keys_cancel_delete() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases'
@@ -670,6 +690,7 @@ _kmscli_keys_set_description() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases' \
@@ -683,6 +704,7 @@ _kmscli_keys_tag() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases' \
@@ -696,6 +718,7 @@ _kmscli_keys_untag() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases' \
@@ -710,6 +733,7 @@ _kmscli_keys_rotate() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases'
@@ -727,6 +751,7 @@ _kmscli_keys_rotation() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases'
@@ -740,6 +765,7 @@ _kmscli_keys_rotations() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases'
@@ -781,6 +807,7 @@ _kmscli_alias_create() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME: ' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':NAME: ' \
@@ -794,6 +821,7 @@ _kmscli_alias_update() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':NAME:_kmscli_aliases' \
@@ -859,6 +887,7 @@ _kmscli_policy_get() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases'
@@ -872,10 +901,119 @@ _kmscli_policy_put() {
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
         '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
         ':KEY:_kmscli_aliases' \
         '::[FILE|-]:_files'
+}
+
+_kmscli_grants() {
+    local curcontext=$curcontext state state_descr line ret=1
+    typeset -A opt_args
+    _arguments -C -S \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ': :->command' \
+        '*:: :->argument' && ret=0
+    case $state in
+    (command)
+        local -a commands=(
+        'create:Create a grant; print its id and token (tab-separated).'
+        'list:List a key'\''s grants (ListGrants).'
+        'list-retirable:List the grants a principal may retire, on every key (ListRetirableGrants).'
+        'retire:Retire a grant (by its token, or by key and grant id).'
+        'revoke:Revoke a grant as the key'\''s administrator (RevokeGrant).'
+        )
+        _describe -t commands 'kmscli grants command' commands && ret=0 ;;
+    (argument)
+        curcontext=${curcontext%:*:*}:kmscli-grants-$words[1]:
+        case $words[1] in
+        (create) _kmscli_grants_create && ret=0 ;;
+        (list) _kmscli_grants_list && ret=0 ;;
+        (list-retirable) _kmscli_grants_list_retirable && ret=0 ;;
+        (retire) _kmscli_grants_retire && ret=0 ;;
+        (revoke) _kmscli_grants_revoke && ret=0 ;;
+        esac ;;
+    esac
+    return ret
+}
+
+_kmscli_grants_create() {
+    _arguments -S \
+        '--grantee=[Who may use the grant: a user of this vault: NAME or arn:aws:iam::ACCOUNT:user/NAME (or the account: ...:root).]:PRINCIPAL: ' \
+        '*--operation=[An operation the grant allows (Encrypt, Decrypt, GenerateDataKey, ReEncryptFrom, Sign, GenerateMac, DescribeKey, CreateGrant, RetireGrant, ...); repeatable, or comma-separated.]:OP: ' \
+        '*--op=[An operation the grant allows (Encrypt, Decrypt, GenerateDataKey, ReEncryptFrom, Sign, GenerateMac, DescribeKey, CreateGrant, RetireGrant, ...); repeatable, or comma-separated.]:OP: ' \
+        '--retiring=[Who may retire the grant besides you: a user of this vault: NAME or arn:aws:iam::ACCOUNT:user/NAME (or the account: ...:root).]:PRINCIPAL: ' \
+        '--name=[A name: the same name and arguments again return the same grant (safe retries).]:NAME: ' \
+        '*--context-equals=[Allow only requests whose encryption context is exactly these pairs; repeatable.]:K=V: ' \
+        '*--context-subset=[Allow only requests whose encryption context includes these pairs; repeatable.]:K=V: ' \
+        '--json[Print the AWS KMS JSON response shape.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME: ' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ':KEY:_kmscli_aliases'
+}
+
+_kmscli_grants_list() {
+    _arguments -S \
+        '--json[Print the AWS KMS JSON response shape.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ':KEY:_kmscli_aliases'
+}
+
+_kmscli_grants_list_retirable() {
+    _arguments -S \
+        '--json[Print the AWS KMS JSON response shape.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ':PRINCIPAL: '
+}
+
+_kmscli_grants_retire() {
+    _arguments -S \
+        '--token=[The grant'\''s token.]:TOKEN: ' \
+        '(--key -k)--key=[The grant'\''s key (with --grant-id).]:KEY:_kmscli_aliases' \
+        '(--key -k)-k+[The grant'\''s key (with --grant-id).]:KEY:_kmscli_aliases' \
+        '--grant-id=[The grant'\''s id (with --key).]:ID: ' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]'
+}
+
+_kmscli_grants_revoke() {
+    _arguments -S \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ':KEY:_kmscli_aliases' \
+        ':GRANT_ID: '
 }
 
 _kmscli_audit() {

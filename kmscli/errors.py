@@ -122,6 +122,13 @@ class UnsupportedOperationException(KmsError):
     name = "UnsupportedOperationException"
 
 
+class InvalidGrantTokenException(KmsError):
+    """A grant token that is not one this vault issued, or one of another key (SPEC: exit 2)."""
+
+    exit_code = EXIT_USAGE
+    name = "InvalidGrantTokenException"
+
+
 class UnknownOperationException(KmsError):
     """A wire request naming no KMS operation (``X-Amz-Target``)."""
 
@@ -316,6 +323,7 @@ EXIT_CODES: dict[str, int] = {
         InvalidArnException,
         InvalidMarkerException,
         UnsupportedOperationException,
+        InvalidGrantTokenException,
         UnknownOperationException,
         InvalidKeyUsageException,
         NotFoundException,

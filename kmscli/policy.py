@@ -234,6 +234,8 @@ class Request:
 class Decision:
     allowed: bool
     reason: str
+    #: A Deny statement applies (or may apply): nothing else, a grant included, can allow the request.
+    denied: bool = False
 
 
 # -- Public functions ----------------------------------------------------------
@@ -1098,11 +1100,12 @@ def _decide_statements(
         applies = _applies(st, caller, caller_account, action, resource, index, unknown)
         if st.effect == "Deny":
             if applies is True:
-                return Decision(False, f"explicit deny by statement {st.label}")
+                return Decision(False, f"explicit deny by statement {st.label}", denied=True)
             if applies is None:
                 return Decision(
                     False,
                     f"explicit deny by statement {st.label} (it may apply: a condition or resource cannot be decided)",
+                    denied=True,
                 )
         elif applies is True:
             allowed_by = allowed_by or st

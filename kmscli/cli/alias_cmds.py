@@ -14,12 +14,12 @@ NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Alias name, alias/
 KeyArg = Annotated[str, typer.Argument(metavar="KEY", help="Key id, alias/NAME, key ARN or alias ARN.")]
 
 
-@app.command("create", cls=common.KmsCommand, help="Create alias NAME for KEY.")
+@app.command("create", cls=common.KeyCommand, help="Create alias NAME for KEY.")
 def create(name: NameArg, key: KeyArg) -> None:
     common.service().CreateAlias(AliasName=name, TargetKeyId=key)
 
 
-@app.command("update", cls=common.KmsCommand, help="Point alias NAME at another KEY.")
+@app.command("update", cls=common.KeyCommand, help="Point alias NAME at another KEY.")
 def update(name: NameArg, key: KeyArg) -> None:
     common.service().UpdateAlias(AliasName=name, TargetKeyId=key)
 

@@ -55,6 +55,7 @@ def _register() -> None:
         credentials_cmds,
         crypto_cmds,
         edit_cmds,
+        grants_cmds,
         key_cmds,
         policy_cmds,
         serve_cmds,
@@ -68,6 +69,7 @@ def _register() -> None:
     app.add_typer(key_cmds.app, name="keys")
     app.add_typer(alias_cmds.app, name="alias")
     app.add_typer(policy_cmds.app, name="policy")
+    app.add_typer(grants_cmds.app, name="grants")
     crypto_cmds.register(app)
     sign_cmds.register(app)
     edit_cmds.register(app)

@@ -21,6 +21,8 @@ class Globals:
     passphrase_file: str | None = None
     region: str | None = None
     debug: bool = False
+    #: ``--grant-token`` values (commands that use a key): checked with every authorization of the call.
+    grant_tokens: tuple[str, ...] = ()
 
 
 STATE = Globals()
@@ -81,6 +83,23 @@ class KmsCommand(TyperCommand):
         return pieces
 
 
+def _store_tokens(ctx: Any, param: Any, value: Any) -> Any:
+    if value:
+        STATE.grant_tokens = (*STATE.grant_tokens, *value)
+    return value
+
+
+class KeyCommand(KmsCommand):
+    """A command that uses a key: it also takes ``--grant-token`` (repeatable), as in AWS."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(TyperOption(
+            param_decls=["--grant-token"], metavar="TOKEN", multiple=True, expose_value=False,
+            callback=_store_tokens, show_default=False,
+            help="A grant token from 'kmscli grants create' (repeatable); checked against the key."))
+
+
 class KmsGroup(TyperGroup):
     pass
 
@@ -97,8 +116,8 @@ def new_app(help_text: str) -> typer.Typer:
     )
 
 
-def command(app: typer.Typer, name: str, help_text: str) -> Any:
-    return app.command(name, cls=KmsCommand, help=help_text)
+def command(app: typer.Typer, name: str, help_text: str, *, keyed: bool = False) -> Any:
+    return app.command(name, cls=KeyCommand if keyed else KmsCommand, help=help_text)
 
 
 def vault_path() -> Path:
@@ -138,8 +157,10 @@ def service(keys: Any = None) -> Any:
 
     # In a session's worker the caller is the client as the kernel saw it (SO_PEERCRED), not this process.
     caller = SESSION.caller if SESSION is not None else None
-    return Kms(vault_path(), keys if keys is not None else key_source(), caller=caller, audit_path=audit_path(),
-               audit_max_bytes=audit_max_bytes(), region=region())
+    kms = Kms(vault_path(), keys if keys is not None else key_source(), caller=caller, audit_path=audit_path(),
+              audit_max_bytes=audit_max_bytes(), region=region())
+    kms.grant_tokens = STATE.grant_tokens
+    return kms
 
 
 def region() -> str:

@@ -24,11 +24,11 @@ AlgorithmOpt = Annotated[str | None, typer.Option(
 
 
 def register(app: typer.Typer) -> None:
-    common.command(app, "encrypt", "Envelope-encrypt any amount of data under a master key.")(encrypt)
-    common.command(app, "decrypt", "Decrypt a kmscli ciphertext (binary or armored).")(decrypt)
-    common.command(app, "reencrypt",
-                   "Move a ciphertext to another key or context without revealing the plaintext.")(reencrypt)
-    common.command(app, "datakey", "Make a data key: plaintext and a copy encrypted under KEY.")(datakey)
+    common.command(app, "encrypt", "Envelope-encrypt any amount of data under a master key.", keyed=True)(encrypt)
+    common.command(app, "decrypt", "Decrypt a kmscli ciphertext (binary or armored).", keyed=True)(decrypt)
+    common.command(app, "reencrypt", "Move a ciphertext to another key or context without revealing the plaintext.",
+                   keyed=True)(reencrypt)
+    common.command(app, "datakey", "Make a data key: plaintext and a copy encrypted under KEY.", keyed=True)(datakey)
     common.command(app, "random", "Print N random bytes (1..1024); needs no vault.")(random)
     common.command(app, "inspect", "Show what a ciphertext says about itself (key, context, sizes); needs no "
                                    "vault and proves nothing.")(inspect)

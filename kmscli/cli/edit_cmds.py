@@ -53,7 +53,7 @@ EDITOR_GRACE_S = 10.0
 def register(app: typer.Typer) -> None:
     common.command(app, "edit", "Edit a ciphertext in place: decrypt it into a private in-memory file, run "
                                 "$VISUAL or $EDITOR on it, and encrypt the result again (same key and context "
-                                "unless given); the plaintext never touches the disk.")(edit)
+                                "unless given); the plaintext never touches the disk.", keyed=True)(edit)
 
 
 def edit(

@@ -75,7 +75,7 @@ def list_(
     output.table_pages("Keys", ["KeyId", "State", "Aliases", "Created", "Description"], (rows(p) for p in found))
 
 
-@app.command("describe", cls=common.KmsCommand, help="Show one key's metadata.")
+@app.command("describe", cls=common.KeyCommand, help="Show one key's metadata.")
 def describe(key: KeyArg, json_: JsonOpt = False) -> None:
     svc = common.service()
     if json_:
@@ -117,7 +117,7 @@ def _algorithms(meta: dict[str, Any]) -> list[str]:
     return []
 
 
-@app.command("tags", cls=common.KmsCommand, help="List a key's tags (ListResourceTags).")
+@app.command("tags", cls=common.KeyCommand, help="List a key's tags (ListResourceTags).")
 def tags(key: KeyArg, json_: JsonOpt = False) -> None:
     svc = common.service()
     found = common.all_pages(lambda m: svc.ListResourceTags(KeyId=key, Limit=50, Marker=m), "Tags")
@@ -127,17 +127,17 @@ def tags(key: KeyArg, json_: JsonOpt = False) -> None:
     output.table("Tags", ["TagKey", "TagValue"], [(t["TagKey"], t["TagValue"]) for t in found])
 
 
-@app.command("enable", cls=common.KmsCommand, help="Allow cryptographic use of a key.")
+@app.command("enable", cls=common.KeyCommand, help="Allow cryptographic use of a key.")
 def enable(key: KeyArg) -> None:
     common.service().EnableKey(KeyId=key)
 
 
-@app.command("disable", cls=common.KmsCommand, help="Forbid cryptographic use of a key (reversible).")
+@app.command("disable", cls=common.KeyCommand, help="Forbid cryptographic use of a key (reversible).")
 def disable(key: KeyArg) -> None:
     common.service().DisableKey(KeyId=key)
 
 
-@app.command("schedule-delete", cls=common.KmsCommand,
+@app.command("schedule-delete", cls=common.KeyCommand,
              help="Schedule a key's destruction after a waiting period (--days).")
 def schedule_delete(
     key: KeyArg,
@@ -152,7 +152,7 @@ def schedule_delete(
                        "unless you run 'kmscli keys cancel-delete'")
 
 
-@app.command("cancel-delete", cls=common.KmsCommand,
+@app.command("cancel-delete", cls=common.KeyCommand,
              help="Cancel a scheduled deletion; the key comes back Disabled, as in AWS KMS.")
 def cancel_delete(key: KeyArg, json_: JsonOpt = False) -> None:
     result = common.service().CancelKeyDeletion(KeyId=key)
@@ -161,32 +161,32 @@ def cancel_delete(key: KeyArg, json_: JsonOpt = False) -> None:
     output.message("deletion cancelled; the key is Disabled until you run 'kmscli keys enable'")
 
 
-@app.command("set-description", cls=common.KmsCommand, help="Replace a key's description.")
+@app.command("set-description", cls=common.KeyCommand, help="Replace a key's description.")
 def set_description(key: KeyArg, text: Annotated[str, typer.Argument(metavar="TEXT", help="New description.")]
                     ) -> None:
     common.service().UpdateKeyDescription(KeyId=key, Description=text)
 
 
-@app.command("tag", cls=common.KmsCommand, help="Add or replace tags on a key.")
+@app.command("tag", cls=common.KeyCommand, help="Add or replace tags on a key.")
 def tag(key: KeyArg, tags: Annotated[list[str], typer.Argument(metavar="K=V...", help="Tags to set.")]) -> None:
     pairs = common.pairs(tags, "tag")
     common.service().TagResource(KeyId=key, Tags=[{"TagKey": k, "TagValue": v} for k, v in pairs.items()])
 
 
-@app.command("untag", cls=common.KmsCommand, help="Remove tags from a key.")
+@app.command("untag", cls=common.KeyCommand, help="Remove tags from a key.")
 def untag(key: KeyArg, keys: Annotated[list[str], typer.Argument(metavar="K...", help="Tag keys to remove.")]
           ) -> None:
     common.service().UntagResource(KeyId=key, TagKeys=keys)
 
 
-@app.command("rotate", cls=common.KmsCommand, help="Give a key new material now; old ciphertexts still decrypt.")
+@app.command("rotate", cls=common.KeyCommand, help="Give a key new material now; old ciphertexts still decrypt.")
 def rotate(key: KeyArg, json_: JsonOpt = False) -> None:
     result = common.service().RotateKeyOnDemand(KeyId=key)
     if json_:
         output.emit_aws("RotateKeyOnDemand", result)
 
 
-@app.command("rotation", cls=common.KmsCommand,
+@app.command("rotation", cls=common.KeyCommand,
              help="Show automatic rotation (GetKeyRotationStatus), turn it on or off, or retire old material.")
 def rotation(
     key: KeyArg,
@@ -227,7 +227,7 @@ def rotation(
         svc.SetMinDecryptVersion(KeyId=key, MinDecryptVersion=min_decrypt_version)
 
 
-@app.command("rotations", cls=common.KmsCommand, help="List every material version of a key.")
+@app.command("rotations", cls=common.KeyCommand, help="List every material version of a key.")
 def rotations(key: KeyArg, json_: JsonOpt = False) -> None:
     svc = common.service()
     found = common.all_pages(lambda m: svc.ListKeyRotations(KeyId=key, Limit=1000, Marker=m,

@@ -12,7 +12,7 @@ from .key_cmds import KeyArg, _read_policy
 app = common.new_app("Read and replace key policies (AWS IAM JSON grammar).")
 
 
-@app.command("get", cls=common.KmsCommand, help="Print a key's policy document.")
+@app.command("get", cls=common.KeyCommand, help="Print a key's policy document.")
 def get(key: KeyArg, json_: Annotated[bool, typer.Option("--json", help="Print the AWS KMS JSON response shape "
                                                                         "(the document as a string in Policy).")
                                        ] = False) -> None:
@@ -23,7 +23,7 @@ def get(key: KeyArg, json_: Annotated[bool, typer.Option("--json", help="Print t
     output.emit_line(result["Policy"].rstrip("\n"))
 
 
-@app.command("put", cls=common.KmsCommand, help="Replace a key's policy with FILE (or stdin).")
+@app.command("put", cls=common.KeyCommand, help="Replace a key's policy with FILE (or stdin).")
 def put(
     key: KeyArg,
     file: Annotated[str, typer.Argument(metavar="[FILE|-]", help="Policy JSON file; '-' or nothing reads stdin.")

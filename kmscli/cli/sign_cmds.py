@@ -41,16 +41,16 @@ MacAlgorithmOpt = Annotated[str, typer.Option("--algorithm", "-a", metavar="ALG"
 
 def register(app: typer.Typer) -> None:
     common.command(app, "sign", "Sign input of any size with an asymmetric key; the private key never leaves "
-                                "the vault.")(sign)
-    common.command(app, "verify", "Verify a signature: exit 0 when valid, 6 when not.")(verify)
-    common.command(app, "pubkey", "Print an asymmetric key's public key (PEM or DER), usable by openssl as is."
-                   )(pubkey)
-    common.command(app, "mac", "Make the HMAC of a message (up to 4096 bytes) with an HMAC key.")(mac)
-    common.command(app, "verify-mac", "Verify an HMAC: exit 0 when valid, 6 when not.")(verify_mac)
+                                "the vault.", keyed=True)(sign)
+    common.command(app, "verify", "Verify a signature: exit 0 when valid, 6 when not.", keyed=True)(verify)
+    common.command(app, "pubkey", "Print an asymmetric key's public key (PEM or DER), usable by openssl as is.",
+                   keyed=True)(pubkey)
+    common.command(app, "mac", "Make the HMAC of a message (up to 4096 bytes) with an HMAC key.", keyed=True)(mac)
+    common.command(app, "verify-mac", "Verify an HMAC: exit 0 when valid, 6 when not.", keyed=True)(verify_mac)
     common.command(app, "datakey-pair", "Make a key pair: its public key, its private key encrypted under KEY and, "
-                                        "unless --no-plaintext, in plaintext.")(datakey_pair)
+                                        "unless --no-plaintext, in plaintext.", keyed=True)(datakey_pair)
     common.command(app, "derive-secret", "Agree a shared secret (ECDH) between a KEY_AGREEMENT key and a peer's "
-                                         "public key.")(derive_secret)
+                                         "public key.", keyed=True)(derive_secret)
 
 
 # -- sign and verify ------------------------------------------------------------------------

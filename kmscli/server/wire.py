@@ -28,8 +28,6 @@ MAX_BODY_BYTES = 1 << 20
 #: JSON nesting deeper than any KMS request has (tags: 3 levels) is refused
 #: before parsing, so a hostile body cannot exhaust the parser's recursion.
 MAX_DEPTH = 32
-#: Members AWS accepts that change nothing here (grants are not built: no token can be valid yet).
-IGNORED = frozenset({"GrantTokens"})
 
 
 @dataclass
@@ -98,6 +96,8 @@ def call(kms: Any, operation: str, body: bytes) -> dict[str, Any]:
     """
     try:
         params = shapes.validate_input(operation, parse_body(body))
+        # Grant tokens go with the request, not to one method: every authorization of the call checks them.
+        kms.grant_tokens = tuple(params.pop("GrantTokens", None) or ())
         invoke = _prepare(kms, operation, params)
     except errors.KmsError as e:
         kms.record_refusal(operation, e)
@@ -128,9 +128,7 @@ def _parameters(function: Callable[..., Any]) -> frozenset[str]:
 def _common(operation: str, params: dict[str, Any], allowed: tuple[str, ...] | frozenset[str]) -> None:
     """Drop members that change nothing; refuse those kmscli cannot honour yet (never ignore them silently)."""
     for name in list(params):
-        if name in IGNORED:
-            params.pop(name)
-        elif name == "DryRun":
+        if name == "DryRun":
             if params.pop(name):
                 raise errors.UnsupportedOperationException(f"kmscli does not support DryRun for {operation} yet")
         elif name not in allowed:

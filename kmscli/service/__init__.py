@@ -26,6 +26,7 @@ from .audit_ops import AuditOps
 from .backup import BackupOps
 from .credentials import CredentialOps
 from .crypto import CryptoOps
+from .grants import GrantOps
 from .keys import KeyOps
 from .policies import PolicyOps
 from .rotation import RotationOps
@@ -35,6 +36,6 @@ from .vault_ops import VaultOps
 __all__ = ["AUDIT_FILE", "Caller", "Kms"]
 
 
-class Kms(VaultOps, KeyOps, AliasOps, PolicyOps, RotationOps, CryptoOps, AsymmetricOps, AuditOps, CredentialOps,
-          SeedOps, BackupOps):
+class Kms(VaultOps, KeyOps, AliasOps, PolicyOps, RotationOps, CryptoOps, AsymmetricOps, GrantOps, AuditOps,
+          CredentialOps, SeedOps, BackupOps):
     """The local KMS, bound to one vault, one caller and one clock."""

@@ -98,6 +98,8 @@ class Call:
     alias: str | None = None
     #: Set once the call's record was appended ahead of its output (decrypt).
     event_id: str | None = None
+    #: The grant that allowed the call, when the key policy alone did not (its record names it).
+    grant_id: str | None = None
 
 
 
@@ -129,6 +131,8 @@ class Core:
         #: Where the log is before the vault is unlocked: the one named, else beside the real vault.
         self.audit_path = self.requested_audit_path or self.store.path.with_name(AUDIT_FILE)
         self.clock = clock
+        #: GrantTokens the request carried (``--grant-token``): each is checked against the key it is used with.
+        self.grant_tokens: tuple[str, ...] = ()
         self._audit: Any = None
         self._audit_key: tuple[str, str] = ("", "")
 
@@ -412,7 +416,7 @@ class Core:
         records = ov.pending or []
         ov.pending = None
         for r in records:  # no write after all: they saw the generation the vault keeps
-            r["additionalEventData"] = {audit.GENERATION_FIELD: ov.generation}
+            r.setdefault("additionalEventData", {})[audit.GENERATION_FIELD] = ov.generation
         if records:
             self._audit_log(ov).append_batch(records, self._ring(ov))
 
@@ -467,10 +471,10 @@ class Core:
             return self._audit_log(None).append(record, None)
         if ov.pending is not None:
             # Written with the vault, under the generation that write makes.
-            record["additionalEventData"] = {audit.GENERATION_FIELD: ov.generation + 1}
+            record.setdefault("additionalEventData", {})[audit.GENERATION_FIELD] = ov.generation + 1
             ov.pending.append(record)
             return None
-        record["additionalEventData"] = {audit.GENERATION_FIELD: ov.generation}
+        record.setdefault("additionalEventData", {})[audit.GENERATION_FIELD] = ov.generation
         # Through the group commit: concurrent requests of a server share one write and fsync.
         return audit.GROUP_COMMIT.append(self._audit_log(ov), record, self._ring(ov),
                                          catch_up=lambda: self._lines_of_a_newer_write(ov),
@@ -504,6 +508,8 @@ class Core:
             record["resources"] = [{"type": "AWS::KMS::Key", "ARN": arn} for arn in call.resources]
         if error is not None:
             record.update(errorCode=error.name, errorMessage=error.message)
+        if call.grant_id is not None:
+            record["additionalEventData"] = {"grantId": call.grant_id}
         return record
 
     def _record_before_release(self, ov: OpenVault, call: Call) -> None:
@@ -559,8 +565,23 @@ class Core:
         return key
 
     def _authorize(self, ov: OpenVault, call: Call, key: dict[str, Any], action: str,
-                   conditions: dict[str, Any] | None = None) -> None:
+                   conditions: dict[str, Any] | None = None, *, grants: bool = True) -> None:
+        """Allow ``action`` on ``key`` when its policy does, or else (``grants``) when a grant does.
+
+        An explicit Deny in the policy wins over every grant. A call allowed by a
+        grant records it (``call.grant_id``). Grant tokens the request carries are
+        checked first: one this vault did not issue, or one of another key, is
+        InvalidGrantTokenException however the call would be decided.
+        """
         from .. import policy as policy_mod
+
+        for token in self.grant_tokens:
+            from .grants import parse_token
+
+            token_key, _grant = parse_token(ov, token)
+            if token_key != key["KeyId"]:
+                raise errors.InvalidGrantTokenException(
+                    f"a grant token of another key was given with {self._key_arn(ov, key['KeyId'])}")
 
         account = ov.account
         principal = self.caller.arn(account)
@@ -579,11 +600,32 @@ class Core:
         request = policy_mod.Request(principal=principal, account=account, action=action,
                                      resource=self._key_arn(ov, key["KeyId"]), context=context)
         decision = policy_mod.evaluate(_stored_policy(key["Policy"]), request)
+        if not decision.allowed and grants and not decision.denied:
+            grant = self._granting(ov, key, action, principal, conditions or {})
+            if grant is not None:
+                call.grant_id = grant["GrantId"]
+                return
         if not decision.allowed:
+            why = ("an explicit deny in the key policy" if decision.denied
+                   else "the key policy" + (" (and no grant allows it)" if grants else ""))
             raise errors.AccessDeniedException(
                 f"User: {principal} is not authorized to perform: {action} on resource: "
-                f"{self._key_arn(ov, key['KeyId'])} because of the key policy"
+                f"{self._key_arn(ov, key['KeyId'])} because of {why}"
             )
+
+    def _granting(self, ov: OpenVault, key: dict[str, Any], action: str, principal: str,
+                  conditions: dict[str, Any]) -> dict[str, Any] | None:
+        """The grant on ``key`` that lets ``principal`` do ``action`` under the request's context, if any."""
+        from .grants import constraints_hold
+
+        operation = action.removeprefix("kms:")
+        prefix = "kms:EncryptionContext:"
+        context = {k[len(prefix):]: v for k, v in conditions.items() if k.startswith(prefix)}
+        for grantee in (principal, f"arn:aws:iam::{ov.account}:root"):
+            for grant in ov.grantee_grants(key["KeyId"], grantee):
+                if operation in grant["Operations"] and constraints_hold(grant, operation, context):
+                    return grant
+        return None
 
     def _allowed(self, ov: OpenVault, call: Call, key: dict[str, Any], action: str) -> bool:
         """Whether the key policy lets the caller do ``action``: for views that show only what is allowed."""
@@ -753,6 +795,8 @@ class Core:
                 gone = ov.key_aliases(key_id)
                 for slot in gone:
                     ov.delete_alias(slot)
+                for grant in ov.key_grants(key_id):  # a key's grants go with it, as in AWS
+                    ov.delete_grant(grant["GrantId"])
                 ov.delete_key(key_id)
                 call = Call("DeleteKey", {"keyId": key_id},
                              {"keyId": key_id, "deletionDate": key["DeletionDate"], "aliasesDeleted": gone},

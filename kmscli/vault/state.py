@@ -41,6 +41,16 @@ def due_time(key: dict[str, Any]) -> str | None:
     return None
 
 
+def grant_order(grant: dict[str, Any]) -> tuple[str, str]:
+    """How grants are listed: oldest first, then by id."""
+    return grant["CreationDate"], grant["GrantId"]
+
+
+def grantee_slot(key_id: str, grantee: str) -> str:
+    """The name of the index of one grantee's grants on one key (a key id holds no space)."""
+    return f"{key_id} {grantee}"
+
+
 def iso_day(when: datetime) -> str:
     """The day (UTC) a due time falls on, as "due" records are named."""
     from datetime import UTC
@@ -223,6 +233,29 @@ class OpenVault:
     def iter_credentials(self, after: Cursor | None = None) -> Iterator[tuple[Cursor, dict[str, Any]]]:
         raise NotImplementedError  # pragma: no cover - interface
 
+    # -- grants (by grant id; listed by key, by grantee on a key, by retiring principal) ---
+    def get_grant(self, grant_id: str) -> dict[str, Any] | None:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def put_grant(self, grant: dict[str, Any]) -> None:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def delete_grant(self, grant_id: str) -> dict[str, Any] | None:
+        """Remove a grant; the grant removed, or None when there was none."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def key_grants(self, key_id: str) -> list[dict[str, Any]]:
+        """The grants of one key, oldest first."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def grantee_grants(self, key_id: str, grantee: str) -> list[dict[str, Any]]:
+        """The grants of one key to one grantee principal: what an authorization reads."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def retiring_grants(self, principal: str) -> list[dict[str, Any]]:
+        """The grants, of every key, that ``principal`` may retire, oldest first."""
+        raise NotImplementedError  # pragma: no cover - interface
+
     # -- time-based events -------------------------------------------------------------
     def has_due(self, now: datetime) -> bool:
         """Whether some key's event (deletion, rotation) is due at ``now``."""
@@ -307,6 +340,29 @@ class BodyVault(OpenVault):
             if after is None or cursor > after:
                 yield cursor, c
 
+    # -- grants ------------------------------------------------------------------------
+    def _grants(self) -> dict[str, dict[str, Any]]:
+        return self.body.get("grants") or {}  # type: ignore[no-any-return]
+
+    def get_grant(self, grant_id: str) -> dict[str, Any] | None:
+        return self._grants().get(grant_id)
+
+    def put_grant(self, grant: dict[str, Any]) -> None:
+        self.body.setdefault("grants", {})[grant["GrantId"]] = grant
+
+    def delete_grant(self, grant_id: str) -> dict[str, Any] | None:
+        return self._grants().pop(grant_id, None)
+
+    def key_grants(self, key_id: str) -> list[dict[str, Any]]:
+        return sorted((g for g in self._grants().values() if g["KeyId"] == key_id), key=grant_order)
+
+    def grantee_grants(self, key_id: str, grantee: str) -> list[dict[str, Any]]:
+        return [g for g in self.key_grants(key_id) if g["GranteePrincipal"] == grantee]
+
+    def retiring_grants(self, principal: str) -> list[dict[str, Any]]:
+        return sorted((g for g in self._grants().values() if g.get("RetiringPrincipal") == principal),
+                      key=grant_order)
+
     # -- time-based events ----------------------------------------------------------
     def _due(self, now: datetime) -> list[tuple[datetime, str]]:
         due = []
@@ -339,6 +395,10 @@ def dumps(value: Any) -> str:
 KEY, ALIAS, CREDENTIAL = "key", "alias", "credential"
 KEY_ALIASES = "key-aliases"  # key id -> {"slots": [...]}: the aliases naming a key
 USER_CREDENTIALS = "user-credentials"  # user name -> {"ids": [...]}: a user's access keys
+GRANT = "grant"
+KEY_GRANTS = "key-grants"  # key id -> {"ids": [...]}: a key's grants
+GRANTEE_GRANTS = "grantee-grants"  # "<key id> <grantee>" -> {"ids": [...]}: what an authorization reads
+RETIRING_GRANTS = "retiring-grants"  # retiring principal -> {"ids": [...]}: ListRetirableGrants
 DUE = "due"  # day (YYYY-MM-DD) -> {"keys": {key id: due time}}: the time-based events of that day
 SCHEDULE = "schedule"  # "days" -> {"days": [day, ...]}: the days that have a "due" record, sorted
 SCHEDULE_DAYS = "days"
@@ -506,6 +566,49 @@ class RecordVault(OpenVault):
     def iter_credentials(self, after: Cursor | None = None) -> Iterator[tuple[Cursor, dict[str, Any]]]:
         for name, value in self._scan(CREDENTIAL, after):
             yield [name], value
+
+    # -- grants ------------------------------------------------------------------------
+    def get_grant(self, grant_id: str) -> dict[str, Any] | None:
+        return self._get(GRANT, grant_id)
+
+    def put_grant(self, grant: dict[str, Any]) -> None:
+        old = self._get(GRANT, grant["GrantId"])
+        if old is not None:
+            self._unindex_grant(old)
+        self._index_add(KEY_GRANTS, grant["KeyId"], "ids", grant["GrantId"])
+        self._index_add(GRANTEE_GRANTS, grantee_slot(grant["KeyId"], grant["GranteePrincipal"]), "ids",
+                        grant["GrantId"])
+        if grant.get("RetiringPrincipal"):
+            self._index_add(RETIRING_GRANTS, grant["RetiringPrincipal"], "ids", grant["GrantId"])
+        self._put(GRANT, grant["GrantId"], grant)
+
+    def delete_grant(self, grant_id: str) -> dict[str, Any] | None:
+        old = self._get(GRANT, grant_id)
+        if old is not None:
+            self._unindex_grant(old)
+            self._put(GRANT, grant_id, None)
+        return old
+
+    def _unindex_grant(self, grant: dict[str, Any]) -> None:
+        self._index_remove(KEY_GRANTS, grant["KeyId"], "ids", grant["GrantId"])
+        self._index_remove(GRANTEE_GRANTS, grantee_slot(grant["KeyId"], grant["GranteePrincipal"]), "ids",
+                           grant["GrantId"])
+        if grant.get("RetiringPrincipal"):
+            self._index_remove(RETIRING_GRANTS, grant["RetiringPrincipal"], "ids", grant["GrantId"])
+
+    def _grants_of(self, kind: str, name: str) -> list[dict[str, Any]]:
+        index = self._get(kind, name)
+        found = (self.get_grant(i) for i in index["ids"]) if index else ()
+        return sorted((g for g in found if g is not None), key=grant_order)
+
+    def key_grants(self, key_id: str) -> list[dict[str, Any]]:
+        return self._grants_of(KEY_GRANTS, key_id)
+
+    def grantee_grants(self, key_id: str, grantee: str) -> list[dict[str, Any]]:
+        return self._grants_of(GRANTEE_GRANTS, grantee_slot(key_id, grantee))
+
+    def retiring_grants(self, principal: str) -> list[dict[str, Any]]:
+        return self._grants_of(RETIRING_GRANTS, principal)
 
     # -- indexes ----------------------------------------------------------------------
     def _index_add(self, kind: str, name: str, field: str, member: str) -> None:

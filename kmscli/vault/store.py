@@ -781,13 +781,14 @@ class VaultStore:
 
         header = F.build_header(old.kdf, old.salt, kek, vault_key, P.random_bytes(P.NONCE_SIZE),
                                 version=F.RECORDS_FORMAT_VERSION)
-        meta = {k: v for k, v in body.items() if k not in ("format", "keys", "aliases", "credentials")}
+        meta = {k: v for k, v in body.items() if k not in ("format", "keys", "aliases", "credentials", "grants")}
         meta["generation"] = int(body.get("generation", 0))
         keys_ = list(body["keys"].values())
         aliases = sorted(body["aliases"].items())
         creds = list((body.get("credentials") or {}).values())
+        grants = list((body.get("grants") or {}).values())
         items: list[tuple[str, Any]] = ([("key", k) for k in keys_] + [("alias", a) for a in aliases]
-                                        + [("credential", c) for c in creds])
+                                        + [("credential", c) for c in creds] + [("grant", g) for g in grants])
 
         def fill(tx: Any, start: int, n: int) -> None:
             ov = RecordVault(header, vault_key, tx)
@@ -796,6 +797,8 @@ class VaultStore:
                     ov.put_key(value)
                 elif what == "alias":
                     ov.put_alias(value[0], value[1])
+                elif what == "grant":
+                    ov.put_grant(value)
                 else:
                     ov.put_credential(value)
             ov.flush()
@@ -842,11 +845,16 @@ class VaultStore:
             for akid, cred in (body.get("credentials") or {}).items():
                 if dumps(ov.get_credential(akid)) != dumps(cred):
                     problems.append("a credential")
-            counts = (ov.view.count("key"), ov.view.count("alias"), ov.view.count("credential"))
-            if counts != (len(body["keys"]), len(body["aliases"]), len(body.get("credentials") or {})):
+            for grant_id, grant in (body.get("grants") or {}).items():
+                if dumps(ov.get_grant(grant_id)) != dumps(grant) or grant not in ov.key_grants(grant["KeyId"]):
+                    problems.append("a grant")
+            counts = (ov.view.count("key"), ov.view.count("alias"), ov.view.count("credential"),
+                      ov.view.count("grant"))
+            if counts != (len(body["keys"]), len(body["aliases"]), len(body.get("credentials") or {}),
+                          len(body.get("grants") or {})):
                 problems.append("the number of records")
             for field, value in body.items():
-                if field in ("format", "keys", "aliases", "credentials"):
+                if field in ("format", "keys", "aliases", "credentials", "grants"):
                     continue
                 if dumps(ov.meta.get(field)) != dumps(value):
                     problems.append(f"the vault's {field}")

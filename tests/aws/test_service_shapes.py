@@ -182,6 +182,21 @@ def _scenario() -> list[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any
          lambda s: {"KeyId": s["key"], "KeyPairSpec": "RSA_4096", "EncryptionContext": CONTEXT_6K}),
         ("GenerateDataKeyPairWithoutPlaintext", "GenerateDataKeyPairWithoutPlaintext",
          lambda s: {"KeyId": s["key"], "KeyPairSpec": "ECC_NIST_P256"}),
+        # Grants (issue 17): made by the owner for another user of the vault.
+        ("CreateGrant", "CreateGrant",
+         lambda s: {"KeyId": s["key"], "GranteePrincipal": "arn:aws:iam::%s:user/bob" % s["account"],
+                    "RetiringPrincipal": "arn:aws:iam::%s:user/carol" % s["account"],
+                    "Operations": ["Encrypt", "Decrypt", "RetireGrant"], "Name": "ci-deploy",
+                    "Constraints": {"EncryptionContextSubset": {"app": "billing"}}}),
+        ("CreateGrant-sign", "CreateGrant",
+         lambda s: {"KeyId": s["rsa-sign"], "GranteePrincipal": "arn:aws:iam::%s:user/bob" % s["account"],
+                    "Operations": ["Sign", "Verify", "GetPublicKey"]}),
+        ("ListGrants", "ListGrants", lambda s: {"KeyId": s["key"]}),
+        ("ListGrants-paged", "ListGrants", lambda s: {"KeyId": s["rsa-sign"], "Limit": 1}),
+        ("ListRetirableGrants", "ListRetirableGrants",
+         lambda s: {"RetiringPrincipal": "arn:aws:iam::%s:user/carol" % s["account"]}),
+        ("RetireGrant", "RetireGrant", lambda s: {"GrantToken": s["grant-token"]}),
+        ("RevokeGrant", "RevokeGrant", lambda s: {"KeyId": s["rsa-sign"], "GrantId": s["grant-sign"]}),
         ("DeriveSharedSecret", "DeriveSharedSecret",
          lambda s: {"KeyId": s["ecdh"], "KeyAgreementAlgorithm": "ECDH", "PublicKey": blob(_peer_p384())}),
     ]
@@ -208,6 +223,11 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, An
         out[step] = (operation, answer)
         if step == "CreateKey":
             state["key"] = answer["KeyMetadata"]["KeyId"]
+            state["account"] = answer["KeyMetadata"]["AWSAccountId"]
+        elif step == "CreateGrant":
+            state["grant-token"] = answer["GrantToken"]
+        elif step == "CreateGrant-sign":
+            state["grant-sign"] = answer["GrantId"]
         elif step == "CreateKey-second":
             state["key2"] = answer["KeyMetadata"]["KeyId"]
         elif step == "GetKeyPolicy":

@@ -64,10 +64,9 @@ def test_an_unknown_operation(served: Served) -> None:
 
 
 def test_an_operation_kmscli_lacks_is_unsupported_not_unknown(served: Served, key: dict) -> None:
-    r = served.post(op("CreateGrant"), body_of({"KeyId": key["KeyId"], "GranteePrincipal": "arn:aws:iam::"
-                                                "111122223333:user/x", "Operations": ["Encrypt"]}))
+    r = served.post(op("ReplicateKey"), body_of({"KeyId": key["KeyId"], "ReplicaRegion": "eu-west-1"}))
     assert_aws_error(r, "UnsupportedOperationException")
-    assert_aws_error(served.post(op("ListGrants"), body_of({"KeyId": key["KeyId"]})), "UnsupportedOperationException")
+    assert_aws_error(served.post(op("DescribeCustomKeyStores"), body_of({})), "UnsupportedOperationException")
 
 
 @pytest.mark.parametrize("body", [b"{", b"not json", b'{"KeyId": "x",}', b'{"KeyId": NaN}', b'"a string"', b"[]",

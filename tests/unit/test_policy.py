@@ -1179,7 +1179,7 @@ def test_docs_examples_behave_as_described() -> None:
     assert P.evaluate(deny_decrypt, req(context=billing)).allowed
     for context in (ctx(), ctx(**ec(app="other"))):
         d = P.evaluate(deny_decrypt, req(context=context))
-        assert d == P.Decision(False, "explicit deny by statement 'DenyDecryptWithoutBillingContext'")
+        assert d == P.Decision(False, "explicit deny by statement 'DenyDecryptWithoutBillingContext'", denied=True)
     assert P.evaluate(deny_decrypt, req("kms:Encrypt")).allowed
 
     assert P.evaluate(encrypt_only, req("kms:Encrypt")).allowed
