@@ -63,6 +63,16 @@ PRELOAD = (
     "kmscli.agent.session", "filelock", "pwd", "hmac", "io",
     "cryptography.hazmat.primitives.ciphers.aead", "typer._click.decorators", "typer._click._textwrap",
     "rich.console", "rich.table",
+    # Asymmetric and HMAC keys (sign, verify, mac, pubkey, ...): without these a worker imported them on every
+    # call, 25-40 ms more than an encrypt (bench/SIGN.md); loading them costs an unlock ~18 ms once.
+    "kmscli.crypto.asymmetric", "kmscli.service.asymmetric_ops", "kmscli.service.grants", "kmscli.aws_model",
+    "kmscli.cli.sign_cmds", "kmscli.cli.grants_cmds",
+    "cryptography.hazmat.primitives.serialization", "cryptography.hazmat.primitives.hashes",
+    "cryptography.hazmat.primitives.hmac", "cryptography.hazmat.primitives.asymmetric.ec",
+    "cryptography.hazmat.primitives.asymmetric.rsa", "cryptography.hazmat.primitives.asymmetric.padding",
+    "cryptography.hazmat.primitives.asymmetric.utils", "cryptography.hazmat.primitives.asymmetric.mldsa",
+    "cryptography.hazmat.primitives.asymmetric.mlkem", "cryptography.hazmat.primitives.asymmetric.ed25519",
+    "cryptography.hazmat.backends.openssl",
 )
 
 
