@@ -139,7 +139,7 @@ def random(
         output.emit_aws("GenerateRandom", {"Plaintext": data})
         return
     if format_ == "raw":
-        with fileio.output(None, binary=True) as dest:
+        with fileio.output(None, binary=True, what="random bytes", way_out="--format base64 or hex") as dest:
             _write_all(dest.stream, data)
         return
     import base64

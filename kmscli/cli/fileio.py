@@ -158,14 +158,15 @@ class Output:
     whose lock nobody holds, so partial plaintext does not outlive the next run.
     """
 
-    def __init__(self, path: str | None, *, binary: bool) -> None:
+    def __init__(self, path: str | None, *, binary: bool, what: str = "ciphertext", way_out: str = "--armor"
+                 ) -> None:
         descriptor = None if path in (None, "-") else names_descriptor(path)
         self.path = None if path in (None, "-") or descriptor == 1 else Path(path)
         self._tmp: Path | None = None
         if self.path is None:
             if binary and is_tty(sys.stdout):
                 raise errors.UsageError(
-                    "refusing to write binary ciphertext to a terminal; use --armor, -o FILE, or redirect stdout"
+                    f"refusing to write binary {what} to a terminal; use {way_out}, -o FILE, or redirect stdout"
                 )
             # With PYTHONUNBUFFERED=1 this is a raw FileIO whose write() may be
             # partial: every writer in kmscli loops on the count it returns.
@@ -181,7 +182,7 @@ class Output:
             if binary and os.isatty(fd):
                 os.close(fd)
                 raise errors.UsageError(
-                    f"refusing to write binary ciphertext to the terminal {self.path}; use --armor or another file"
+                    f"refusing to write binary {what} to the terminal {self.path}; use {way_out} or another file"
                 )
             self.stream = _Sink(open(fd, "wb", buffering=0), where)  # noqa: SIM115
             return
@@ -426,9 +427,12 @@ def remove_abandoned(path: Path, remove: Callable[[Path], None], *, folder: bool
 
 
 @contextlib.contextmanager
-def output(path: str | None, *, binary: bool) -> Any:
-    """Yield an :class:`Output`; commit it if the block succeeds, remove it otherwise."""
-    out = Output(path, binary=binary)
+def output(path: str | None, *, binary: bool, what: str = "ciphertext", way_out: str = "--armor") -> Any:
+    """Yield an :class:`Output`; commit it if the block succeeds, remove it otherwise.
+
+    ``what`` and ``way_out`` name, when binary output to a terminal is refused, what it was and the command's
+    option that writes text instead."""
+    out = Output(path, binary=binary, what=what, way_out=way_out)
     try:
         yield out
     except BaseException:

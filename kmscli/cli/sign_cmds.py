@@ -9,7 +9,9 @@ input would be, so ``openssl dgst -verify`` checks it against the file itself.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import typer
@@ -59,11 +61,9 @@ def sign(key: KeyOpt, algorithm: SigningAlgorithmOpt, digest: DigestOpt = False,
     _check_format(format_)
     svc = common.service()
     message, message_type = _message(svc, key, algorithm, digest, in_)
-    result = svc.Sign(KeyId=key, Message=message, SigningAlgorithm=algorithm, MessageType=message_type)
-    if json_:
-        output.emit_aws("Sign", result)
-        return
-    _emit_bytes(result["Signature"], out, format_)
+    with _answer(out, format_, json_, "signature") as emit:
+        emit("Sign", svc.Sign(KeyId=key, Message=message, SigningAlgorithm=algorithm, MessageType=message_type),
+             "Signature")
 
 
 def verify(
@@ -118,17 +118,8 @@ def pubkey(
 ) -> None:
     if format_ not in ("pem", "der"):
         raise errors.ValidationException(f"--format must be pem or der (got '{format_}')")
-    result = common.service().GetPublicKey(KeyId=key)
-    if json_:
-        output.emit_aws("GetPublicKey", result)
-        return
-    if format_ == "der":
-        _emit_bytes(result["PublicKey"], out, "raw")
-        return
-    from ..crypto import asymmetric as A
-
-    with fileio.output(out, binary=False) as dest:
-        _write_all(dest.stream, A.spki_to_pem(result["PublicKey"]))
+    with _answer(out, "raw" if format_ == "der" else "pem", json_, "DER public key", "--format pem") as emit:
+        emit("GetPublicKey", common.service().GetPublicKey(KeyId=key), "PublicKey")
 
 
 # -- MACs ----------------------------------------------------------------------------------------
@@ -136,11 +127,9 @@ def mac(key: KeyOpt, algorithm: MacAlgorithmOpt, in_: InOpt = None, out: OutOpt 
         format_: FormatOpt = "raw", json_: JsonOpt = False) -> None:
     _check_format(format_)
     svc = common.service()
-    result = svc.GenerateMac(KeyId=key, Message=_small_message(in_), MacAlgorithm=algorithm)
-    if json_:
-        output.emit_aws("GenerateMac", result)
-        return
-    _emit_bytes(result["Mac"], out, format_)
+    message = _small_message(in_)
+    with _answer(out, format_, json_, "MAC") as emit:
+        emit("GenerateMac", svc.GenerateMac(KeyId=key, Message=message, MacAlgorithm=algorithm), "Mac")
 
 
 def verify_mac(
@@ -213,11 +202,10 @@ def derive_secret(
 ) -> None:
     _check_format(format_)
     peer = _read_file(public_key, "public key", 8192 * 2)
-    result = common.service().DeriveSharedSecret(KeyId=key, KeyAgreementAlgorithm="ECDH", PublicKey=peer)
-    if json_:
-        output.emit_aws("DeriveSharedSecret", result)
-        return
-    _emit_bytes(result["SharedSecret"], out, format_)
+    with _answer(out, format_, json_, "shared secret") as emit:
+        emit("DeriveSharedSecret",
+             common.service().DeriveSharedSecret(KeyId=key, KeyAgreementAlgorithm="ECDH", PublicKey=peer),
+             "SharedSecret")
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -264,13 +252,28 @@ def _read_blob(path: str, message_in: str | None, what: str) -> bytes:
     return data
 
 
-def _emit_bytes(data: bytes, out: str | None, format_: str) -> None:
-    if format_ == "base64":
-        import base64
-
-        with fileio.output(out, binary=False) as dest:
-            _write_all(dest.stream, base64.b64encode(data) + b"\n")
+@contextlib.contextmanager
+def _answer(out: str | None, format_: str, json_: bool, what: str, way_out: str = "--format base64"
+            ) -> Iterator[Callable[[str, dict[str, Any], str], None]]:
+    """Where the answer goes, opened before the operation runs (as ``encrypt`` opens its output): raw bytes
+    bound for a terminal and an unwritable -o are refused before anything is signed, made or recorded as done,
+    and an -o file appears only on success. ``emit(operation, result, member)`` writes the answer: the AWS
+    JSON shape (--json), or ``result[member]`` raw, as one base64 line or (a public key) as PEM."""
+    if json_:
+        yield lambda operation, result, _member: output.emit_aws(operation, result)
         return
-    with fileio.output(out, binary=True) as dest:
-        _write_all(dest.stream, data)
+    with fileio.output(out, binary=format_ == "raw", what=what, way_out=way_out) as dest:
 
+        def emit(_operation: str, result: dict[str, Any], member: str) -> None:
+            data = result[member]
+            if format_ == "base64":
+                import base64
+
+                data = base64.b64encode(data) + b"\n"
+            elif format_ == "pem":
+                from ..crypto import asymmetric as A
+
+                data = A.spki_to_pem(data)
+            _write_all(dest.stream, data)
+
+        yield emit
