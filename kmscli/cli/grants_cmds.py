@@ -27,7 +27,8 @@ def create(
                               "Sign, GenerateMac, DescribeKey, CreateGrant, RetireGrant, ...); repeatable, or "
                               "comma-separated.")],
     retiring: Annotated[str | None, typer.Option("--retiring", metavar="PRINCIPAL",
-                        help=f"Who may retire the grant besides you: {PrincipalHelp}.")] = None,
+                        help=f"Who may retire the grant (as may callers the key policy allows kms:RetireGrant): "
+                             f"{PrincipalHelp}.")] = None,
     name: Annotated[str | None, typer.Option("--name", metavar="NAME",
                     help="A name: the same name and arguments again return the same grant (safe retries).")] = None,
     context_equals: Annotated[list[str] | None, typer.Option(
