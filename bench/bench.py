@@ -383,16 +383,20 @@ def hyperfine(b: Bench, name: str, cmds: list[tuple[str, list[str]]], env: dict,
     return res
 
 
+def timed_run(cmd: list[str], env: dict) -> float:
+    """Wall seconds of one run of ``cmd`` (no output kept); a failure stops the benchmark."""
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, start_new_session=True)
+    t = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} -> exit {p.returncode}")
+    return t
+
+
 def paired_ratio(b: Bench, a_cmd, a_env, b_cmd, b_env, pairs: int) -> float:
     """Median over interleaved pairs of wall(A)/wall(B); drift cancels (perf-baseline §1)."""
-    def once(cmd, env) -> float:
-        t0 = time.perf_counter()
-        p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
-        t = time.perf_counter() - t0
-        if p.returncode != 0:
-            raise RuntimeError(f"{shlex.join(cmd)} -> exit {p.returncode}")
-        return t
+    once = timed_run
     for _ in range(3):
         once(a_cmd, a_env), once(b_cmd, b_env)
     ratios = []

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import find_agent, loadavg, ms  # noqa: E402 - bench/bench.py's helpers
+from bench import find_agent, loadavg, ms, timed_run  # noqa: E402 - bench/bench.py's helpers
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -119,13 +119,7 @@ class Run:
         / floor in the same round, then the median over rounds) cancels that drift, as bench.py's
         interleaved pairs do."""
         def once(cmd: list[str]) -> float:
-            t0 = time.perf_counter()
-            p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-            t = time.perf_counter() - t0
-            if p.returncode != 0:
-                raise RuntimeError(f"{shlex.join(cmd)} -> exit {p.returncode}")
-            return t
+            return timed_run(cmd, env)
 
         log(f"interleaved rounds: {len(cmds)} commands x {n} rounds")
         times: dict[str, list[float]] = {label: [] for label, _ in cmds}

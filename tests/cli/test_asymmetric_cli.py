@@ -38,7 +38,6 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -51,9 +50,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import CHEAP_KDF, HANG_GUARD_S, PASSPHRASE, clean_env, fails, kmscli_command, ok
+from tests.openssl_cli import OPENSSL, openssl
+from tests.openssl_cli import ok as done
 from tests.session.conftest import agent_pid, alive, stop, token_of, wait_until
 
-OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
 
 RSA_SIGNING = ("RSASSA_PSS_SHA_256", "RSASSA_PSS_SHA_384", "RSASSA_PSS_SHA_512",
@@ -87,18 +87,6 @@ ALGORITHMS: dict[tuple[str, str], dict[str, list[str]]] = {
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def openssl(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    assert OPENSSL is not None
-    return subprocess.run([OPENSSL, *map(str, args)], input=stdin, capture_output=True, timeout=HANG_GUARD_S,
-                          check=False)
-
-
-def done(proc: subprocess.CompletedProcess[bytes]) -> bytes:
-    """openssl's stdout, once it succeeded."""
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    return proc.stdout
-
-
 def hash_of(algorithm: str) -> str:
     return "sha" + algorithm.rsplit("_", 1)[1]
 

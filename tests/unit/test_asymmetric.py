@@ -26,8 +26,6 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,10 +47,9 @@ from kmscli.errors import (
     UnsupportedOperationException,
     ValidationException,
 )
-from tests.conftest import HANG_GUARD_S
+from tests.openssl_cli import OPENSSL, ok, openssl
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "asymmetric"
-OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
 
 RSA = ("RSA_2048", "RSA_3072", "RSA_4096")
@@ -65,16 +62,6 @@ MESSAGE = b"release-1.2.3.tar.gz: the bytes of a release file\n"
 
 
 # -- helpers ------------------------------------------------------------------------------
-def openssl(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run openssl; the test reads the return code and output."""
-    assert OPENSSL is not None
-    return subprocess.run([OPENSSL, *map(str, args)], input=stdin, capture_output=True, timeout=HANG_GUARD_S,
-                          check=False)
-
-
-def ok(proc: subprocess.CompletedProcess[bytes]) -> bytes:
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    return proc.stdout
 
 
 def write(path: Path, data: bytes, mode: int = 0o600) -> Path:
