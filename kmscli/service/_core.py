@@ -579,7 +579,8 @@ class Core:
             from .grants import parse_token
 
             token_key, _grant = parse_token(ov, token)
-            if token_key != key["KeyId"]:
+            # A call that uses two keys (ReEncrypt) takes the tokens of either: each is one of this call's keys.
+            if token_key != key["KeyId"] and self._key_arn(ov, token_key) not in call.resources:
                 raise errors.InvalidGrantTokenException(
                     f"a grant token of another key was given with {self._key_arn(ov, key['KeyId'])}")
 
@@ -621,11 +622,16 @@ class Core:
         operation = action.removeprefix("kms:")
         prefix = "kms:EncryptionContext:"
         context = {k[len(prefix):]: v for k, v in conditions.items() if k.startswith(prefix)}
+        # CreateGrant through a grant delegates that grant's operations: prefer one that has them all.
+        delegated = set(conditions.get("kms:GrantOperations") or ()) if operation == "CreateGrant" else set()
+        found = None
         for grantee in (principal, f"arn:aws:iam::{ov.account}:root"):
             for grant in ov.grantee_grants(key["KeyId"], grantee):
                 if operation in grant["Operations"] and constraints_hold(grant, operation, context):
-                    return grant
-        return None
+                    if delegated <= set(grant["Operations"]):
+                        return grant
+                    found = found or grant
+        return found
 
     def _allowed(self, ov: OpenVault, call: Call, key: dict[str, Any], action: str) -> bool:
         """Whether the key policy lets the caller do ``action``: for views that show only what is allowed."""

@@ -45,8 +45,10 @@ _BY_USAGE = {
 #: Operations whose requests carry an encryption context: the only ones a grant's constraints apply to.
 CONTEXT_OPERATIONS = frozenset(_SYMMETRIC)
 _NAME_RE = re.compile(r"[a-zA-Z0-9:/_-]{1,256}")
-_GRANTEE_RE = re.compile(r"arn:aws:iam::([0-9]{12}):(root|user/[\w+=,.@-]{1,64})")
-_USER_RE = re.compile(r"[\w+=,.@-]{1,64}")
+_GRANTEE_RE = re.compile(r"arn:aws:iam::([0-9]{12}):(root|user/[\w+=,.@-]{1,64})", re.ASCII)  # IAM names are ASCII
+_USER_RE = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
+#: How an AWS service principal ends (``kms.amazonaws.com``): a user name by its characters, but no caller of a vault.
+_SERVICE_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn")
 #: A grant token: version, key id (16 bytes), grant id (32), nonce (16), then a MAC (16) under the vault's
 #: grant-token key, all base64url. A token names its grant; only this vault can make one.
 _TOKEN_VERSION = 1
@@ -83,7 +85,8 @@ class GrantOps(Core):
 
         def create(ov: OpenVault, call: Call) -> dict[str, Any]:
             grantee = self._principal(ov, GranteePrincipal, "GranteePrincipal")
-            retiring = self._principal(ov, RetiringPrincipal, "RetiringPrincipal") if RetiringPrincipal else None
+            retiring = (self._principal(ov, RetiringPrincipal, "RetiringPrincipal") if RetiringPrincipal is not None
+                        else None)
             request.update(granteePrincipal=grantee, **({"retiringPrincipal": retiring} if retiring else {}))
             cond: dict[str, Any] = {"kms:GrantOperations": list(operations), "kms:GranteePrincipal": grantee,
                                     "kms:GrantIsForAWSResource": False}
@@ -265,6 +268,9 @@ class GrantOps(Core):
 
         A bare user name (``alice``) is taken as that user of this vault, for the CLI's convenience.
         """
+        if text is not None and text.endswith(_SERVICE_SUFFIXES):
+            raise errors.ValidationException(f"{member} '{text}' is an AWS service principal, which could never "
+                                             "call this vault: kmscli has no AWS services")
         if text is not None and _USER_RE.fullmatch(text):
             return f"arn:aws:iam::{ov.account}:user/{text}"
         m = _GRANTEE_RE.fullmatch(text or "")
