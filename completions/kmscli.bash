@@ -102,12 +102,12 @@ _kmscli_spec() {
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
             reps='  ' args='file' ;;
         'keys')
-            cmds=' create list describe tags enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations ' opts='-h|--help'
+            cmds=' create list describe tags enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations import-params import delete-material ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'keys create')
-            cmds='  ' opts='--spec --usage --description|-d --alias --tag --policy --bypass-policy-lockout-safety-check --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --spec=none --usage=none --description=none -d=none --alias=none --tag=none --policy=file --vault=file --audit-log=file --passphrase-file=file --region=none '
+            cmds='  ' opts='--spec --usage --description|-d --alias --tag --policy --bypass-policy-lockout-safety-check --origin --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --spec=none --usage=none --description=none -d=none --alias=none --tag=none --policy=file --origin=choice:AWS_KMS,EXTERNAL --vault=file --audit-log=file --passphrase-file=file --region=none '
             reps=' --tag ' args='' ;;
         'keys list')
             cmds='  ' opts='--all|-a --json --vault --audit-log --passphrase-file --region --debug -h|--help'
@@ -161,6 +161,18 @@ _kmscli_spec() {
             cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
             reps=' --grant-token ' args='alias' ;;
+        'keys import-params')
+            cmds='  ' opts='--out-dir --wrapping-algorithm --wrapping-spec --json --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --out-dir=dir --wrapping-algorithm=none --wrapping-spec=choice:RSA_2048,RSA_3072,RSA_4096 --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='alias' ;;
+        'keys import')
+            cmds='  ' opts='--material --token --valid-to --no-expiry --vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --material=file --token=file --valid-to=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='alias' ;;
+        'keys delete-material')
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            reps='  ' args='alias' ;;
         'alias')
             cmds=' create update delete list ' opts='-h|--help'
             vals='  '

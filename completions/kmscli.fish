@@ -10,7 +10,7 @@ function __kmscli_cmds --argument-names path
         case 'vault'
             echo backup restore
         case 'keys'
-            echo create list describe tags enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations
+            echo create list describe tags enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations import-params import delete-material
         case 'alias'
             echo create update delete list
         case 'policy'
@@ -72,7 +72,7 @@ function __kmscli_vopts --argument-names path
         case 'vault restore'
             echo --vault --audit-log --passphrase-file --region
         case 'keys create'
-            echo --spec --usage --description -d --alias --tag --policy --vault --audit-log --passphrase-file --region
+            echo --spec --usage --description -d --alias --tag --policy --origin --vault --audit-log --passphrase-file --region
         case 'keys list'
             echo --vault --audit-log --passphrase-file --region
         case 'keys describe'
@@ -99,6 +99,12 @@ function __kmscli_vopts --argument-names path
             echo --days --min-decrypt-version --vault --audit-log --passphrase-file --region --grant-token
         case 'keys rotations'
             echo --vault --audit-log --passphrase-file --region --grant-token
+        case 'keys import-params'
+            echo --out-dir --wrapping-algorithm --wrapping-spec --vault --audit-log --passphrase-file --region
+        case 'keys import'
+            echo --material --token --valid-to --vault --audit-log --passphrase-file --region
+        case 'keys delete-material'
+            echo --vault --audit-log --passphrase-file --region
         case 'alias create'
             echo --vault --audit-log --passphrase-file --region --grant-token
         case 'alias update'
@@ -543,6 +549,9 @@ complete -c kmscli -n '__kmscli_at \'keys\'' -a untag -d 'Remove tags from a key
 complete -c kmscli -n '__kmscli_at \'keys\'' -a rotate -d 'Give a key new material now; old ciphertexts still decrypt.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a rotation -d 'Show automatic rotation (GetKeyRotationStatus), turn it on or off, or retire old material.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -a rotations -d 'List every material version of a key.'
+complete -c kmscli -n '__kmscli_at \'keys\'' -a import-params -d 'Get a wrapping public key and an import token for a key of origin EXTERNAL (GetParametersForImport); both are written into --out-dir and valid 24 hours.'
+complete -c kmscli -n '__kmscli_at \'keys\'' -a import -d 'Import key material wrapped with the key\'s wrapping public key (ImportKeyMaterial); the key becomes Enabled.'
+complete -c kmscli -n '__kmscli_at \'keys\'' -a delete-material -d 'Delete a key\'s imported material (DeleteImportedKeyMaterial); the key becomes PendingImport until the same material is imported again.'
 complete -c kmscli -n '__kmscli_at \'keys\'' -s h -l help -d 'Show this message and exit.'
 
 # kmscli keys create
@@ -553,6 +562,7 @@ complete -c kmscli -n '__kmscli_at \'keys create\'' -l alias -x -d 'Also create 
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l tag -x -d 'Tag the key; repeatable.'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l policy -r -F -d 'Key policy JSON file (\'-\' for stdin); default: AWS\'s default policy.'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l bypass-policy-lockout-safety-check -d 'Accept a policy that would lock you out of changing it.'
+complete -c kmscli -n '__kmscli_at \'keys create\'' -l origin -x -a 'AWS_KMS EXTERNAL' -d 'Where the key material comes from: AWS_KMS (default, made here) or EXTERNAL (none until you import yours: see \'kmscli keys import-params\').'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l json -d 'Print the AWS KMS JSON response shape.'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
@@ -703,6 +713,41 @@ complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l grant-token -x -d 'A g
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys rotations\' 0' -a '(__kmscli_aliases)' -d 'KEY'
 
+# kmscli keys import-params
+complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l out-dir -r -F -d 'Folder to write WrappingPublicKey.der and ImportToken.bin into (made if missing).'
+complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l wrapping-algorithm -x -d 'RSAES_OAEP_SHA_256 (default), RSAES_OAEP_SHA_1, RSA_AES_KEY_WRAP_SHA_256 or RSA_AES_KEY_WRAP_SHA_1 (needed for RSA key material).'
+complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l wrapping-spec -x -a 'RSA_2048 RSA_3072 RSA_4096' -d 'Size of the RSA wrapping key (default RSA_4096).'
+complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l json -d 'Also print the GetParametersForImport response.'
+complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys import-params\'' -s h -l help -d 'Show this message and exit.'
+complete -c kmscli -n '__kmscli_arg \'keys import-params\' 0' -a '(__kmscli_aliases)' -d 'KEY'
+
+# kmscli keys import
+complete -c kmscli -n '__kmscli_at \'keys import\'' -l material -r -F -d 'The key material wrapped with the public key (raw bytes, as openssl writes it).'
+complete -c kmscli -n '__kmscli_at \'keys import\'' -l token -r -F -d 'The ImportToken.bin that came with that public key.'
+complete -c kmscli -n '__kmscli_at \'keys import\'' -l valid-to -x -d 'Delete the material at TIME: ISO 8601, or a duration from now (30d, 12h); at most 365 days ahead.'
+complete -c kmscli -n '__kmscli_at \'keys import\'' -l no-expiry -d 'The material does not expire.'
+complete -c kmscli -n '__kmscli_at \'keys import\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'keys import\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys import\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys import\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys import\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys import\'' -s h -l help -d 'Show this message and exit.'
+complete -c kmscli -n '__kmscli_arg \'keys import\' 0' -a '(__kmscli_aliases)' -d 'KEY'
+
+# kmscli keys delete-material
+complete -c kmscli -n '__kmscli_at \'keys delete-material\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
+complete -c kmscli -n '__kmscli_at \'keys delete-material\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
+complete -c kmscli -n '__kmscli_at \'keys delete-material\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
+complete -c kmscli -n '__kmscli_at \'keys delete-material\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys delete-material\'' -l debug -d 'Show a traceback for unexpected errors.'
+complete -c kmscli -n '__kmscli_at \'keys delete-material\'' -s h -l help -d 'Show this message and exit.'
+complete -c kmscli -n '__kmscli_arg \'keys delete-material\' 0' -a '(__kmscli_aliases)' -d 'KEY'
+
 # kmscli alias
 complete -c kmscli -n '__kmscli_at \'alias\'' -a create -d 'Create alias NAME for KEY.'
 complete -c kmscli -n '__kmscli_at \'alias\'' -a update -d 'Point alias NAME at another KEY.'
@@ -789,7 +834,7 @@ complete -c kmscli -n '__kmscli_at \'grants\'' -s h -l help -d 'Show this messag
 # kmscli grants create
 complete -c kmscli -n '__kmscli_at \'grants create\'' -l grantee -x -d 'Who may use the grant: a user of this vault: NAME or arn:aws:iam::ACCOUNT:user/NAME (or the account: ...:root).'
 complete -c kmscli -n '__kmscli_at \'grants create\'' -l operation -l op -x -d 'An operation the grant allows (Encrypt, Decrypt, GenerateDataKey, ReEncryptFrom, Sign, GenerateMac, DescribeKey, CreateGrant, RetireGrant, ...); repeatable, or comma-separated.'
-complete -c kmscli -n '__kmscli_at \'grants create\'' -l retiring -x -d 'Who may retire the grant besides you: a user of this vault: NAME or arn:aws:iam::ACCOUNT:user/NAME (or the account: ...:root).'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l retiring -x -d 'Who may retire the grant (as may callers the key policy allows kms:RetireGrant): a user of this vault: NAME or arn:aws:iam::ACCOUNT:user/NAME (or the account: ...:root).'
 complete -c kmscli -n '__kmscli_at \'grants create\'' -l name -x -d 'A name: the same name and arguments again return the same grant (safe retries).'
 complete -c kmscli -n '__kmscli_at \'grants create\'' -l context-equals -x -d 'Allow only requests whose encryption context is exactly these pairs; repeatable.'
 complete -c kmscli -n '__kmscli_at \'grants create\'' -l context-subset -x -d 'Allow only requests whose encryption context includes these pairs; repeatable.'

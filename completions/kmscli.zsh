@@ -542,6 +542,9 @@ _kmscli_keys() {
         'rotate:Give a key new material now; old ciphertexts still decrypt.'
         'rotation:Show automatic rotation (GetKeyRotationStatus), turn it on or off, or retire old material.'
         'rotations:List every material version of a key.'
+        'import-params:Get a wrapping public key and an import token for a key of origin EXTERNAL (GetParametersForImport); both are written into --out-dir and valid 24 hours.'
+        'import:Import key material wrapped with the key'\''s wrapping public key (ImportKeyMaterial); the key becomes Enabled.'
+        'delete-material:Delete a key'\''s imported material (DeleteImportedKeyMaterial); the key becomes PendingImport until the same material is imported again.'
         )
         _describe -t commands 'kmscli keys command' commands && ret=0 ;;
     (argument)
@@ -561,6 +564,9 @@ _kmscli_keys() {
         (rotate) _kmscli_keys_rotate && ret=0 ;;
         (rotation) _kmscli_keys_rotation && ret=0 ;;
         (rotations) _kmscli_keys_rotations && ret=0 ;;
+        (import-params) _kmscli_keys_import_params && ret=0 ;;
+        (import) _kmscli_keys_import && ret=0 ;;
+        (delete-material) _kmscli_keys_delete_material && ret=0 ;;
         esac ;;
     esac
     return ret
@@ -576,6 +582,7 @@ _kmscli_keys_create() {
         '*--tag=[Tag the key; repeatable.]:K=V: ' \
         '--policy=[Key policy JSON file ('\''-'\'' for stdin); default: AWS'\''s default policy.]:FILE:_files' \
         '--bypass-policy-lockout-safety-check[Accept a policy that would lock you out of changing it.]' \
+        '--origin=[Where the key material comes from: AWS_KMS (default, made here) or EXTERNAL (none until you import yours: see '\''kmscli keys import-params'\'').]:AWS_KMS|EXTERNAL:(AWS_KMS EXTERNAL)' \
         '--json[Print the AWS KMS JSON response shape.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
@@ -771,6 +778,50 @@ _kmscli_keys_rotations() {
         ':KEY:_kmscli_aliases'
 }
 
+_kmscli_keys_import_params() {
+    _arguments -S \
+        '--out-dir=[Folder to write WrappingPublicKey.der and ImportToken.bin into (made if missing).]:DIR:_files -/' \
+        '--wrapping-algorithm=[RSAES_OAEP_SHA_256 (default), RSAES_OAEP_SHA_1, RSA_AES_KEY_WRAP_SHA_256 or RSA_AES_KEY_WRAP_SHA_1 (needed for RSA key material).]:ALG: ' \
+        '--wrapping-spec=[Size of the RSA wrapping key (default RSA_4096).]:RSA_2048|RSA_3072|RSA_4096:(RSA_2048 RSA_3072 RSA_4096)' \
+        '--json[Also print the GetParametersForImport response.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ':KEY:_kmscli_aliases'
+}
+
+_kmscli_keys_import() {
+    _arguments -S \
+        '--material=[The key material wrapped with the public key (raw bytes, as openssl writes it).]:FILE:_files' \
+        '--token=[The ImportToken.bin that came with that public key.]:FILE:_files' \
+        '--valid-to=[Delete the material at TIME: ISO 8601, or a duration from now (30d, 12h); at most 365 days ahead.]:TIME: ' \
+        '--no-expiry[The material does not expire.]' \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ':KEY:_kmscli_aliases'
+}
+
+_kmscli_keys_delete_material() {
+    _arguments -S \
+        '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
+        '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
+        '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
+        '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--debug[Show a traceback for unexpected errors.]' \
+        '(- *)-h[Show this message and exit.]' \
+        '(- *)--help[Show this message and exit.]' \
+        ':KEY:_kmscli_aliases'
+}
+
 _kmscli_alias() {
     local curcontext=$curcontext state state_descr line ret=1
     typeset -A opt_args
@@ -944,7 +995,7 @@ _kmscli_grants_create() {
         '--grantee=[Who may use the grant: a user of this vault: NAME or arn:aws:iam::ACCOUNT:user/NAME (or the account: ...:root).]:PRINCIPAL: ' \
         '*--operation=[An operation the grant allows (Encrypt, Decrypt, GenerateDataKey, ReEncryptFrom, Sign, GenerateMac, DescribeKey, CreateGrant, RetireGrant, ...); repeatable, or comma-separated.]:OP: ' \
         '*--op=[An operation the grant allows (Encrypt, Decrypt, GenerateDataKey, ReEncryptFrom, Sign, GenerateMac, DescribeKey, CreateGrant, RetireGrant, ...); repeatable, or comma-separated.]:OP: ' \
-        '--retiring=[Who may retire the grant besides you: a user of this vault: NAME or arn:aws:iam::ACCOUNT:user/NAME (or the account: ...:root).]:PRINCIPAL: ' \
+        '--retiring=[Who may retire the grant (as may callers the key policy allows kms:RetireGrant): a user of this vault: NAME or arn:aws:iam::ACCOUNT:user/NAME (or the account: ...:root).]:PRINCIPAL: ' \
         '--name=[A name: the same name and arguments again return the same grant (safe retries).]:NAME: ' \
         '*--context-equals=[Allow only requests whose encryption context is exactly these pairs; repeatable.]:K=V: ' \
         '*--context-subset=[Allow only requests whose encryption context includes these pairs; repeatable.]:K=V: ' \

@@ -165,6 +165,13 @@ class KMSInvalidStateException(KmsError):
     name = "KMSInvalidStateException"
 
 
+class ExpiredImportTokenException(KmsError):
+    """ImportKeyMaterial with an import token (and wrapping key) older than its 24 hours."""
+
+    exit_code = EXIT_STATE
+    name = "ExpiredImportTokenException"
+
+
 # -- 5: cannot unlock -------------------------------------------------------
 class UnlockError(KmsError):
     exit_code = EXIT_UNLOCK
@@ -211,6 +218,20 @@ class InvalidCiphertextException(KmsError):
 
 class IncorrectKeyException(InvalidCiphertextException):
     name = "IncorrectKeyException"
+
+
+class InvalidImportTokenException(KmsError):
+    """An import token that is not one GetParametersForImport issued for this key and has not been used yet."""
+
+    exit_code = EXIT_CIPHERTEXT
+    name = "InvalidImportTokenException"
+
+
+class IncorrectKeyMaterialException(KmsError):
+    """Key material imported into a key that holds (or held) other material: only the same may come back."""
+
+    exit_code = EXIT_CIPHERTEXT
+    name = "IncorrectKeyMaterialException"
 
 
 # AWS answers both with an empty message; the CLI says what may differ.
@@ -329,8 +350,11 @@ EXIT_CODES: dict[str, int] = {
         NotFoundException,
         DisabledException,
         KMSInvalidStateException,
+        ExpiredImportTokenException,
         InvalidCiphertextException,
         IncorrectKeyException,
+        InvalidImportTokenException,
+        IncorrectKeyMaterialException,
         KMSInvalidSignatureException,
         KMSInvalidMacException,
         AccessDeniedException,

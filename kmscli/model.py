@@ -17,6 +17,8 @@ class KeyState(StrEnum):
     ENABLED = "Enabled"
     DISABLED = "Disabled"
     PENDING_DELETION = "PendingDeletion"
+    #: An EXTERNAL key without its material: never imported, deleted, or expired (docs/import.md).
+    PENDING_IMPORT = "PendingImport"
 
 
 KEY_SPEC = "SYMMETRIC_DEFAULT"
@@ -33,6 +35,11 @@ def key_spec(key: dict[str, Any]) -> str:
 def key_usage(key: dict[str, Any]) -> str:
     """A vault key's KeyUsage: stored only beside a KeySpec (a symmetric key is ENCRYPT_DECRYPT)."""
     return str(key.get("KeyUsage", KEY_USAGE))
+
+
+def key_origin(key: dict[str, Any]) -> str:
+    """A vault key's Origin: stored only for keys that are not AWS_KMS (EXTERNAL: imported material)."""
+    return str(key.get("Origin", ORIGIN))
 
 
 def customer_master_key_spec(spec: str) -> dict[str, str]:
@@ -83,7 +90,7 @@ def key_metadata(account: str, key: dict[str, Any], *, region: str) -> dict[str,
         "Description": key["Description"],
         "KeyUsage": usage,
         "KeyState": state,
-        "Origin": ORIGIN,
+        "Origin": key_origin(key),
         "KeyManager": "CUSTOMER",
         "KeySpec": spec,
     }
@@ -96,12 +103,19 @@ def key_metadata(account: str, key: dict[str, Any], *, region: str) -> dict[str,
 
         meta.update(key_algorithms(spec, usage))
     meta["MultiRegion"] = False
-    if spec == KEY_SPEC:
-        # AWS shows CurrentKeyMaterialId only for keys whose material rotates: symmetric encryption keys.
+    if spec == KEY_SPEC and key["Materials"]:
+        # AWS shows CurrentKeyMaterialId only for keys whose material rotates: symmetric encryption keys
+        # (an EXTERNAL key once material was imported into it).
         meta["CurrentKeyMaterialId"] = key["Materials"][-1]["KeyMaterialId"]
     if state == KeyState.PENDING_DELETION:
         meta["DeletionDate"] = parse_iso(key["DeletionDate"])
         meta["PendingDeletionWindowInDays"] = key["PendingDeletionWindowInDays"]
+    imported = key.get("Import")
+    if imported:
+        # While imported material is in place, as AWS shows it: ValidTo only for material that expires.
+        meta["ExpirationModel"] = imported["ExpirationModel"]
+        if imported.get("ValidTo"):
+            meta["ValidTo"] = parse_iso(imported["ValidTo"])
     return meta
 
 

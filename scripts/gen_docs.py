@@ -88,9 +88,10 @@ EXIT_MEANINGS: dict[int, str] = {
        "when the editor failed or was quit with an error (nothing is written).",
     2: "Usage or validation error, including a malformed policy document and a rotation limit.",
     3: "Key or alias not found.",
-    4: "Key in the wrong state (disabled, pending deletion).",
+    4: "Key in the wrong state (disabled, pending deletion or import), or an expired import token.",
     5: "Cannot unlock: wrong passphrase, expired or invalid session, no passphrase source and no terminal.",
-    6: "Ciphertext invalid, tampered with, truncated, made under another key or with another encryption context.",
+    6: "Ciphertext invalid, tampered with, truncated, made under another key or with another encryption context; "
+       "also wrapped key material that does not unwrap, other key material, or an invalid import token.",
     7: "Denied by the key policy.",
     8: "Vault or audit file missing, unreadable, corrupt or unsafe (another user could write it or its folder); "
        "an audit log that fails verification, was cut or rolled back, or a vault older than its log.",

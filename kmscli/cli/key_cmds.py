@@ -33,6 +33,9 @@ def create(
                       help="Key policy JSON file ('-' for stdin); default: AWS's default policy.")] = None,
     bypass: Annotated[bool, typer.Option("--bypass-policy-lockout-safety-check",
                       help="Accept a policy that would lock you out of changing it.")] = False,
+    origin: Annotated[str, typer.Option("--origin", metavar="AWS_KMS|EXTERNAL",
+                      help="Where the key material comes from: AWS_KMS (default, made here) or EXTERNAL (none "
+                           "until you import yours: see 'kmscli keys import-params').")] = "AWS_KMS",
     json_: JsonOpt = False,
 ) -> None:
     document = _read_policy(policy) if policy is not None else None
@@ -41,7 +44,7 @@ def create(
         usage = "GENERATE_VERIFY_MAC"  # the only usage an HMAC key has: asking for it would be ceremony
     result = common.service().CreateKey(Description=description, Tags=tags, Policy=document,
                                         BypassPolicyLockoutSafetyCheck=bypass, AliasName=alias, KeySpec=spec,
-                                        KeyUsage=usage)
+                                        KeyUsage=usage, Origin=origin)
     if json_:
         output.emit_aws("CreateKey", result)
     else:
@@ -86,6 +89,8 @@ def describe(key: KeyArg, json_: JsonOpt = False) -> None:
     rot = detail.get("Rotation")
     if meta["KeySpec"] != "SYMMETRIC_DEFAULT":
         rotation = "not supported for this key spec"
+    elif meta["Origin"] == "EXTERNAL":
+        rotation = "not supported for imported key material"
     elif rot is None:
         rotation = "(not allowed to see)"
     elif rot["Enabled"]:
@@ -106,6 +111,13 @@ def describe(key: KeyArg, json_: JsonOpt = False) -> None:
         rows.insert(10, ("MinDecryptVersion", rot["MinDecryptVersion"]))
     if "DeletionDate" in meta:
         rows.insert(3, ("DeletionDate", output.when(meta["DeletionDate"])))
+    if meta["Origin"] == "EXTERNAL":
+        rows += [("Origin", "EXTERNAL (imported key material)"),
+                 ("Material", "not in place: import it ('kmscli keys import')" if "ExpirationModel" not in meta
+                  else f"imported, expires {output.when(meta['ValidTo'])}" if "ValidTo" in meta
+                  else "imported, does not expire")]
+        if "CurrentKeyMaterialId" not in meta and meta["KeySpec"] == "SYMMETRIC_DEFAULT":
+            rows = [r for r in rows if r[0] != "KeyMaterialId"]
     output.fields(rows)
 
 
@@ -259,3 +271,9 @@ def _read_policy(path: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise errors.MalformedPolicyDocumentException("the policy document is not UTF-8 text") from None
+
+
+# Imported key material: keys import-params, import, delete-material (cli/import_cmds.py).
+from . import import_cmds  # noqa: E402
+
+import_cmds.register(app)

@@ -208,12 +208,13 @@ def _create_key(kms: Any, params: dict[str, Any]) -> Prepared:
     spec = params.pop("CustomerMasterKeySpec", None)
     if spec is not None and "KeySpec" not in params:
         params["KeySpec"] = spec
-    if params.pop("Origin", "AWS_KMS") != "AWS_KMS":
-        raise errors.UnsupportedOperationException("kmscli makes keys with Origin AWS_KMS only (yet)")
+    if params.get("Origin", "AWS_KMS") not in ("AWS_KMS", "EXTERNAL"):  # EXTERNAL: imported key material
+        raise errors.UnsupportedOperationException("kmscli makes keys with Origin AWS_KMS or EXTERNAL only "
+                                                   "(it has no custom key stores)")
     if params.pop("MultiRegion", False):
         raise errors.UnsupportedOperationException("kmscli does not make multi-Region keys")
     _common("CreateKey", params, ("Description", "Tags", "Policy", "BypassPolicyLockoutSafetyCheck", "KeySpec",
-                                  "KeyUsage"))
+                                  "KeyUsage", "Origin"))
     return lambda: kms.CreateKey(**params)  # type: ignore[no-any-return]
 
 

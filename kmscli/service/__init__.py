@@ -27,6 +27,7 @@ from .backup import BackupOps
 from .credentials import CredentialOps
 from .crypto import CryptoOps
 from .grants import GrantOps
+from .imports import ImportOps
 from .keys import KeyOps
 from .policies import PolicyOps
 from .rotation import RotationOps
@@ -36,6 +37,6 @@ from .vault_ops import VaultOps
 __all__ = ["AUDIT_FILE", "Caller", "Kms"]
 
 
-class Kms(VaultOps, KeyOps, AliasOps, PolicyOps, RotationOps, CryptoOps, AsymmetricOps, GrantOps, AuditOps,
-          CredentialOps, SeedOps, BackupOps):
+class Kms(VaultOps, KeyOps, AliasOps, PolicyOps, RotationOps, CryptoOps, AsymmetricOps, GrantOps, ImportOps,
+          AuditOps, CredentialOps, SeedOps, BackupOps):
     """The local KMS, bound to one vault, one caller and one clock."""

@@ -593,7 +593,7 @@ class Core:
             "kms:CallerAccount": account,
             "kms:KeySpec": key_spec(key),
             "kms:KeyUsage": key_usage(key),
-            "kms:KeyOrigin": "AWS_KMS",
+            "kms:KeyOrigin": key.get("Origin", "AWS_KMS"),
         }
         if call.alias is not None:
             context["kms:RequestAlias"] = call.alias
@@ -693,6 +693,8 @@ class Core:
             raise errors.DisabledException(f"{self._arn(ov, key)} is disabled.")
         if state == KeyState.PENDING_DELETION:
             raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending deletion.")
+        if state == KeyState.PENDING_IMPORT:
+            raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending import.")
 
     def _require_usage(self, ov: OpenVault, key: dict[str, Any], needed: str, operation: str) -> None:
         """InvalidKeyUsageException (exit 4), in AWS's words, unless the key's usage is ``needed``."""
@@ -809,9 +811,23 @@ class Core:
                              [ids.key_arn(ov.account, key_id, region=key.get("Region", ids.DEFAULT_REGION))])
                 self._record(ov, call, event_type="AwsServiceEvent")
                 changed = True
-            elif self._rotate_if_due(ov, key):
+            elif self._expire_if_due(ov, key, now) or self._rotate_if_due(ov, key):
                 changed = True
         return changed
+
+    def _expire_if_due(self, ov: OpenVault, key: dict[str, Any], now: datetime) -> bool:
+        """Delete imported material whose ValidTo has passed, as AWS does (CloudTrail: DeleteExpiredKeyMaterial)."""
+        valid_to = (key.get("Import") or {}).get("ValidTo")
+        if valid_to is None or parse_iso(valid_to) > now:
+            return False
+        material = drop_imported_material(key)
+        ov.put_key(key)
+        call = Call("DeleteExpiredKeyMaterial", {"keyId": key["KeyId"]},
+                    {"keyId": key["KeyId"], "keyMaterialId": material["KeyMaterialId"], "validTo": valid_to,
+                     "keyState": key["KeyState"]},
+                    [ids.key_arn(ov.account, key["KeyId"], region=key.get("Region", ids.DEFAULT_REGION))])
+        self._record(ov, call, event_type="AwsServiceEvent")
+        return True
 
     def _rotate_if_due(self, ov: OpenVault, key: dict[str, Any]) -> bool:
         now = self.clock()
@@ -882,11 +898,13 @@ def alias_slot(region: str, name: str) -> str:
 
 
 def new_key(key_id: str, region: str, created: str, description: str, tags: dict[str, str], policy: str,
-            material: bytes, spec: str = KEY_SPEC, usage: str = "ENCRYPT_DECRYPT") -> dict[str, Any]:
+            material: bytes | None, spec: str = KEY_SPEC, usage: str = "ENCRYPT_DECRYPT",
+            origin: str = "AWS_KMS") -> dict[str, Any]:
     """A key as the vault body stores it (docs/vault.md): Enabled, rotation off, one material version.
 
     ``KeySpec`` and ``KeyUsage`` are stored only for a key that is not SYMMETRIC_DEFAULT, so a symmetric key's
-    record is what it always was.
+    record is what it always was; ``Origin`` only for one that is not AWS_KMS. An EXTERNAL key (``material``
+    None) starts PendingImport with no material version.
     """
     key: dict[str, Any] = {
         "KeyId": key_id,
@@ -900,10 +918,12 @@ def new_key(key_id: str, region: str, created: str, description: str, tags: dict
         "Policy": policy,
         "Rotation": {"Enabled": False, "PeriodInDays": ROTATION_PERIOD_DEFAULT, "NextRotationDate": None,
                      "MinDecryptVersion": 1, "OnDemandCount": 0},
-        "Materials": [new_material(1, created, None, material)],
+        "Materials": [new_material(1, created, None, material)] if material is not None else [],
     }
     if spec != KEY_SPEC:
         key.update(KeySpec=spec, KeyUsage=usage)
+    if origin != "AWS_KMS":
+        key.update(Origin=origin, KeyState=KeyState.PENDING_IMPORT.value)
     return key
 
 
@@ -921,7 +941,24 @@ def new_material(version: int, created: str, rotation_type: str | None, secret: 
 
 
 def material_bytes(material: dict[str, Any]) -> bytes:
+    if "Material" not in material:  # imported material deleted: callers check the key's state first
+        raise errors.KMSInvalidStateException("the key material was deleted; import it again to use the key")
     return base64.b64decode(material["Material"])
+
+
+def drop_imported_material(key: dict[str, Any]) -> dict[str, Any]:
+    """Delete an EXTERNAL key's material (DeleteImportedKeyMaterial, expiry); the material version it was.
+
+    Only the secret bytes go: the version and its KeyMaterialId stay, so the same material can be imported
+    again (and nothing else can), and ciphertexts made before decrypt again then. The key becomes
+    PendingImport, unless it is pending deletion (AWS leaves that state as it is).
+    """
+    material = key["Materials"][-1]
+    material.pop("Material", None)
+    key.pop("Import", None)
+    if key["KeyState"] != KeyState.PENDING_DELETION:
+        key["KeyState"] = KeyState.PENDING_IMPORT.value
+    return material
 
 
 def tag_dict(tags: list[dict[str, str]]) -> dict[str, str]:

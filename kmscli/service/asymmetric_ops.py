@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import customer_master_key_spec, key_spec, key_usage
+from ..model import customer_master_key_spec, key_origin, key_spec, key_usage
 from ..vault.store import OpenVault
 from ._core import Call, Core, material_bytes
 
@@ -69,7 +69,11 @@ class AsymmetricOps(Core):
         def get(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:GetPublicKey")
             spec, usage = key_spec(key), key_usage(key)
-            public = A.public_key_der(spec, material_bytes(key["Materials"][-1]))  # Unsupported for HMAC, AES
+            material = key["Materials"][-1] if key["Materials"] else {}
+            if "Material" not in material and spec not in ("SYMMETRIC_DEFAULT", *A.HMAC_KEY_BYTES):
+                self._require_enabled(ov, key)  # an imported key pair not (or no longer) in place: no public key
+            # Unsupported for HMAC and AES keys, before their material (if any) is looked at.
+            public = A.public_key_der(spec, material_bytes(material) if "Material" in material else b"")
             self._require_enabled(ov, key)
             out: dict[str, Any] = {"KeyId": self._arn(ov, key), "PublicKey": public,
                                    **customer_master_key_spec(spec), "KeySpec": spec, "KeyUsage": usage}
@@ -126,7 +130,8 @@ class AsymmetricOps(Core):
             key = self._key(ov, call, KeyId, "kms:DeriveSharedSecret", {"kms:KeyAgreementAlgorithm": algorithm})
             spec, usage, material, arn = self._private(ov, key)
             secret = A.derive_shared_secret(spec, material, PublicKey, algorithm, usage=usage, key_id=arn)
-            return {"KeyId": arn, "SharedSecret": secret, "KeyAgreementAlgorithm": algorithm, "KeyOrigin": "AWS_KMS"}
+            return {"KeyId": arn, "SharedSecret": secret, "KeyAgreementAlgorithm": algorithm,
+                    "KeyOrigin": key_origin(key)}
 
         return self._read("DeriveSharedSecret", request, derive)
 

@@ -116,7 +116,7 @@ class AuditOps(Core):
 #: Events kmscli records that are not AWS KMS operations (docs/audit.md).
 OWN_EVENTS = frozenset({
     "BackupVault", "ChangePassphrase", "CreateAccessKey", "CreateVault", "DeleteAccessKey", "DeleteKey",
-    "GetAuditHead", "ListAccessKeys",
+    "DeleteExpiredKeyMaterial", "GetAuditHead", "ListAccessKeys",
     "RestartAuditLog", "RestoreVault", "RotateKey", "SeedVault", "SetMinDecryptVersion", "UnknownOperation",
     "Unlock", "VerifyAuditLog",
 })

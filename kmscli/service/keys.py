@@ -38,11 +38,13 @@ class KeyOps(Core):
         KeySpec: str = "SYMMETRIC_DEFAULT",
         KeyUsage: str | None = None,
         AliasName: str | None = None,
+        Origin: str = "AWS_KMS",
     ) -> dict[str, Any]:
         """Create a key of any spec kmscli makes (and, beyond AWS, its first alias in the same write).
 
         ``KeyUsage`` may be omitted only for a SYMMETRIC_DEFAULT key (ENCRYPT_DECRYPT), as in AWS. The private
         half of an asymmetric key and an HMAC key's secret are made here and never leave the vault.
+        ``Origin="EXTERNAL"`` makes a key without material, PendingImport (service/imports.py).
         """
         from ..crypto import asymmetric
 
@@ -52,15 +54,18 @@ class KeyOps(Core):
             request["policy"] = Policy
         if AliasName is not None:
             request["aliasName"] = AliasName
+        if Origin != "AWS_KMS":
+            request["origin"] = Origin
         with self._refusing("CreateKey", request):
             ids.validate_description(Description)
             usage = asymmetric.check_key_usage(KeySpec, KeyUsage)
             request["keyUsage"] = usage
+            _check_origin(Origin, KeySpec)
             tags = tag_dict(Tags or [])
             if AliasName is not None:
                 ids.validate_alias_name(AliasName)
         # Made before the vault is locked: an RSA_4096 key takes a second or more, and writers need not wait.
-        secret = asymmetric.generate(KeySpec)
+        secret = asymmetric.generate(KeySpec) if Origin == "AWS_KMS" else None
 
         def create(ov: OpenVault, call: Call) -> dict[str, Any]:
             account = ov.account
@@ -71,7 +76,7 @@ class KeyOps(Core):
                     f"An alias with the name {self._alias_arn(ov, AliasName)} already exists"
                 )
             now = iso(self.clock())
-            key = new_key(key_id, self.region, now, Description, tags, policy, secret, KeySpec, usage)
+            key = new_key(key_id, self.region, now, Description, tags, policy, secret, KeySpec, usage, Origin)
             if AliasName is not None:
                 # The alias is made by this call as if by CreateAlias: the new
                 # key's own policy decides, an explicit Deny included.
@@ -185,6 +190,8 @@ class KeyOps(Core):
         def change(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, key_ref, "kms:" + event)
             self._require_not_pending(ov, key)
+            if key["KeyState"] == KeyState.PENDING_IMPORT:
+                raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is pending import.")
             key["KeyState"] = state.value
             ov.put_key(key)
             if state is KeyState.ENABLED:
@@ -222,8 +229,10 @@ class KeyOps(Core):
             key = self._key(ov, call, KeyId, "kms:CancelKeyDeletion")
             if key["KeyState"] != KeyState.PENDING_DELETION:
                 raise errors.KMSInvalidStateException(f"{self._arn(ov, key)} is not pending deletion.")
-            # As in AWS KMS, a cancelled key comes back Disabled, not Enabled.
-            key.update(KeyState=KeyState.DISABLED.value, DeletionDate=None, PendingDeletionWindowInDays=None)
+            # As in AWS KMS, a cancelled key comes back Disabled, not Enabled (PendingImport without its material).
+            material = key["Materials"] and "Material" in key["Materials"][-1]
+            key.update(KeyState=(KeyState.DISABLED if material else KeyState.PENDING_IMPORT).value, DeletionDate=None,
+                       PendingDeletionWindowInDays=None)
             ov.put_key(key)
             call.response["keyState"] = key["KeyState"]
             return {"KeyId": self._arn(ov, key)}
@@ -280,3 +289,15 @@ class KeyOps(Core):
             return {}
 
         return self._mutate("UntagResource", request, untag)
+
+
+def _check_origin(origin: str, spec: str) -> None:
+    """CreateKey's Origin: AWS_KMS or EXTERNAL (imported material, for the key specs AWS imports)."""
+    from ..crypto import asymmetric, wrapping
+
+    if origin in ("AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"):
+        raise errors.UnsupportedOperationException(f"Origin {origin} is not supported: kmscli has no custom key "
+                                                   "stores; it makes keys with Origin AWS_KMS or EXTERNAL")
+    asymmetric.check_enum(origin, "OriginType", "origin")
+    if origin == "EXTERNAL":
+        wrapping.check_importable(spec)

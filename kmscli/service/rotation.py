@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from .. import errors
-from ..model import is_symmetric, iso, key_spec, parse_iso
+from ..model import is_symmetric, iso, key_origin, key_spec, parse_iso
 from ..vault.store import OpenVault
 from ._core import (
     LIST_LIMIT_DEFAULT,
@@ -33,6 +33,16 @@ class RotationOps(Core):
                 "symmetric encryption keys (SYMMETRIC_DEFAULT)",
                 hint="to replace an asymmetric or HMAC key, create a new key and move its alias to it")
 
+    def _require_generated(self, ov: OpenVault, key: dict[str, Any]) -> None:
+        """UnsupportedOperationException, in AWS's words, for a key of imported material (origin EXTERNAL): it
+        never rotates automatically, and kmscli does not import new material to rotate it on demand."""
+        origin = key_origin(key)
+        if origin != "AWS_KMS":
+            raise errors.UnsupportedOperationException(
+                f"{self._arn(ov, key)} origin is {origin} which is not valid for this operation.",
+                hint="imported key material does not rotate in kmscli: create a new EXTERNAL key, import new "
+                     "material into it and move the alias (docs/import.md)")
+
     def EnableKeyRotation(self, KeyId: str, RotationPeriodInDays: int = ROTATION_PERIOD_DEFAULT) -> dict[str, Any]:
         request = {"keyId": KeyId, "rotationPeriodInDays": RotationPeriodInDays}
         with self._refusing("EnableKeyRotation", request):
@@ -43,6 +53,7 @@ class RotationOps(Core):
             key = self._key(ov, call, KeyId, "kms:EnableKeyRotation",
                             {"kms:RotationPeriodInDays": RotationPeriodInDays})
             self._require_rotatable(ov, key, "EnableKeyRotation")
+            self._require_generated(ov, key)
             self._require_enabled(ov, key)
             rot = key["Rotation"]
             rot.update(Enabled=True, PeriodInDays=RotationPeriodInDays,
@@ -56,6 +67,7 @@ class RotationOps(Core):
         def disable(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:DisableKeyRotation")
             self._require_rotatable(ov, key, "DisableKeyRotation")
+            self._require_generated(ov, key)
             self._require_enabled(ov, key)
             key["Rotation"].update(Enabled=False, NextRotationDate=None)
             ov.put_key(key)
@@ -71,6 +83,7 @@ class RotationOps(Core):
             # so it needs the permission that turns rotation on.
             key = self._key(ov, call, KeyId, "kms:EnableKeyRotation")
             self._require_rotatable(ov, key, "SetMinDecryptVersion")
+            self._require_generated(ov, key)
             self._require_not_pending(ov, key)
             latest = key["Materials"][-1]["Version"]
             check_range("--min-decrypt-version", MinDecryptVersion, 1, latest)
@@ -97,6 +110,7 @@ class RotationOps(Core):
         def rotate(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:RotateKeyOnDemand")
             self._require_rotatable(ov, key, "RotateKeyOnDemand")
+            self._require_generated(ov, key)
             self._require_enabled(ov, key)
             if key["Rotation"]["OnDemandCount"] >= ON_DEMAND_ROTATIONS_MAX:
                 raise errors.LimitExceededException(
@@ -130,7 +144,7 @@ class RotationOps(Core):
         def list_(ov: OpenVault, call: Call) -> dict[str, Any]:
             key = self._key(ov, call, KeyId, "kms:ListKeyRotations")
             self._require_rotatable(ov, key, "ListKeyRotations")
-            current = key["Materials"][-1]["Version"]
+            current = key["Materials"][-1]["Version"] if key["Materials"] else 0  # none yet: EXTERNAL
             shown = [m for m in key["Materials"]
                      if IncludeKeyMaterial == "ALL_KEY_MATERIAL" or m["RotationType"] is not None]
             materials, marker = page(shown, lambda m: (f"{m['Version']:010d}",), Limit, Marker,
@@ -142,6 +156,13 @@ class RotationOps(Core):
                     "KeyMaterialId": m["KeyMaterialId"],
                     "KeyMaterialState": "CURRENT" if m["Version"] == current else "NON_CURRENT",
                 }
+                if key_origin(key) == "EXTERNAL":  # imported material: whether it is in place, and until when
+                    imported = "Material" in m
+                    entry["ImportState"] = "IMPORTED" if imported else "PENDING_IMPORT"
+                    if imported and key.get("Import"):
+                        entry["ExpirationModel"] = key["Import"]["ExpirationModel"]
+                        if key["Import"]["ValidTo"]:
+                            entry["ValidTo"] = parse_iso(key["Import"]["ValidTo"])
                 if m["RotationType"] is not None:  # the original material was not a rotation
                     entry.update(RotationDate=parse_iso(m["CreationDate"]), RotationType=m["RotationType"])
                 if Detail:

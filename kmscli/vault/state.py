@@ -32,13 +32,19 @@ def due_time(key: dict[str, Any]) -> str | None:
     A key pending deletion is destroyed at its deletion date; an enabled key
     with automatic rotation on rotates at its next rotation date; disabled keys
     do not rotate (enabling one rotates it at once when it is overdue).
+    Imported material that expires is deleted at its ``ValidTo``, whatever
+    the key's state, when that comes first.
     """
-    if key["KeyState"] == KeyState.PENDING_DELETION:
-        return key["DeletionDate"]  # type: ignore[no-any-return]
+    when: str | None = None
     rot = key["Rotation"]
-    if key["KeyState"] == KeyState.ENABLED and rot["Enabled"] and rot["NextRotationDate"] is not None:
-        return rot["NextRotationDate"]  # type: ignore[no-any-return]
-    return None
+    if key["KeyState"] == KeyState.PENDING_DELETION:
+        when = key["DeletionDate"]
+    elif key["KeyState"] == KeyState.ENABLED and rot["Enabled"] and rot["NextRotationDate"] is not None:
+        when = rot["NextRotationDate"]
+    expires = (key.get("Import") or {}).get("ValidTo")
+    if expires is not None and (when is None or parse_iso(expires) < parse_iso(when)):
+        when = expires
+    return when
 
 
 def grant_order(grant: dict[str, Any]) -> tuple[str, str]:

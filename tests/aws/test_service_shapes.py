@@ -36,7 +36,8 @@ from kmscli import shapes
 from kmscli.service import Caller, Kms
 from kmscli.vault.store import PassphraseKeySource
 from tests.aws.botocore_model import wire_errors
-from tests.unit.conftest import CHEAP, Clock
+from tests.import_wrap import wrap
+from tests.unit.conftest import CHEAP, T0, Clock
 
 B64 = base64.b64encode
 #: Operations whose answer names the key by its ARN (SPEC, "Credentials and kmscli serve").
@@ -199,6 +200,20 @@ def _scenario() -> list[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any
         ("RevokeGrant", "RevokeGrant", lambda s: {"KeyId": s["rsa-sign"], "GrantId": s["grant-sign"]}),
         ("DeriveSharedSecret", "DeriveSharedSecret",
          lambda s: {"KeyId": s["ecdh"], "KeyAgreementAlgorithm": "ECDH", "PublicKey": blob(_peer_p384())}),
+        # Imported key material (issue 17): an EXTERNAL key before, during and after its material.
+        ("CreateKey-external", "CreateKey", lambda s: {"Origin": "EXTERNAL", "Description": "byok"}),
+        ("DescribeKey-external-pending", "DescribeKey", lambda s: {"KeyId": s["external"]}),
+        ("GetParametersForImport", "GetParametersForImport",
+         lambda s: {"KeyId": s["external"], "WrappingAlgorithm": "RSAES_OAEP_SHA_256", "WrappingKeySpec": "RSA_2048"}),
+        ("ImportKeyMaterial", "ImportKeyMaterial",
+         lambda s: {"KeyId": s["external"], "ImportToken": blob(s["import"]["ImportToken"]),
+                    "EncryptedKeyMaterial": blob(wrap(s["import"]["PublicKey"], "RSAES_OAEP_SHA_256", b"k" * 32)),
+                    "ExpirationModel": "KEY_MATERIAL_EXPIRES", "ValidTo": T0.timestamp() + 30 * 86400}),
+        ("DescribeKey-external-imported", "DescribeKey", lambda s: {"KeyId": s["external"]}),
+        ("ListKeyRotations-external", "ListKeyRotations",
+         lambda s: {"KeyId": s["external"], "IncludeKeyMaterial": "ALL_KEY_MATERIAL"}),
+        ("DeleteImportedKeyMaterial", "DeleteImportedKeyMaterial", lambda s: {"KeyId": s["external"]}),
+        ("DescribeKey-external-deleted", "DescribeKey", lambda s: {"KeyId": s["external"]}),
     ]
 
 
@@ -242,6 +257,10 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, An
             state["rsa-ciphertext"] = answer["CiphertextBlob"]
         elif step == "GenerateMac":
             state["mac"] = answer["Mac"]
+        elif step == "CreateKey-external":
+            state["external"] = answer["KeyMetadata"]["KeyId"]
+        elif step == "GetParametersForImport":
+            state["import"] = answer
     return out
 
 
