@@ -52,6 +52,9 @@ def default_signals() -> None:
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KMSCLI_")}
     env.pop("NO_COLOR", None)
+    # A pip-installed kmscli has its .pyc files; an editable one under PYTHONDONTWRITEBYTECODE (exported on
+    # some machines) would compile every module in every one of the suite's thousands of subprocesses.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(extra)
     return env
 
