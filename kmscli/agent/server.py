@@ -65,7 +65,8 @@ PRELOAD = (
     "rich.console", "rich.table",
     # Asymmetric and HMAC keys (sign, verify, mac, pubkey, ...): without these a worker imported them on every
     # call, 25-40 ms more than an encrypt (bench/SIGN.md); loading them costs an unlock ~18 ms once.
-    "kmscli.crypto.asymmetric", "kmscli.service.asymmetric_ops", "kmscli.service.grants", "kmscli.aws_model",
+    "kmscli.crypto.asymmetric", "kmscli.service.asymmetric_ops", "kmscli.service.grants", "kmscli.service.grant_rules",
+    "kmscli.aws_model",
     "kmscli.cli.sign_cmds", "kmscli.cli.grants_cmds",
     "cryptography.hazmat.primitives.serialization", "cryptography.hazmat.primitives.hashes",
     "cryptography.hazmat.primitives.hmac", "cryptography.hazmat.primitives.asymmetric.ec",

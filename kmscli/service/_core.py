@@ -576,7 +576,7 @@ class Core:
         from .. import policy as policy_mod
 
         for token in self.grant_tokens:
-            from .grants import parse_token
+            from .grant_rules import parse_token
 
             token_key, _grant = parse_token(ov, token)
             # A call that uses two keys (ReEncrypt) takes the tokens of either: each is one of this call's keys.
@@ -617,7 +617,7 @@ class Core:
     def _granting(self, ov: OpenVault, key: dict[str, Any], action: str, principal: str,
                   conditions: dict[str, Any]) -> dict[str, Any] | None:
         """The grant on ``key`` that lets ``principal`` do ``action`` under the request's context, if any."""
-        from .grants import constraints_hold
+        from .grant_rules import constraints_hold
 
         operation = action.removeprefix("kms:")
         prefix = "kms:EncryptionContext:"

@@ -15,8 +15,6 @@ InvalidGrantTokenException) and names a grant for RetireGrant.
 
 from __future__ import annotations
 
-import base64
-import hmac
 import os
 import re
 from typing import Any
@@ -25,6 +23,8 @@ from .. import errors
 from ..model import is_symmetric, iso, key_usage, parse_iso
 from ..vault.store import OpenVault
 from ._core import Call, Core, check_range, page, paged, paging
+from .grant_rules import SYMMETRIC_OPERATIONS as _SYMMETRIC
+from .grant_rules import issue_token, parse_token
 
 #: Grants per key. AWS allows 50,000; kmscli keeps 5,000 so that listing a key's grants and the index of
 #: them stay small records (docs/grants.md).
@@ -34,25 +34,17 @@ GRANTS_LIMIT_DEFAULT, GRANTS_LIMIT_MAX = 50, 100
 CONSTRAINT_PAIRS_MAX, CONSTRAINT_CHARS_MAX = 8, 384
 #: The operations a grant may allow, by the kind of key (AWS's "grant operations" table).
 _COMMON = ("DescribeKey", "CreateGrant", "RetireGrant")
-_SYMMETRIC = ("Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom",
-              "ReEncryptTo", "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext")
 _BY_USAGE = {
     "ENCRYPT_DECRYPT": ("Decrypt", "Encrypt", "ReEncryptFrom", "ReEncryptTo", "GetPublicKey"),  # RSA
     "SIGN_VERIFY": ("Sign", "Verify", "GetPublicKey"),
     "GENERATE_VERIFY_MAC": ("GenerateMac", "VerifyMac"),
     "KEY_AGREEMENT": ("DeriveSharedSecret", "GetPublicKey"),
 }
-#: Operations whose requests carry an encryption context: the only ones a grant's constraints apply to.
-CONTEXT_OPERATIONS = frozenset(_SYMMETRIC)
 _NAME_RE = re.compile(r"[a-zA-Z0-9:/_-]{1,256}")
 _GRANTEE_RE = re.compile(r"arn:aws:iam::([0-9]{12}):(root|user/[\w+=,.@-]{1,64})", re.ASCII)  # IAM names are ASCII
 _USER_RE = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
 #: How an AWS service principal ends (``kms.amazonaws.com``): a user name by its characters, but no caller of a vault.
 _SERVICE_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn")
-#: A grant token: version, key id (16 bytes), grant id (32), nonce (16), then a MAC (16) under the vault's
-#: grant-token key, all base64url. A token names its grant; only this vault can make one.
-_TOKEN_VERSION = 1
-_TOKEN_BODY, _TOKEN_MAC = 1 + 16 + 32 + 16, 16
 
 
 def grant_operations(key: dict[str, Any]) -> tuple[str, ...]:
@@ -285,44 +277,6 @@ class GrantOps(Core):
         return m.group(0)
 
 
-def issue_token(ov: OpenVault, key_id: str, grant_id: str) -> str:
-    """A new grant token for a grant: it names key and grant, and only this vault can make one."""
-    import uuid
-
-    body = bytes([_TOKEN_VERSION]) + uuid.UUID(key_id).bytes + bytes.fromhex(grant_id) + os.urandom(16)
-    return _b64(body + _token_mac(ov, body, create=True))
-
-
-def parse_token(ov: OpenVault, token: str) -> tuple[str, str]:
-    """(key id, grant id) of a token this vault issued; InvalidGrantTokenException for anything else."""
-    import uuid
-
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)) if isinstance(token, str) else b""
-    except (ValueError, TypeError):
-        raw = b""
-    if len(raw) != _TOKEN_BODY + _TOKEN_MAC or raw[0] != _TOKEN_VERSION:
-        raise errors.InvalidGrantTokenException("the grant token is not one kmscli issued")
-    body, mac = raw[:_TOKEN_BODY], raw[_TOKEN_BODY:]
-    if not hmac.compare_digest(mac, _token_mac(ov, body)):
-        raise errors.InvalidGrantTokenException("the grant token was not issued by this vault")
-    return str(uuid.UUID(bytes=body[1:17])), body[17:49].hex()
-
-
-def _token_mac(ov: OpenVault, body: bytes, *, create: bool = False) -> bytes:
-    """The token's MAC under the vault's grant-token key (made at the first grant, kept across passwd)."""
-    secret = ov.meta.get("grant_token_key")
-    if secret is None:
-        if not create:
-            raise errors.InvalidGrantTokenException("the grant token was not issued by this vault")
-        secret = ov.meta["grant_token_key"] = os.urandom(32).hex()
-    return hmac.digest(bytes.fromhex(secret), b"kmscli grant token\x00" + body, "sha256")[:_TOKEN_MAC]
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def _check_operations(operations: Any) -> tuple[str, ...]:
     from ..crypto import asymmetric as A
 
@@ -361,19 +315,3 @@ def _same_grant(grant: dict[str, Any], entry: dict[str, Any]) -> bool:
     keys = ("KeyId", "GranteePrincipal", "RetiringPrincipal", "Constraints", "Name")
     return all(grant.get(k) == entry.get(k) for k in keys) and sorted(grant["Operations"]) == sorted(
         entry["Operations"])
-
-
-def constraints_hold(grant: dict[str, Any], operation: str, context: dict[str, str]) -> bool:
-    """Whether a grant's constraints let ``operation`` run with the request's encryption ``context``.
-
-    Constraints apply only to operations that carry an encryption context; for
-    the others (DescribeKey, Sign, ...) a grant's constraints do not apply, as in AWS.
-    """
-    constraints = grant.get("Constraints") or {}
-    if not constraints or operation not in CONTEXT_OPERATIONS:
-        return True
-    if "EncryptionContextEquals" in constraints:
-        return context == constraints["EncryptionContextEquals"]
-    subset = constraints.get("EncryptionContextSubset") or {}
-    return all(context.get(k) == v for k, v in subset.items())
-

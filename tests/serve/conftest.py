@@ -45,6 +45,8 @@ from botocore.awsrequest import AWSRequest  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from botocore.credentials import Credentials  # noqa: E402
 
+from tests.aws.botocore_model import wire_errors  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 CONTENT_TYPE = "application/x-amz-json-1.1"
 SERVING = re.compile(r"kmscli: serving on (https?://127\.0\.0\.1:(\d+))")
@@ -392,3 +394,28 @@ def assert_no_nulls(value: Any, where: str = "$") -> None:
 
 def raw_connect(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD_S)
+
+
+@dataclass
+class WireLog:
+    """Problems with any response body a client received, in order (botocore's after-call hook sees each one,
+    an error's too, before the client raises); ``seen`` names every operation answered."""
+
+    problems: list[str] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+
+    def __call__(self, http_response: Any, model: Any, **_: Any) -> None:
+        name = model.name
+        self.seen.append(name)
+        try:
+            doc = json.loads(http_response.content)
+        except ValueError:
+            self.problems.append(f"{name}: the body is not JSON: {http_response.content[:200]!r}")
+            return
+        if http_response.status_code == 200:
+            self.problems += [f"{name}: {p}" for p in wire_errors(name, doc)]
+            return
+        error_type = http_response.headers.get("x-amzn-errortype")
+        if (http_response.status_code != 400 or not isinstance(doc, dict) or set(doc) != {"__type", "message"}
+                or doc["__type"] != error_type or not isinstance(doc["message"], str)):
+            self.problems.append(f"{name}: not AWS's error answer: {http_response.status_code} {error_type} {doc}")

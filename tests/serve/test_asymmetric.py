@@ -32,7 +32,6 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from tests.serve.conftest import (
     VENV_BIN,
     Served,
     ServerProcess,
+    WireLog,
     assert_aws_error,
     aws_free_env,
     b64,
@@ -96,29 +96,6 @@ MLDSA_SIGNATURE_BYTES = {"ML_DSA_44": 2420, "ML_DSA_65": 3309, "ML_DSA_87": 4627
 
 
 # -- every answer checked as it arrives --------------------------------------------------------
-@dataclass
-class WireLog:
-    """Problems with any response body the client received, in the order they came."""
-
-    problems: list[str] = field(default_factory=list)
-
-    def __call__(self, http_response: Any, model: Any, **_: Any) -> None:
-        """botocore's after-call hook: it runs for every answer, an error's too, before the client raises."""
-        name = model.name
-        try:
-            doc = json.loads(http_response.content)
-        except ValueError:
-            self.problems.append(f"{name}: the body is not JSON: {http_response.content[:200]!r}")
-            return
-        if http_response.status_code == 200:
-            self.problems += [f"{name}: {p}" for p in wire_errors(name, doc)]
-            return
-        error_type = http_response.headers.get("x-amzn-errortype")
-        if (http_response.status_code != 400 or not isinstance(doc, dict) or set(doc) != {"__type", "message"}
-                or doc["__type"] != error_type or not isinstance(doc["message"], str)):
-            self.problems.append(f"{name}: not AWS's error answer: {http_response.status_code} {error_type} {doc}")
-
-
 @pytest.fixture(scope="module")
 def wire() -> WireLog:
     return WireLog()

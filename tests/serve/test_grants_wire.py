@@ -18,35 +18,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.aws.botocore_model import wire_errors
 from tests.conftest import HANG_GUARD_S
-from tests.serve.conftest import REGION, VENV_BIN, Served, error_of
+from tests.serve.conftest import REGION, VENV_BIN, Served, WireLog, error_of
 
 AWS = VENV_BIN / "aws"
-
-
-@dataclass
-class WireLog:
-    """Problems with any response body a client received (botocore's after-call hook sees each one)."""
-
-    problems: list[str] = field(default_factory=list)
-    seen: list[str] = field(default_factory=list)
-
-    def __call__(self, http_response: Any, model: Any, **_: Any) -> None:
-        name = model.name
-        self.seen.append(name)
-        try:
-            doc = json.loads(http_response.content)
-        except ValueError:
-            self.problems.append(f"{name}: the body is not JSON: {http_response.content[:200]!r}")
-            return
-        if http_response.status_code == 200:
-            self.problems += [f"{name}: {p}" for p in wire_errors(name, doc)]
-            return
-        error_type = http_response.headers.get("x-amzn-errortype")
-        if (http_response.status_code != 400 or not isinstance(doc, dict) or set(doc) != {"__type", "message"}
-                or doc["__type"] != error_type or not isinstance(doc["message"], str)):
-            self.problems.append(f"{name}: not AWS's error answer: {http_response.status_code} {error_type} {doc}")
 
 
 @pytest.fixture(scope="module")
