@@ -53,7 +53,8 @@ def customer_master_key_spec(spec: str) -> dict[str, str]:
 
 
 def is_symmetric(key: dict[str, Any]) -> bool:
-    return "KeySpec" not in key or key["KeySpec"] == KEY_SPEC
+    """Whether a vault key is a SYMMETRIC_DEFAULT key (what envelopes, data keys and rotation need)."""
+    return key_spec(key) == KEY_SPEC
 
 
 def utcnow() -> datetime:

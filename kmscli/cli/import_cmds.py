@@ -124,15 +124,9 @@ def _folder(path: str) -> Path:
 def _read(path: str, option: str) -> bytes:
     reader: Any
     reader, _size = fileio.open_input(path)
-    parts: list[bytes] = []
-    held = 0
-    while held <= MAX_FILE:  # a pipe (or a raw stream) may answer a read with less than asked
-        part = reader.read(MAX_FILE + 1 - held)
-        if not part:
-            break
-        parts.append(part)
-        held += len(part)
-    data = b"".join(parts)
+    from ..crypto.stream import read_up_to
+
+    data = read_up_to(reader, MAX_FILE + 1)
     if len(data) > MAX_FILE:
         raise errors.ValidationException(f"{option} {path} is over {MAX_FILE} bytes: not what 'kmscli keys "
                                          "import-params' and a wrapping tool make")

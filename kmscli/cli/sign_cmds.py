@@ -18,7 +18,6 @@ import typer
 
 from .. import errors
 from . import common, fileio, output
-from .crypto_cmds import _write_all
 
 #: Largest Message of Sign, Verify, GenerateMac and VerifyMac (botocore's model).
 MAX_MESSAGE = 4096
@@ -215,15 +214,15 @@ def _check_format(format_: str) -> None:
 
 
 def _read_up_to(reader: Any, limit: int) -> bytes:
-    parts: list[bytes] = []
-    held = 0
-    while held < limit:
-        part = reader.read(limit - held)
-        if not part:
-            break
-        parts.append(part)
-        held += len(part)
-    return b"".join(parts)
+    from ..crypto.stream import read_up_to  # loaded on use: every CLI call imports this module
+
+    return read_up_to(reader, limit)
+
+
+def _write_all(stream: Any, data: bytes) -> None:
+    from ..crypto.stream import write_all
+
+    write_all(stream, data)
 
 
 def _read_file(path: str, what: str, limit: int) -> bytes:

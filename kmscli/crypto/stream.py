@@ -491,6 +491,21 @@ class Source:
         return total
 
 
+def read_up_to(reader: Any, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``reader``, fewer only at its end: a pipe or raw file may answer a read with
+    less than was asked, so it is read until either. Read ``limit + 1`` to learn that an input is too large
+    without reading the rest of it."""
+    parts: list[bytes] = []
+    held = 0
+    while held < limit:
+        part = reader.read(limit - held)
+        if not part:
+            break
+        parts.append(part)
+        held += len(part)
+    return b"".join(parts)
+
+
 def write_all(writer: Any, data: memoryview | bytes) -> None:
     """Write all of ``data``: raw files (stdout under PYTHONUNBUFFERED) may
     take only part of it, and a non-blocking one may take none (None)."""

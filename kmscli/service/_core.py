@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors, ids
-from ..model import KEY_SPEC, KeyState, iso, key_spec, key_usage, parse_iso, utcnow
+from ..model import KEY_SPEC, KeyState, is_symmetric, iso, key_spec, key_usage, parse_iso, utcnow
 from ..vault.state import Cursor, OpenVault
 from ..vault.store import KeySource, PassphraseKeySource, VaultStore
 
@@ -663,7 +663,7 @@ class Core:
                         ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The key and material a ciphertext names, after every check that applies."""
         key = self._region_key(ov, header.key_id)
-        if key is None or key_spec(key) != KEY_SPEC:
+        if key is None or not is_symmetric(key):
             # Destroyed, another region's or another vault's: indistinguishable from garbage. No envelope was
             # ever sealed under an asymmetric or HMAC key, so one that names such a key is garbage too.
             raise errors.InvalidCiphertextException()

@@ -372,16 +372,9 @@ def read_bounded(reader: BinaryIO, limit: int, member: str) -> bytes:
     """All of ``reader`` when it holds at most ``limit`` bytes; AWS's length ValidationException otherwise
     (reading stops one byte past the limit, so a large input costs nothing)."""
     from ..crypto import asymmetric as A
+    from ..crypto import stream
 
-    parts: list[bytes] = []
-    held = 0
-    while held <= limit:
-        part = reader.read(limit + 1 - held)
-        if not part:
-            break
-        parts.append(part)
-        held += len(part)
-    return A.check_length(b"".join(parts), member, limit)
+    return A.check_length(stream.read_up_to(reader, limit + 1), member, limit)
 
 
 class _Bounded:
