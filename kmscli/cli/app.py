@@ -56,6 +56,7 @@ def _register() -> None:
         crypto_cmds,
         edit_cmds,
         grants_cmds,
+        import_cmds,
         key_cmds,
         policy_cmds,
         serve_cmds,
@@ -66,6 +67,7 @@ def _register() -> None:
 
     vault_cmds.register(app)
     session_cmds.register(app)
+    import_cmds.register(key_cmds.app)  # keys import-params, import, delete-material
     app.add_typer(key_cmds.app, name="keys")
     app.add_typer(alias_cmds.app, name="alias")
     app.add_typer(policy_cmds.app, name="policy")

@@ -271,9 +271,3 @@ def _read_policy(path: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise errors.MalformedPolicyDocumentException("the policy document is not UTF-8 text") from None
-
-
-# Imported key material: keys import-params, import, delete-material (cli/import_cmds.py).
-from . import import_cmds  # noqa: E402
-
-import_cmds.register(app)
