@@ -25,7 +25,9 @@ ENV_NAMES = frozenset((b"HOME", b"USER", b"LOGNAME", b"PATH", b"TERM", b"COLORTE
 ENV_PREFIXES = (b"KMSCLI_", b"LC_", b"XDG_", b"TYPER_", b"_TYPER_")
 #: The session's secret travels once, in its own field. The worker never unlocks with a
 #: passphrase, so the passphrase itself stays in this process.
-ENV_EXCLUDED = frozenset((b"KMSCLI_SESSION", b"KMSCLI_PASSPHRASE"))
+#: KMSCLI_ENDPOINT: a call with an endpoint runs in the caller's process (kmscli.cli.main), never in the agent,
+#: which only ever serves the vault (the vault side of a cross-KMS reencrypt included).
+ENV_EXCLUDED = frozenset((b"KMSCLI_SESSION", b"KMSCLI_PASSPHRASE", b"KMSCLI_ENDPOINT"))
 SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
 SECRET_HEX = 2 * P.SECRET_BYTES
 #: How long to wait for room in a busy agent's queue (its listen backlog) before giving up.

@@ -20,6 +20,8 @@ class Globals:
     audit_log: str | None = None
     passphrase_file: str | None = None
     region: str | None = None
+    #: ``--endpoint``: a remote KMS instead of the vault (KMSCLI_ENDPOINT when not given).
+    endpoint: str | None = None
     debug: bool = False
     #: ``--grant-token`` values (commands that use a key): checked with every authorization of the call.
     grant_tokens: tuple[str, ...] = ()
@@ -38,6 +40,10 @@ def _store(ctx: Any, param: Any, value: Any) -> Any:
     return value
 
 
+ENDPOINT_HELP = ("Use the KMS at URL instead of the vault: another host's 'kmscli serve', or 'aws' for AWS KMS "
+                 "(credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].")
+
+
 def global_params() -> list[Any]:
     """Options every command accepts, before or after its name."""
     common: dict[str, Any] = {"expose_value": False, "callback": _store, "is_eager": True}
@@ -51,6 +57,7 @@ def global_params() -> list[Any]:
                     help="Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE]."),
         TyperOption(param_decls=["--region"], metavar="NAME", **common,
                     help="Region the keys live in [env: KMSCLI_REGION; default: local]."),
+        TyperOption(param_decls=["--endpoint"], metavar="URL", **common, help=ENDPOINT_HELP),
         TyperOption(param_decls=["--debug"], is_flag=True, default=False, **common,
                     help="Show a traceback for unexpected errors."),
     ]
@@ -152,7 +159,33 @@ def key_source(label: str = "vault passphrase") -> Any:
     return passphrase.key_source(STATE.passphrase_file, label=label)
 
 
+def endpoint() -> str | None:
+    """The remote KMS this call uses (``--endpoint``, else ``KMSCLI_ENDPOINT``), checked; None for the vault."""
+    if not os.environ.get("KMSCLI_ENDPOINT") and STATE.endpoint is None:
+        return None  # the local CLI never imports the remote package
+    from ..remote.client import endpoint_from
+
+    return endpoint_from(STATE.endpoint)
+
+
 def service(keys: Any = None) -> Any:
+    """The KMS the commands talk to, chosen once: a remote one with an endpoint, else the vault's service.
+
+    Both take AWS request members and return AWS response shapes (kmscli/remote/client.py). ``keys`` (a vault
+    key source) asks for the vault's service explicitly: the commands that change the vault itself.
+    """
+    url = endpoint() if keys is None else None
+    if url is not None:
+        from ..remote.client import RemoteKms
+
+        remote = RemoteKms(url, region=STATE.region or os.environ.get("KMSCLI_REGION") or None)
+        remote.grant_tokens = STATE.grant_tokens
+        return remote
+    return vault_service(keys)
+
+
+def vault_service(keys: Any = None) -> Any:
+    """The vault's own service, whatever the endpoint: the vault side of a cross-KMS reencrypt."""
     from ..service import Kms
 
     # In a session's worker the caller is the client as the kernel saw it (SO_PEERCRED), not this process.

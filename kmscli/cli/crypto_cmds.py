@@ -17,6 +17,12 @@ InOpt = Annotated[str | None, typer.Option("--in", "-i", metavar="IN", help="Rea
 OutOpt = Annotated[str | None, typer.Option("--out", "-o", metavar="OUT",
                    help="Write to OUT ('-' = stdout, default); replaced only on success, mode 0600.")]
 ArmorOpt = Annotated[bool, typer.Option("--armor", "-a", help="Write ASCII armor instead of binary.")]
+FormatOpt = Annotated[str | None, typer.Option(
+    "--format", "-f", metavar="kmscli|esdk", help="Ciphertext format: kmscli's own (the vault's default) or the AWS "
+    "Encryption SDK's message format, which aws-encryption-cli and the SDKs read (the default with --endpoint).")]
+UnsignedOpt = Annotated[bool, typer.Option(
+    "--unsigned", help="ESDK format: the committing suite without an ECDSA signature (smaller, faster; any holder "
+    "of the key could have written it). Signed by default, as the SDK.")]
 AlgorithmOpt = Annotated[str | None, typer.Option(
     "--algorithm", metavar="ALG", help="SYMMETRIC_DEFAULT (default: envelope encryption of any size), or "
     "RSAES_OAEP_SHA_256 / RSAES_OAEP_SHA_1 with an RSA ENCRYPT_DECRYPT key: a small message (up to 470 bytes for "
@@ -25,7 +31,8 @@ AlgorithmOpt = Annotated[str | None, typer.Option(
 
 def register(app: typer.Typer) -> None:
     common.command(app, "encrypt", "Envelope-encrypt any amount of data under a master key.", keyed=True)(encrypt)
-    common.command(app, "decrypt", "Decrypt a kmscli ciphertext (binary or armored).", keyed=True)(decrypt)
+    common.command(app, "decrypt", "Decrypt a kmscli ciphertext (binary or armored) or an AWS Encryption SDK "
+                                   "message.", keyed=True)(decrypt)
     common.command(app, "reencrypt", "Move a ciphertext to another key or context without revealing the plaintext.",
                    keyed=True)(reencrypt)
     common.command(app, "datakey", "Make a data key: plaintext and a copy encrypted under KEY.", keyed=True)(datakey)
@@ -35,8 +42,10 @@ def register(app: typer.Typer) -> None:
 
 
 def encrypt(key: KeyOpt, context: ContextOpt = None, in_: InOpt = None, out: OutOpt = None,
-            armor: ArmorOpt = False, algorithm: AlgorithmOpt = None) -> None:
+            armor: ArmorOpt = False, algorithm: AlgorithmOpt = None, format_: FormatOpt = None,
+            unsigned: UnsignedOpt = False) -> None:
     ctx = common.pairs(context, "context")
+    fmt = _format(format_, unsigned, armor)
     svc = common.service()
     reader, size = fileio.open_input(in_)
     progress = fileio.Progress(size, "encrypting")
@@ -44,7 +53,7 @@ def encrypt(key: KeyOpt, context: ContextOpt = None, in_: InOpt = None, out: Out
         with fileio.output(out, binary=not armor) as dest:
             writer, finish = maybe_armor(dest.stream, armor)
             svc.Encrypt(KeyId=key, reader=reader, writer=writer, EncryptionContext=ctx, progress=progress,
-                        **({"EncryptionAlgorithm": algorithm} if algorithm else {}))
+                        **({"EncryptionAlgorithm": algorithm} if algorithm else {}), **fmt)
             finish()
     finally:
         progress.close()
@@ -78,17 +87,49 @@ def reencrypt(
                               help="The ciphertext's current encryption context pair; repeatable.")] = None,
     source_key: Annotated[str | None, typer.Option("--source-key", metavar="KEY",
                           help="Assert the ciphertext's current key.")] = None,
-    in_: InOpt = None, out: OutOpt = None, armor: ArmorOpt = False,
+    in_: InOpt = None, out: OutOpt = None, armor: ArmorOpt = False, format_: FormatOpt = None,
+    unsigned: UnsignedOpt = False,
+    to_vault: Annotated[bool, typer.Option("--to-vault", help="With --endpoint: --key names a key of the local "
+                                                              "vault, to bring a remote ciphertext back.")] = False,
 ) -> None:
     dst_ctx = common.pairs(context, "context")
     src_ctx = common.pairs(source_context, "source context")
+    fmt = _format(format_, unsigned, armor)
     svc = common.service()
+    if to_vault and common.endpoint() is None:
+        raise errors.ValidationException("--to-vault goes with --endpoint: without one every key is the vault's")
     reader, _size = fileio.open_input(in_)
     with fileio.output(out, binary=not armor) as dest:
         writer, finish = maybe_armor(dest.stream, armor)
-        svc.ReEncrypt(reader=maybe_dearmor(reader), writer=writer, DestinationKeyId=key,
-                      SourceEncryptionContext=src_ctx, DestinationEncryptionContext=dst_ctx, SourceKeyId=source_key)
+        request = {"reader": maybe_dearmor(reader), "writer": writer, "DestinationKeyId": key,
+                   "SourceEncryptionContext": src_ctx, "DestinationEncryptionContext": dst_ctx,
+                   "SourceKeyId": source_key, **fmt}
+        if common.endpoint() is None:
+            svc.ReEncrypt(**request)
+        else:
+            from . import vault_side
+
+            vault_side.reencrypt(svc, to_vault=to_vault, **request)
         finish()
+
+
+def _format(value: str | None, unsigned: bool, armor: bool) -> dict[str, Any]:
+    """``--format`` and ``--unsigned`` as the service's ``Format`` and ``Signed`` (only what was asked for)."""
+    from .. import envelope
+
+    envelope.check_format(value)
+    out: dict[str, Any] = {}
+    if value is not None:
+        out["Format"] = value
+    if unsigned:
+        if value == envelope.FORMAT_KMSCLI or (value is None and common.endpoint() is None):
+            raise errors.ValidationException("--unsigned goes with --format esdk: kmscli's own format has no "
+                                             "signature to leave out")
+        out["Signed"] = False
+    if armor and (value == envelope.FORMAT_ESDK or (value is None and common.endpoint() is not None)):
+        raise errors.ValidationException("--armor is for kmscli's own format; an ESDK message is binary "
+                                         "(base64 it if it must be text)")
+    return out
 
 
 def datakey(
@@ -174,6 +215,13 @@ def inspect(
 
     reader, _size = fileio.open_input(file)
     armored, reader = A.sniff(reader)
+    if not armored:
+        from .. import envelope
+
+        kind, reader = envelope.sniff(reader)
+        if kind == envelope.FORMAT_ESDK:
+            _inspect_esdk(reader, json_)
+            return
     found = stream.inspect(A.ArmorReader(reader) if armored else reader)
     h = found.header
     doc: dict[str, Any] = {
@@ -197,6 +245,34 @@ def inspect(
         ("KeyId", h.key_id), ("MaterialVersion", h.material_version), ("EncryptionContext", context),
         ("ChunkSize", h.chunk_size), ("Sizes", f"header {found.header_bytes} B, body {found.body_bytes} B in "
                                                f"{found.chunks} chunk(s), plaintext {found.plaintext_bytes} B"),
+        ("Authenticated", "no: only decrypt proves any of this"),
+    ])
+
+
+def _inspect_esdk(reader: Any, json_: bool) -> None:
+    """``inspect`` of an AWS Encryption SDK message: its header and the shape of its body, nothing verified."""
+    from ..crypto import esdk
+
+    header, found = esdk.inspect(reader)
+    doc: dict[str, Any] = {
+        "Format": f"esdk-v{header.version}", "AlgorithmSuiteId": f"0x{header.suite_id:04X}",
+        "AlgorithmSuite": header.suite_name, "Signed": header.signed, "MessageId": header.message_id.hex(),
+        "EncryptionContext": header.context,
+        "EncryptedDataKeys": [{"ProviderId": k.provider_id, "ProviderInfo": k.provider_info,
+                               "Bytes": len(k.ciphertext)} for k in header.data_keys],
+        "FrameLength": header.frame_length, **found, "Authenticated": False,
+    }
+    if json_:
+        output.emit_json(doc)
+        return
+    context = ", ".join(f"{k}={v}" for k, v in sorted(header.context.items())) or "(none)"
+    keys = "; ".join(f"{k.provider_id} {k.provider_info}" for k in header.data_keys)
+    output.fields([
+        ("Format", f"AWS Encryption SDK message, version {header.version}"),
+        ("AlgorithmSuite", f"{header.suite_name} (0x{header.suite_id:04X})"),
+        ("MessageId", header.message_id.hex()), ("EncryptionContext", context), ("EncryptedDataKeys", keys),
+        ("FrameLength", header.frame_length),
+        *((k, v) for k, v in found.items()),
         ("Authenticated", "no: only decrypt proves any of this"),
     ])
 

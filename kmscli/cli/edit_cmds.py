@@ -31,7 +31,7 @@ from typing import Annotated, Any, BinaryIO
 import typer
 
 from .. import errors
-from . import common, crypto_cmds, fileio, memfs, output
+from . import common, crypto_cmds, fileio, memfs, output, vault_side
 
 #: Extensions of ciphertext names that the plaintext's name drops, so that the
 #: editor picks its syntax from the rest (``app.yaml.kms`` is edited as ``app.yaml``).
@@ -216,7 +216,8 @@ class Vault:
     @staticmethod
     def for_this_call() -> Vault:
         token = os.environ.get("KMSCLI_SESSION")
-        return SessionVault(token) if token else LocalVault()
+        # With an endpoint the remote KMS does the two calls, here: common.service() is that KMS.
+        return SessionVault(token) if token and common.endpoint() is None else LocalVault()
 
     def decrypt(self, source: BinaryIO, plain: Any, context: dict[str, str]) -> None:
         raise NotImplementedError
@@ -259,33 +260,22 @@ class SessionVault(Vault):
     def _run(self, args: list[str], stdin: int, stdout: int) -> None:
         from ..agent import client
 
-        code = client.call(self._token, [*_global_options(), *args], stdin, stdout)
+        code = client.call(self._token, [*vault_side.global_options(), *args], stdin, stdout)
         if code != 0:
             raise typer.Exit(code)  # the agent said why, on our stderr
 
     def decrypt(self, source: BinaryIO, plain: Any, context: dict[str, str]) -> None:
         source.seek(0)
-        self._run(["decrypt", *_context_options(context)], source.fileno(), plain.fileno())
+        self._run(["decrypt", *vault_side.context_options(context)], source.fileno(), plain.fileno())
 
     def encrypt(self, plain: BinaryIO, dest: Any, key: str, context: dict[str, str], armor: bool) -> None:
-        self._run(["encrypt", f"--key={key}", *_context_options(context), *(["--armor"] if armor else [])],
+        self._run(["encrypt", f"--key={key}", *vault_side.context_options(context),
+                   *(["--armor"] if armor else [])],
                   plain.fileno(), dest.fileno())
 
     def check_encrypt(self, key: str, context: dict[str, str]) -> None:
         with open(os.devnull, "r+b") as null:
-            self._run(["encrypt", f"--key={key}", *_context_options(context)], null.fileno(), null.fileno())
-
-
-def _context_options(context: dict[str, str]) -> list[str]:
-    return [f"--context={k}={v}" for k, v in sorted(context.items())]
-
-
-def _global_options() -> list[str]:
-    """This call's global options, for the agent's ``decrypt`` and ``encrypt`` (the environment goes too)."""
-    state = common.STATE
-    out = [f"--{name.replace('_', '-')}={value}" for name, value in
-           (("vault", state.vault), ("audit_log", state.audit_log), ("region", state.region)) if value is not None]
-    return [*out, "--debug"] if state.debug else out
+            self._run(["encrypt", f"--key={key}", *vault_side.context_options(context)], null.fileno(), null.fileno())
 
 
 # -- the editor ----------------------------------------------------------------

@@ -87,9 +87,9 @@ def describe(key: KeyArg, json_: JsonOpt = False) -> None:
     detail = svc.DescribeKeyDetails(KeyId=key)
     meta = detail["KeyMetadata"]
     rot = detail.get("Rotation")
-    if meta["KeySpec"] != "SYMMETRIC_DEFAULT":
+    if meta.get("KeySpec", "SYMMETRIC_DEFAULT") != "SYMMETRIC_DEFAULT":
         rotation = "not supported for this key spec"
-    elif meta["Origin"] == "EXTERNAL":
+    elif meta.get("Origin") == "EXTERNAL":
         rotation = "not supported for imported key material"
     elif rot is None:
         rotation = "(not allowed to see)"
@@ -102,7 +102,7 @@ def describe(key: KeyArg, json_: JsonOpt = False) -> None:
         ("KeyId", meta["KeyId"]), ("Arn", meta["Arn"]), ("State", meta["KeyState"]),
         ("Aliases", ", ".join(detail["Aliases"])), ("Description", meta["Description"]),
         ("Created", output.when(meta["CreationDate"])), ("KeySpec", meta["KeySpec"]),
-        ("KeyUsage", meta["KeyUsage"]), ("Algorithms", ", ".join(_algorithms(meta))), ("Rotation", rotation),
+        ("KeyUsage", meta.get("KeyUsage", "")), ("Algorithms", ", ".join(_algorithms(meta))), ("Rotation", rotation),
         ("KeyMaterialId", meta.get("CurrentKeyMaterialId", "(one, for the key's life: it never rotates)")),
         ("Tags", "(not allowed to see)" if tags is None else ", ".join(f"{t['TagKey']}={t['TagValue']}"
                                                                           for t in tags)),
@@ -124,7 +124,7 @@ def describe(key: KeyArg, json_: JsonOpt = False) -> None:
 def _algorithms(meta: dict[str, Any]) -> list[str]:
     """The key's algorithms, whichever member its usage has (EncryptionAlgorithms, SigningAlgorithms, ...)."""
     for member in ("EncryptionAlgorithms", "SigningAlgorithms", "MacAlgorithms", "KeyAgreementAlgorithms"):
-        if member in meta:
+        if meta.get(member):  # some KMSes (moto) send the other members empty
             return list(meta[member])
     return []
 

@@ -15,7 +15,7 @@ import sys
 from kmscli.cli.pipes import EXIT_BROKEN_PIPE, silence_stdout
 
 #: Global options that take a value: skipped when looking for the command's name.
-_VALUE_OPTIONS = frozenset(("--vault", "--audit-log", "--passphrase-file", "--region"))
+_VALUE_OPTIONS = frozenset(("--vault", "--audit-log", "--passphrase-file", "--region", "--endpoint"))
 #: Commands run here even with a session. ``unlock`` always takes a passphrase:
 #: a session that could mint sessions would outlive its TTL. ``init`` makes a
 #: vault that no session can be for. ``edit`` runs the user's editor on the
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     not_dumpable()
     token = os.environ.get("KMSCLI_SESSION")
     command = command_name(args)
-    if token and command not in _LOCAL_COMMANDS:
+    if token and command not in _LOCAL_COMMANDS and not remote(args):
         from kmscli.agent import client
 
         return client.run(token, args, command)
@@ -57,6 +57,13 @@ def run_local(args: list[str]) -> int:
     from kmscli.cli.app import run
 
     return run(args)
+
+
+def remote(args: list[str]) -> bool:
+    """Whether this call names a remote KMS: it then runs here, with this process's AWS credentials, not in
+    the session's agent (which serves only the vault, and never sees the caller's cloud credentials)."""
+    return bool(os.environ.get("KMSCLI_ENDPOINT")) or any(
+        a == "--endpoint" or a.startswith("--endpoint=") for a in args)
 
 
 def no_core_files() -> None:

@@ -297,10 +297,16 @@ def sniff(reader: Any) -> tuple[bool, Any]:
     would have, including the bytes peeked at. Wrap it in :class:`ArmorReader`
     when ``is_armored``.
     """
-    peek = bytearray(MAX_LEADING_WHITESPACE + len(ARMOR_PREFIX))
-    n = Source(reader).fill(memoryview(peek))
-    head = bytes(peek[:n])
-    return head.lstrip(WHITESPACE).startswith(ARMOR_PREFIX), _Prefixed(head, reader)
+    head, reader2 = peek(reader, MAX_LEADING_WHITESPACE + len(ARMOR_PREFIX))
+    return head.lstrip(WHITESPACE).startswith(ARMOR_PREFIX), reader2
+
+
+def peek(reader: Any, n: int) -> tuple[bytes, Any]:
+    """The first ``n`` bytes of ``reader`` (fewer at its end), and a reader that yields them again, then the rest."""
+    buf = bytearray(n)
+    got = Source(reader).fill(memoryview(buf))
+    head = bytes(buf[:got])
+    return head, _Prefixed(head, reader)
 
 
 def armor(data: bytes) -> bytes:

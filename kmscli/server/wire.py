@@ -168,7 +168,7 @@ def _decrypt(kms: Any, params: dict[str, Any]) -> Prepared:
         out = io.BytesIO()
         answer = kms.Decrypt(io.BytesIO(params["CiphertextBlob"]), out,
                              EncryptionContext=params.get("EncryptionContext"), KeyId=params.get("KeyId"),
-                             EncryptionAlgorithm=params.get("EncryptionAlgorithm"))
+                             EncryptionAlgorithm=params.get("EncryptionAlgorithm"), Esdk=False)
         return {**answer, "Plaintext": out.getvalue()}
 
     return run
@@ -187,7 +187,8 @@ def _reencrypt(kms: Any, params: dict[str, Any]) -> Prepared:
                                DestinationEncryptionContext=params.get("DestinationEncryptionContext"),
                                SourceKeyId=params.get("SourceKeyId"),
                                SourceEncryptionAlgorithm=params.get("SourceEncryptionAlgorithm"),
-                               DestinationEncryptionAlgorithm=params.get("DestinationEncryptionAlgorithm"))
+                               DestinationEncryptionAlgorithm=params.get("DestinationEncryptionAlgorithm"),
+                               Esdk=False)
         return {**answer, "CiphertextBlob": out.getvalue()}
 
     return run

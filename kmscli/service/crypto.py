@@ -26,12 +26,22 @@ from ._core import (
 class CryptoOps(Core):
     def Encrypt(self, KeyId: str, reader: BinaryIO, writer: BinaryIO,
                 EncryptionContext: dict[str, str] | None = None, progress: Any = None,
-                EncryptionAlgorithm: str | None = None) -> dict[str, Any]:
+                EncryptionAlgorithm: str | None = None, Format: str | None = None,
+                Signed: bool = True) -> dict[str, Any]:
         """Envelope-encrypt everything ``reader`` yields onto ``writer``; with an RSAES_OAEP_* algorithm, encrypt
-        a small plaintext with an RSA key instead (no envelope, AWS's size limits)."""
+        a small plaintext with an RSA key instead (no envelope, AWS's size limits).
+
+        ``Format="esdk"``: the AWS Encryption SDK's message format instead of kmscli's, its data key from this
+        vault's GenerateDataKey (recorded as such), signed unless ``Signed`` is False (kmscli/envelope.py).
+        """
         from ..crypto import stream
 
         algorithm = EncryptionAlgorithm or SYMMETRIC
+        if Format == "esdk" and algorithm == SYMMETRIC:
+            from .. import envelope
+
+            return envelope.esdk_encrypt(self, KeyId, reader, writer, dict(EncryptionContext or {}), signed=Signed,
+                                         progress=progress)
         request = {"keyId": KeyId, "encryptionContext": dict(EncryptionContext or {}),
                    "encryptionAlgorithm": algorithm}
         with self._refusing("Encrypt", request):
@@ -75,8 +85,11 @@ class CryptoOps(Core):
 
     def Decrypt(self, reader: BinaryIO, writer: BinaryIO, EncryptionContext: dict[str, str] | None = None,
                 KeyId: str | None = None, progress: Any = None,
-                EncryptionAlgorithm: str | None = None) -> dict[str, Any]:
+                EncryptionAlgorithm: str | None = None, Esdk: bool = True) -> dict[str, Any]:
         """Decrypt a kmscli ciphertext; the key comes from the ciphertext, ``KeyId`` only asserts it.
+
+        An AWS Encryption SDK message is recognised too, unless ``Esdk`` is False (AWS's Decrypt on the wire
+        takes a KMS ciphertext blob only; so does the unwrapping of a message's data key).
 
         With an RSAES_OAEP_* algorithm the input is an RSA ciphertext, which names no key: ``KeyId`` is needed.
         """
@@ -97,6 +110,13 @@ class CryptoOps(Core):
         if algorithm != SYMMETRIC:
             assert KeyId is not None
             return self._rsa_decrypt(KeyId, reader, writer, algorithm, request)
+        from .. import envelope
+
+        kind, reader = envelope.sniff(reader) if Esdk else (None, reader)
+        if kind == envelope.FORMAT_ESDK:
+            # Its data key is unwrapped by this method, called again on the encrypted data key (recorded as a
+            # Decrypt with the message's context); the body is streamed by the ESDK codec.
+            return envelope.esdk_decrypt(self, reader, writer, context, KeyId, progress=progress)
 
         def decrypt(ov: OpenVault, call: Call) -> dict[str, Any]:
             header = stream.read_header(reader)
@@ -138,13 +158,25 @@ class CryptoOps(Core):
                   SourceEncryptionContext: dict[str, str] | None = None,
                   DestinationEncryptionContext: dict[str, str] | None = None,
                   SourceKeyId: str | None = None, SourceEncryptionAlgorithm: str | None = None,
-                  DestinationEncryptionAlgorithm: str | None = None) -> dict[str, Any]:
+                  DestinationEncryptionAlgorithm: str | None = None, Format: str | None = None,
+                  Signed: bool = True, Esdk: bool = True) -> dict[str, Any]:
         """Move a ciphertext to another key, material or context without releasing its plaintext.
 
         Between symmetric keys it streams; when either side is an RSA key (an RSAES_OAEP_* algorithm) the
-        plaintext is a small one, held in memory only, as AWS bounds it.
+        plaintext is a small one, held in memory only, as AWS bounds it. An ESDK message, or ``Format="esdk"``,
+        goes through kmscli/envelope.py: a Decrypt and a GenerateDataKey, the plaintext streamed in between.
         """
+        from .. import envelope
         from ..crypto import stream
+
+        if Esdk and SourceEncryptionAlgorithm in (None, SYMMETRIC) and \
+                DestinationEncryptionAlgorithm in (None, SYMMETRIC):
+            kind, reader = envelope.sniff(reader)
+            if kind == envelope.FORMAT_ESDK or Format == envelope.FORMAT_ESDK:
+                return envelope.reencrypt(self, self, reader, writer, DestinationKeyId,
+                                          dict(SourceEncryptionContext or {}),
+                                          dict(DestinationEncryptionContext or {}), SourceKeyId,
+                                          Format=Format or envelope.FORMAT_KMSCLI, Signed=Signed)
 
         src_alg = SourceEncryptionAlgorithm or SYMMETRIC
         dst_alg = DestinationEncryptionAlgorithm or SYMMETRIC
