@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -119,6 +118,8 @@ def esdk_decrypt(kms: Any, reader: BinaryIO, writer: BinaryIO, required: dict[st
             failure = failure or e
             continue
         data_key = plain.getvalue()
+        if len(data_key) != esdk.DATA_KEY_SIZE:  # a data key the message's suite cannot have: not its data key
+            raise errors.InvalidCiphertextException()
         esdk.decrypt(header, reader, writer, data_key=data_key, progress=progress)
         return {"KeyId": answer["KeyId"], "EncryptionAlgorithm": SYMMETRIC}
     assert failure is not None
@@ -133,6 +134,8 @@ def pipe_through(source: Side, destination: Side) -> tuple[Any, Any]:
     """Run ``source(writer)`` in a thread and ``destination(reader)`` here, the plaintext passing between them
     through a pipe; return both results. A source that fails makes the destination's reader fail at its end,
     so the destination never completes a message of partial data."""
+    import threading
+
     r, w = os.pipe()
     outcome: dict[str, Any] = {}
 
@@ -159,7 +162,7 @@ def pipe_through(source: Side, destination: Side) -> tuple[Any, Any]:
 class _Checked(io.RawIOBase):
     """The pipe's reading end: at its end, the source's failure if it failed, else the end."""
 
-    def __init__(self, raw: Any, thread: threading.Thread, outcome: dict[str, Any]) -> None:
+    def __init__(self, raw: Any, thread: Any, outcome: dict[str, Any]) -> None:
         super().__init__()
         self._raw, self._thread, self._outcome = raw, thread, outcome
 

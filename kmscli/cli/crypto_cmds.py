@@ -94,7 +94,7 @@ def reencrypt(
 ) -> None:
     dst_ctx = common.pairs(context, "context")
     src_ctx = common.pairs(source_context, "source context")
-    fmt = _format(format_, unsigned, armor)
+    fmt = _format(format_, unsigned, armor, vault_default=to_vault or None)
     svc = common.service()
     if to_vault and common.endpoint() is None:
         raise errors.ValidationException("--to-vault goes with --endpoint: without one every key is the vault's")
@@ -113,20 +113,27 @@ def reencrypt(
         finish()
 
 
-def _format(value: str | None, unsigned: bool, armor: bool) -> dict[str, Any]:
-    """``--format`` and ``--unsigned`` as the service's ``Format`` and ``Signed`` (only what was asked for)."""
+def _format(value: str | None, unsigned: bool, armor: bool, vault_default: bool | None = None) -> dict[str, Any]:
+    """``--format`` and ``--unsigned`` as the service's ``Format`` and ``Signed`` (only what was asked for).
+
+    Without ``--format`` a vault writes kmscli's format and a remote KMS the ESDK's (``vault_default``: whose
+    default applies, when not the endpoint's).
+    """
     from .. import envelope
 
     envelope.check_format(value)
+    if vault_default is None:
+        vault_default = common.endpoint() is None
+    effective = value or (envelope.FORMAT_KMSCLI if vault_default else envelope.FORMAT_ESDK)
     out: dict[str, Any] = {}
     if value is not None:
         out["Format"] = value
     if unsigned:
-        if value == envelope.FORMAT_KMSCLI or (value is None and common.endpoint() is None):
+        if effective == envelope.FORMAT_KMSCLI:
             raise errors.ValidationException("--unsigned goes with --format esdk: kmscli's own format has no "
                                              "signature to leave out")
         out["Signed"] = False
-    if armor and (value == envelope.FORMAT_ESDK or (value is None and common.endpoint() is not None)):
+    if armor and effective == envelope.FORMAT_ESDK:
         raise errors.ValidationException("--armor is for kmscli's own format; an ESDK message is binary "
                                          "(base64 it if it must be text)")
     return out
@@ -260,7 +267,9 @@ def _inspect_esdk(reader: Any, json_: bool) -> None:
         "EncryptionContext": header.context,
         "EncryptedDataKeys": [{"ProviderId": k.provider_id, "ProviderInfo": k.provider_info,
                                "Bytes": len(k.ciphertext)} for k in header.data_keys],
-        "FrameLength": header.frame_length, **found, "Authenticated": False,
+        "FrameLength": header.frame_length, "Frames": found["frames"], "HeaderBytes": found["header_bytes"],
+        "BodyBytes": found["body_bytes"], "FooterBytes": found["footer_bytes"],
+        "PlaintextBytes": found["plaintext_bytes"], "Authenticated": False,
     }
     if json_:
         output.emit_json(doc)
@@ -272,7 +281,8 @@ def _inspect_esdk(reader: Any, json_: bool) -> None:
         ("AlgorithmSuite", f"{header.suite_name} (0x{header.suite_id:04X})"),
         ("MessageId", header.message_id.hex()), ("EncryptionContext", context), ("EncryptedDataKeys", keys),
         ("FrameLength", header.frame_length),
-        *((k, v) for k, v in found.items()),
+        ("Sizes", f"header {found['header_bytes']} B, body {found['body_bytes']} B in {found['frames']} frame(s)"
+                  f", footer {found['footer_bytes']} B, plaintext {found['plaintext_bytes']} B"),
         ("Authenticated", "no: only decrypt proves any of this"),
     ])
 

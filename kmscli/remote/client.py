@@ -313,7 +313,11 @@ def _write_all(writer: BinaryIO, data: bytes) -> None:
 
 
 def _session() -> Any:
-    import botocore.session
+    try:
+        import botocore.session
+    except ImportError:
+        raise errors.UsageError("remote mode (--endpoint) needs botocore, which this installation lacks",
+                                hint="pip install 'kmscli[remote]'") from None
 
     return botocore.session.get_session()
 
