@@ -10,260 +10,260 @@
 _kmscli_spec() {
     case $1 in
         '')
-            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random inspect sign verify pubkey mac verify-mac datakey-pair derive-secret edit serve vault keys alias policy grants audit credentials ' opts='--vault --audit-log --passphrase-file --region --debug --version|-V -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds=' init passwd unlock lock encrypt decrypt reencrypt datakey random inspect sign verify pubkey mac verify-mac datakey-pair derive-secret edit serve vault keys alias policy grants audit credentials ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug --version|-V -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'init')
-            cmds='  ' opts='--kdf-memory --kdf-time --kdf-parallelism --account --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --kdf-memory=none --kdf-time=none --kdf-parallelism=none --account=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--kdf-memory --kdf-time --kdf-parallelism --account --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --kdf-memory=none --kdf-time=none --kdf-parallelism=none --account=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'passwd')
-            cmds='  ' opts='--new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --new-passphrase-file=file --kdf-memory=none --kdf-time=none --kdf-parallelism=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --new-passphrase-file=file --kdf-memory=none --kdf-time=none --kdf-parallelism=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'unlock')
-            cmds='  ' opts='--ttl --idle --shell --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --ttl=none --idle=none --shell=choice:sh,bash,zsh,fish --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--ttl --idle --shell --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --ttl=none --idle=none --shell=choice:sh,bash,zsh,fish --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'lock')
-            cmds='  ' opts='--shell --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --shell=choice:sh,bash,zsh,fish --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--shell --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --shell=choice:sh,bash,zsh,fish --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'encrypt')
-            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --armor|-a --algorithm --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --algorithm=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --armor|-a --algorithm --format|-f --unsigned --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --algorithm=none --format=choice:kmscli,esdk -f=choice:kmscli,esdk --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --context -c --grant-token ' args='' ;;
         'decrypt')
-            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --algorithm --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --algorithm=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--key|-k --context|-c --in|-i --out|-o --algorithm --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --in=file -i=file --out=file -o=file --algorithm=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --context -c --grant-token ' args='' ;;
         'reencrypt')
-            cmds='  ' opts='--key|-k --context|-c --source-context --source-key --in|-i --out|-o --armor|-a --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --key=alias -k=alias --context=none -c=none --source-context=none --source-key=alias --in=file -i=file --out=file -o=file --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--key|-k --context|-c --source-context --source-key --in|-i --out|-o --armor|-a --format|-f --unsigned --to-vault --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --source-context=none --source-key=alias --in=file -i=file --out=file -o=file --format=choice:kmscli,esdk -f=choice:kmscli,esdk --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --context -c --source-context --grant-token ' args='' ;;
         'datakey')
-            cmds='  ' opts='--spec --bytes --context|-c --no-plaintext --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --spec=choice:AES_256,AES_128 --bytes=none --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--spec --bytes --context|-c --no-plaintext --json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --spec=choice:AES_256,AES_128 --bytes=none --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --context -c --grant-token ' args='alias' ;;
         'random')
-            cmds='  ' opts='--format|-f --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --format=choice:base64,hex,raw -f=choice:base64,hex,raw --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--format|-f --json --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --format=choice:base64,hex,raw -f=choice:base64,hex,raw --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='none' ;;
         'inspect')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='file' ;;
         'sign')
-            cmds='  ' opts='--key|-k --algorithm|-a --digest --in|-i --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --key=alias -k=alias --algorithm=none -a=none --in=file -i=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--key|-k --algorithm|-a --digest --in|-i --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --algorithm=none -a=none --in=file -i=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='' ;;
         'verify')
-            cmds='  ' opts='--key|-k --algorithm|-a --signature|-s --digest --in|-i --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --key=alias -k=alias --algorithm=none -a=none --signature=file -s=file --in=file -i=file --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--key|-k --algorithm|-a --signature|-s --digest --in|-i --json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --algorithm=none -a=none --signature=file -s=file --in=file -i=file --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='' ;;
         'pubkey')
-            cmds='  ' opts='--format|-f --out|-o --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --format=choice:pem,der -f=choice:pem,der --out=file -o=file --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--format|-f --out|-o --json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --format=choice:pem,der -f=choice:pem,der --out=file -o=file --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias' ;;
         'mac')
-            cmds='  ' opts='--key|-k --algorithm|-a --in|-i --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --key=alias -k=alias --algorithm=none -a=none --in=file -i=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--key|-k --algorithm|-a --in|-i --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --algorithm=none -a=none --in=file -i=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='' ;;
         'verify-mac')
-            cmds='  ' opts='--key|-k --algorithm|-a --mac|-m --in|-i --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --key=alias -k=alias --algorithm=none -a=none --mac=file -m=file --in=file -i=file --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--key|-k --algorithm|-a --mac|-m --in|-i --json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --algorithm=none -a=none --mac=file -m=file --in=file -i=file --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='' ;;
         'datakey-pair')
-            cmds='  ' opts='--spec --context|-c --no-plaintext --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --spec=none --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--spec --context|-c --no-plaintext --json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --spec=none --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --context -c --grant-token ' args='alias' ;;
         'derive-secret')
-            cmds='  ' opts='--key|-k --public-key|-p --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --key=alias -k=alias --public-key=file -p=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--key|-k --public-key|-p --out|-o --format|-f --json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --public-key=file -p=file --out=file -o=file --format=choice:raw,base64 -f=choice:raw,base64 --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='' ;;
         'edit')
-            cmds='  ' opts='--key|-k --context|-c --armor|-a --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --key=alias -k=alias --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--key|-k --context|-c --armor|-a --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --key=alias -k=alias --context=none -c=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --context -c --grant-token ' args='file' ;;
         'serve')
-            cmds='  ' opts='--host --port --tls-cert --tls-key --ephemeral --account --seed --workers --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --host=none --port=none --tls-cert=file --tls-key=file --account=none --seed=file --workers=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--host --port --tls-cert --tls-key --ephemeral --account --seed --workers --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --host=none --port=none --tls-cert=file --tls-key=file --account=none --seed=file --workers=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'vault')
             cmds=' backup restore ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'vault backup')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='file' ;;
         'vault restore')
-            cmds='  ' opts='--force --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--force --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='file' ;;
         'keys')
             cmds=' create list describe tags enable disable schedule-delete cancel-delete set-description tag untag rotate rotation rotations import-params import delete-material ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'keys create')
-            cmds='  ' opts='--spec --usage --description|-d --alias --tag --policy --bypass-policy-lockout-safety-check --origin --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --spec=none --usage=none --description=none -d=none --alias=none --tag=none --policy=file --origin=choice:AWS_KMS,EXTERNAL --vault=file --audit-log=file --passphrase-file=file --region=none '
+            cmds='  ' opts='--spec --usage --description|-d --alias --tag --policy --bypass-policy-lockout-safety-check --origin --json --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --spec=none --usage=none --description=none -d=none --alias=none --tag=none --policy=file --origin=choice:AWS_KMS,EXTERNAL --vault=file --audit-log=file --passphrase-file=file --region=none --endpoint=none '
             reps=' --tag ' args='' ;;
         'keys list')
-            cmds='  ' opts='--all|-a --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--all|-a --json --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'keys describe')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias' ;;
         'keys tags')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias' ;;
         'keys enable')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias' ;;
         'keys disable')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias' ;;
         'keys schedule-delete')
-            cmds='  ' opts='--days --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --days=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--days --json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --days=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias' ;;
         'keys cancel-delete')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias' ;;
         'keys set-description')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias none' ;;
         'keys tag')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias none*' ;;
         'keys untag')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias none*' ;;
         'keys rotate')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias' ;;
         'keys rotation')
-            cmds='  ' opts='--enable --disable --days --min-decrypt-version --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --days=none --min-decrypt-version=none --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--enable --disable --days --min-decrypt-version --json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --days=none --min-decrypt-version=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias' ;;
         'keys rotations')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias' ;;
         'keys import-params')
-            cmds='  ' opts='--out-dir --wrapping-algorithm --wrapping-spec --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --out-dir=dir --wrapping-algorithm=none --wrapping-spec=choice:RSA_2048,RSA_3072,RSA_4096 --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--out-dir --wrapping-algorithm --wrapping-spec --json --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --out-dir=dir --wrapping-algorithm=none --wrapping-spec=choice:RSA_2048,RSA_3072,RSA_4096 --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='alias' ;;
         'keys import')
-            cmds='  ' opts='--material --token --valid-to --no-expiry --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --material=file --token=file --valid-to=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--material --token --valid-to --no-expiry --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --material=file --token=file --valid-to=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='alias' ;;
         'keys delete-material')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='alias' ;;
         'alias')
             cmds=' create update delete list ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'alias create')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=none --grant-token=none '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=none --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='none alias' ;;
         'alias update')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias alias' ;;
         'alias delete')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='alias' ;;
         'alias list')
-            cmds='  ' opts='--key|-k --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --key=alias -k=alias --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--key|-k --json --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --key=alias -k=alias --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'policy')
             cmds=' get put ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'policy get')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias' ;;
         'policy put')
-            cmds='  ' opts='--bypass-policy-lockout-safety-check --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--bypass-policy-lockout-safety-check --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias file' ;;
         'grants')
             cmds=' create list list-retirable retire revoke ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'grants create')
-            cmds='  ' opts='--grantee --operation|--op --retiring --name --context-equals --context-subset --json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --grantee=none --operation=none --op=none --retiring=none --name=none --context-equals=none --context-subset=none --vault=file --audit-log=file --passphrase-file=file --region=none --grant-token=none '
+            cmds='  ' opts='--grantee --operation|--op --retiring --name --context-equals --context-subset --json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --grantee=none --operation=none --op=none --retiring=none --name=none --context-equals=none --context-subset=none --vault=file --audit-log=file --passphrase-file=file --region=none --endpoint=none --grant-token=none '
             reps=' --operation --op --context-equals --context-subset --grant-token ' args='alias' ;;
         'grants list')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias' ;;
         'grants list-retirable')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='none' ;;
         'grants retire')
-            cmds='  ' opts='--token --key|-k --grant-id --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --token=none --key=alias -k=alias --grant-id=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--token --key|-k --grant-id --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --token=none --key=alias -k=alias --grant-id=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'grants revoke')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug --grant-token -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --grant-token=none '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug --grant-token -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none --grant-token=none '
             reps=' --grant-token ' args='alias none' ;;
         'audit')
             cmds=' show verify head restart ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'audit show')
-            cmds='  ' opts='--key|-k --operation --since --json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --key=alias -k=alias --operation=none --since=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--key|-k --operation --since --json --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --key=alias -k=alias --operation=none --since=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'audit verify')
-            cmds='  ' opts='--strict --head --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --head=none --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--strict --head --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --head=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'audit head')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'audit restart')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'credentials')
             cmds=' create list delete ' opts='-h|--help'
             vals='  '
             reps='  ' args='' ;;
         'credentials create')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=none '
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=none --endpoint=none '
             reps='  ' args='none' ;;
         'credentials list')
-            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--json --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'credentials delete')
-            cmds='  ' opts='--vault --audit-log --passphrase-file --region --debug -h|--help'
-            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias '
+            cmds='  ' opts='--vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='none' ;;
         *) return 1 ;;
     esac

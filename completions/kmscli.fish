@@ -28,119 +28,119 @@ end
 function __kmscli_vopts --argument-names path
     switch $path
         case ''
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --endpoint
         case 'init'
-            echo --kdf-memory --kdf-time --kdf-parallelism --account --vault --audit-log --passphrase-file --region
+            echo --kdf-memory --kdf-time --kdf-parallelism --account --vault --audit-log --passphrase-file --region --endpoint
         case 'passwd'
-            echo --new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region
+            echo --new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region --endpoint
         case 'unlock'
-            echo --ttl --idle --shell --vault --audit-log --passphrase-file --region
+            echo --ttl --idle --shell --vault --audit-log --passphrase-file --region --endpoint
         case 'lock'
-            echo --shell --vault --audit-log --passphrase-file --region
+            echo --shell --vault --audit-log --passphrase-file --region --endpoint
         case 'encrypt'
-            echo --key -k --context -c --in -i --out -o --algorithm --vault --audit-log --passphrase-file --region --grant-token
+            echo --key -k --context -c --in -i --out -o --algorithm --format -f --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'decrypt'
-            echo --key -k --context -c --in -i --out -o --algorithm --vault --audit-log --passphrase-file --region --grant-token
+            echo --key -k --context -c --in -i --out -o --algorithm --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'reencrypt'
-            echo --key -k --context -c --source-context --source-key --in -i --out -o --vault --audit-log --passphrase-file --region --grant-token
+            echo --key -k --context -c --source-context --source-key --in -i --out -o --format -f --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'datakey'
-            echo --spec --bytes --context -c --vault --audit-log --passphrase-file --region --grant-token
+            echo --spec --bytes --context -c --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'random'
-            echo --format -f --vault --audit-log --passphrase-file --region
+            echo --format -f --vault --audit-log --passphrase-file --region --endpoint
         case 'inspect'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --endpoint
         case 'sign'
-            echo --key -k --algorithm -a --in -i --out -o --format -f --vault --audit-log --passphrase-file --region --grant-token
+            echo --key -k --algorithm -a --in -i --out -o --format -f --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'verify'
-            echo --key -k --algorithm -a --signature -s --in -i --vault --audit-log --passphrase-file --region --grant-token
+            echo --key -k --algorithm -a --signature -s --in -i --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'pubkey'
-            echo --format -f --out -o --vault --audit-log --passphrase-file --region --grant-token
+            echo --format -f --out -o --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'mac'
-            echo --key -k --algorithm -a --in -i --out -o --format -f --vault --audit-log --passphrase-file --region --grant-token
+            echo --key -k --algorithm -a --in -i --out -o --format -f --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'verify-mac'
-            echo --key -k --algorithm -a --mac -m --in -i --vault --audit-log --passphrase-file --region --grant-token
+            echo --key -k --algorithm -a --mac -m --in -i --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'datakey-pair'
-            echo --spec --context -c --vault --audit-log --passphrase-file --region --grant-token
+            echo --spec --context -c --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'derive-secret'
-            echo --key -k --public-key -p --out -o --format -f --vault --audit-log --passphrase-file --region --grant-token
+            echo --key -k --public-key -p --out -o --format -f --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'edit'
-            echo --key -k --context -c --vault --audit-log --passphrase-file --region --grant-token
+            echo --key -k --context -c --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'serve'
-            echo --host --port --tls-cert --tls-key --account --seed --workers --vault --audit-log --passphrase-file --region
+            echo --host --port --tls-cert --tls-key --account --seed --workers --vault --audit-log --passphrase-file --region --endpoint
         case 'vault backup'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --endpoint
         case 'vault restore'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --endpoint
         case 'keys create'
-            echo --spec --usage --description -d --alias --tag --policy --origin --vault --audit-log --passphrase-file --region
+            echo --spec --usage --description -d --alias --tag --policy --origin --vault --audit-log --passphrase-file --region --endpoint
         case 'keys list'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --endpoint
         case 'keys describe'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'keys tags'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'keys enable'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'keys disable'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'keys schedule-delete'
-            echo --days --vault --audit-log --passphrase-file --region --grant-token
+            echo --days --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'keys cancel-delete'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'keys set-description'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'keys tag'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'keys untag'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'keys rotate'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'keys rotation'
-            echo --days --min-decrypt-version --vault --audit-log --passphrase-file --region --grant-token
+            echo --days --min-decrypt-version --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'keys rotations'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'keys import-params'
-            echo --out-dir --wrapping-algorithm --wrapping-spec --vault --audit-log --passphrase-file --region
+            echo --out-dir --wrapping-algorithm --wrapping-spec --vault --audit-log --passphrase-file --region --endpoint
         case 'keys import'
-            echo --material --token --valid-to --vault --audit-log --passphrase-file --region
+            echo --material --token --valid-to --vault --audit-log --passphrase-file --region --endpoint
         case 'keys delete-material'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --endpoint
         case 'alias create'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'alias update'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'alias delete'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --endpoint
         case 'alias list'
-            echo --key -k --vault --audit-log --passphrase-file --region
+            echo --key -k --vault --audit-log --passphrase-file --region --endpoint
         case 'policy get'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'policy put'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'grants create'
-            echo --grantee --operation --op --retiring --name --context-equals --context-subset --vault --audit-log --passphrase-file --region --grant-token
+            echo --grantee --operation --op --retiring --name --context-equals --context-subset --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'grants list'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'grants list-retirable'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --endpoint
         case 'grants retire'
-            echo --token --key -k --grant-id --vault --audit-log --passphrase-file --region
+            echo --token --key -k --grant-id --vault --audit-log --passphrase-file --region --endpoint
         case 'grants revoke'
-            echo --vault --audit-log --passphrase-file --region --grant-token
+            echo --vault --audit-log --passphrase-file --region --endpoint --grant-token
         case 'audit show'
-            echo --key -k --operation --since --vault --audit-log --passphrase-file --region
+            echo --key -k --operation --since --vault --audit-log --passphrase-file --region --endpoint
         case 'audit verify'
-            echo --head --vault --audit-log --passphrase-file --region
+            echo --head --vault --audit-log --passphrase-file --region --endpoint
         case 'audit head'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --endpoint
         case 'audit restart'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --endpoint
         case 'credentials create'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --endpoint
         case 'credentials list'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --endpoint
         case 'credentials delete'
-            echo --vault --audit-log --passphrase-file --region
+            echo --vault --audit-log --passphrase-file --region --endpoint
     end
 end
 
@@ -227,7 +227,7 @@ complete -c kmscli -n '__kmscli_at \'\'' -a passwd -d 'Change the passphrase (an
 complete -c kmscli -n '__kmscli_at \'\'' -a unlock -d 'Unlock the vault for a while: prints \'export KMSCLI_SESSION=...\' for eval; later calls skip the passphrase and the KDF.'
 complete -c kmscli -n '__kmscli_at \'\'' -a lock -d 'End the session in KMSCLI_SESSION, or without one every session of this vault; prints \'unset KMSCLI_SESSION\' for eval.'
 complete -c kmscli -n '__kmscli_at \'\'' -a encrypt -d 'Envelope-encrypt any amount of data under a master key.'
-complete -c kmscli -n '__kmscli_at \'\'' -a decrypt -d 'Decrypt a kmscli ciphertext (binary or armored).'
+complete -c kmscli -n '__kmscli_at \'\'' -a decrypt -d 'Decrypt a kmscli ciphertext (binary or armored) or an AWS Encryption SDK message.'
 complete -c kmscli -n '__kmscli_at \'\'' -a reencrypt -d 'Move a ciphertext to another key or context without revealing the plaintext.'
 complete -c kmscli -n '__kmscli_at \'\'' -a datakey -d 'Make a data key: plaintext and a copy encrypted under KEY.'
 complete -c kmscli -n '__kmscli_at \'\'' -a random -d 'Print N random bytes (1..1024); needs no vault.'
@@ -252,6 +252,7 @@ complete -c kmscli -n '__kmscli_at \'\'' -l vault -r -F -d 'Vault file [env: KMS
 complete -c kmscli -n '__kmscli_at \'\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'\'' -l version -s V -d 'Print the version and exit.'
 complete -c kmscli -n '__kmscli_at \'\'' -s h -l help -d 'Show this message and exit.'
@@ -265,6 +266,7 @@ complete -c kmscli -n '__kmscli_at \'init\'' -l vault -r -F -d 'Vault file [env:
 complete -c kmscli -n '__kmscli_at \'init\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'init\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'init\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'init\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'init\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'init\'' -s h -l help -d 'Show this message and exit.'
 
@@ -277,6 +279,7 @@ complete -c kmscli -n '__kmscli_at \'passwd\'' -l vault -r -F -d 'Vault file [en
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'passwd\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -s h -l help -d 'Show this message and exit.'
 
@@ -288,6 +291,7 @@ complete -c kmscli -n '__kmscli_at \'unlock\'' -l vault -r -F -d 'Vault file [en
 complete -c kmscli -n '__kmscli_at \'unlock\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'unlock\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'unlock\'' -s h -l help -d 'Show this message and exit.'
 
@@ -297,6 +301,7 @@ complete -c kmscli -n '__kmscli_at \'lock\'' -l vault -r -F -d 'Vault file [env:
 complete -c kmscli -n '__kmscli_at \'lock\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'lock\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'lock\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'lock\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'lock\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'lock\'' -s h -l help -d 'Show this message and exit.'
 
@@ -307,10 +312,13 @@ complete -c kmscli -n '__kmscli_at \'encrypt\'' -l in -s i -r -F -d 'Read from I
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l out -s o -r -F -d 'Write to OUT (\'-\' = stdout, default); replaced only on success, mode 0600.'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l armor -s a -d 'Write ASCII armor instead of binary.'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l algorithm -x -d 'SYMMETRIC_DEFAULT (default: envelope encryption of any size), or RSAES_OAEP_SHA_256 / RSAES_OAEP_SHA_1 with an RSA ENCRYPT_DECRYPT key: a small message (up to 470 bytes for RSA_4096 with SHA-1), no envelope, as AWS.'
+complete -c kmscli -n '__kmscli_at \'encrypt\'' -l format -s f -x -a 'kmscli esdk' -d 'Ciphertext format: kmscli\'s own (the vault\'s default) or the AWS Encryption SDK\'s message format, which aws-encryption-cli and the SDKs read (the default with --endpoint).'
+complete -c kmscli -n '__kmscli_at \'encrypt\'' -l unsigned -d 'ESDK format: the committing suite without an ECDSA signature (smaller, faster; any holder of the key could have written it). Signed by default, as the SDK.'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'encrypt\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'encrypt\'' -s h -l help -d 'Show this message and exit.'
@@ -325,6 +333,7 @@ complete -c kmscli -n '__kmscli_at \'decrypt\'' -l vault -r -F -d 'Vault file [e
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'decrypt\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'decrypt\'' -s h -l help -d 'Show this message and exit.'
@@ -337,10 +346,14 @@ complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l source-key -x -a '(__kmscli
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l in -s i -r -F -d 'Read from IN (\'-\' = stdin, default).'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l out -s o -r -F -d 'Write to OUT (\'-\' = stdout, default); replaced only on success, mode 0600.'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l armor -s a -d 'Write ASCII armor instead of binary.'
+complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l format -s f -x -a 'kmscli esdk' -d 'Ciphertext format: kmscli\'s own (the vault\'s default) or the AWS Encryption SDK\'s message format, which aws-encryption-cli and the SDKs read (the default with --endpoint).'
+complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l unsigned -d 'ESDK format: the committing suite without an ECDSA signature (smaller, faster; any holder of the key could have written it). Signed by default, as the SDK.'
+complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l to-vault -d 'With --endpoint: --key names a key of the local vault, to bring a remote ciphertext back.'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'reencrypt\'' -s h -l help -d 'Show this message and exit.'
@@ -355,6 +368,7 @@ complete -c kmscli -n '__kmscli_at \'datakey\'' -l vault -r -F -d 'Vault file [e
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'datakey\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'datakey\'' -s h -l help -d 'Show this message and exit.'
@@ -367,6 +381,7 @@ complete -c kmscli -n '__kmscli_at \'random\'' -l vault -r -F -d 'Vault file [en
 complete -c kmscli -n '__kmscli_at \'random\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'random\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'random\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'random\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'random\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'random\'' -s h -l help -d 'Show this message and exit.'
 
@@ -376,6 +391,7 @@ complete -c kmscli -n '__kmscli_at \'inspect\'' -l vault -r -F -d 'Vault file [e
 complete -c kmscli -n '__kmscli_at \'inspect\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'inspect\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'inspect\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'inspect\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'inspect\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'inspect\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'inspect\' 0' -F -d '[FILE]'
@@ -392,6 +408,7 @@ complete -c kmscli -n '__kmscli_at \'sign\'' -l vault -r -F -d 'Vault file [env:
 complete -c kmscli -n '__kmscli_at \'sign\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'sign\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'sign\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'sign\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'sign\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'sign\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'sign\'' -s h -l help -d 'Show this message and exit.'
@@ -407,6 +424,7 @@ complete -c kmscli -n '__kmscli_at \'verify\'' -l vault -r -F -d 'Vault file [en
 complete -c kmscli -n '__kmscli_at \'verify\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'verify\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'verify\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'verify\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'verify\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'verify\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'verify\'' -s h -l help -d 'Show this message and exit.'
@@ -419,6 +437,7 @@ complete -c kmscli -n '__kmscli_at \'pubkey\'' -l vault -r -F -d 'Vault file [en
 complete -c kmscli -n '__kmscli_at \'pubkey\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'pubkey\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'pubkey\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'pubkey\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'pubkey\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'pubkey\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'pubkey\'' -s h -l help -d 'Show this message and exit.'
@@ -435,6 +454,7 @@ complete -c kmscli -n '__kmscli_at \'mac\'' -l vault -r -F -d 'Vault file [env: 
 complete -c kmscli -n '__kmscli_at \'mac\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'mac\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'mac\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'mac\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'mac\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'mac\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'mac\'' -s h -l help -d 'Show this message and exit.'
@@ -449,6 +469,7 @@ complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l vault -r -F -d 'Vault file
 complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'verify-mac\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'verify-mac\'' -s h -l help -d 'Show this message and exit.'
@@ -462,6 +483,7 @@ complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l vault -r -F -d 'Vault fi
 complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'datakey-pair\'' -s h -l help -d 'Show this message and exit.'
@@ -477,6 +499,7 @@ complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l vault -r -F -d 'Vault f
 complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'derive-secret\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'derive-secret\'' -s h -l help -d 'Show this message and exit.'
@@ -489,6 +512,7 @@ complete -c kmscli -n '__kmscli_at \'edit\'' -l vault -r -F -d 'Vault file [env:
 complete -c kmscli -n '__kmscli_at \'edit\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'edit\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'edit\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'edit\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'edit\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'edit\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'edit\'' -s h -l help -d 'Show this message and exit.'
@@ -507,6 +531,7 @@ complete -c kmscli -n '__kmscli_at \'serve\'' -l vault -r -F -d 'Vault file [env
 complete -c kmscli -n '__kmscli_at \'serve\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'serve\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'serve\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'serve\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'serve\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'serve\'' -s h -l help -d 'Show this message and exit.'
 
@@ -520,6 +545,7 @@ complete -c kmscli -n '__kmscli_at \'vault backup\'' -l vault -r -F -d 'Vault fi
 complete -c kmscli -n '__kmscli_at \'vault backup\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'vault backup\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'vault backup\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'vault backup\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'vault backup\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'vault backup\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'vault backup\' 0' -F -d 'OUT'
@@ -530,6 +556,7 @@ complete -c kmscli -n '__kmscli_at \'vault restore\'' -l vault -r -F -d 'Vault f
 complete -c kmscli -n '__kmscli_at \'vault restore\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'vault restore\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'vault restore\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'vault restore\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'vault restore\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'vault restore\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'vault restore\' 0' -F -d 'IN'
@@ -568,6 +595,7 @@ complete -c kmscli -n '__kmscli_at \'keys create\'' -l vault -r -F -d 'Vault fil
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l region -x -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys create\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys create\'' -s h -l help -d 'Show this message and exit.'
 
@@ -578,6 +606,7 @@ complete -c kmscli -n '__kmscli_at \'keys list\'' -l vault -r -F -d 'Vault file 
 complete -c kmscli -n '__kmscli_at \'keys list\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys list\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys list\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys list\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys list\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys list\'' -s h -l help -d 'Show this message and exit.'
 
@@ -587,6 +616,7 @@ complete -c kmscli -n '__kmscli_at \'keys describe\'' -l vault -r -F -d 'Vault f
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys describe\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys describe\'' -s h -l help -d 'Show this message and exit.'
@@ -598,6 +628,7 @@ complete -c kmscli -n '__kmscli_at \'keys tags\'' -l vault -r -F -d 'Vault file 
 complete -c kmscli -n '__kmscli_at \'keys tags\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys tags\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys tags\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys tags\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys tags\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys tags\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys tags\'' -s h -l help -d 'Show this message and exit.'
@@ -608,6 +639,7 @@ complete -c kmscli -n '__kmscli_at \'keys enable\'' -l vault -r -F -d 'Vault fil
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys enable\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys enable\'' -s h -l help -d 'Show this message and exit.'
@@ -618,6 +650,7 @@ complete -c kmscli -n '__kmscli_at \'keys disable\'' -l vault -r -F -d 'Vault fi
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys disable\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys disable\'' -s h -l help -d 'Show this message and exit.'
@@ -630,6 +663,7 @@ complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l vault -r -F -d '
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys schedule-delete\'' -s h -l help -d 'Show this message and exit.'
@@ -641,6 +675,7 @@ complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l vault -r -F -d 'Va
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys cancel-delete\'' -s h -l help -d 'Show this message and exit.'
@@ -651,6 +686,7 @@ complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l vault -r -F -d '
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys set-description\'' -s h -l help -d 'Show this message and exit.'
@@ -661,6 +697,7 @@ complete -c kmscli -n '__kmscli_at \'keys tag\'' -l vault -r -F -d 'Vault file [
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys tag\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys tag\'' -s h -l help -d 'Show this message and exit.'
@@ -671,6 +708,7 @@ complete -c kmscli -n '__kmscli_at \'keys untag\'' -l vault -r -F -d 'Vault file
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys untag\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys untag\'' -s h -l help -d 'Show this message and exit.'
@@ -682,6 +720,7 @@ complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l vault -r -F -d 'Vault fil
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys rotate\'' -s h -l help -d 'Show this message and exit.'
@@ -697,6 +736,7 @@ complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l vault -r -F -d 'Vault f
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys rotation\'' -s h -l help -d 'Show this message and exit.'
@@ -708,6 +748,7 @@ complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l vault -r -F -d 'Vault 
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'keys rotations\'' -s h -l help -d 'Show this message and exit.'
@@ -722,6 +763,7 @@ complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l vault -r -F -d 'Va
 complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys import-params\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys import-params\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys import-params\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -735,6 +777,7 @@ complete -c kmscli -n '__kmscli_at \'keys import\'' -l vault -r -F -d 'Vault fil
 complete -c kmscli -n '__kmscli_at \'keys import\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys import\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys import\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys import\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys import\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys import\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys import\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -744,6 +787,7 @@ complete -c kmscli -n '__kmscli_at \'keys delete-material\'' -l vault -r -F -d '
 complete -c kmscli -n '__kmscli_at \'keys delete-material\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'keys delete-material\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'keys delete-material\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'keys delete-material\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'keys delete-material\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'keys delete-material\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'keys delete-material\' 0' -a '(__kmscli_aliases)' -d 'KEY'
@@ -760,6 +804,7 @@ complete -c kmscli -n '__kmscli_at \'alias create\'' -l vault -r -F -d 'Vault fi
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l region -x -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'alias create\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'alias create\'' -s h -l help -d 'Show this message and exit.'
@@ -770,6 +815,7 @@ complete -c kmscli -n '__kmscli_at \'alias update\'' -l vault -r -F -d 'Vault fi
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'alias update\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'alias update\'' -s h -l help -d 'Show this message and exit.'
@@ -781,6 +827,7 @@ complete -c kmscli -n '__kmscli_at \'alias delete\'' -l vault -r -F -d 'Vault fi
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'alias delete\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'alias delete\'' -s h -l help -d 'Show this message and exit.'
 complete -c kmscli -n '__kmscli_arg \'alias delete\' 0' -a '(__kmscli_aliases)' -d 'NAME'
@@ -792,6 +839,7 @@ complete -c kmscli -n '__kmscli_at \'alias list\'' -l vault -r -F -d 'Vault file
 complete -c kmscli -n '__kmscli_at \'alias list\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'alias list\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'alias list\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'alias list\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'alias list\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'alias list\'' -s h -l help -d 'Show this message and exit.'
 
@@ -806,6 +854,7 @@ complete -c kmscli -n '__kmscli_at \'policy get\'' -l vault -r -F -d 'Vault file
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'policy get\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'policy get\'' -s h -l help -d 'Show this message and exit.'
@@ -817,6 +866,7 @@ complete -c kmscli -n '__kmscli_at \'policy put\'' -l vault -r -F -d 'Vault file
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'policy put\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'policy put\'' -s h -l help -d 'Show this message and exit.'
@@ -843,6 +893,7 @@ complete -c kmscli -n '__kmscli_at \'grants create\'' -l vault -r -F -d 'Vault f
 complete -c kmscli -n '__kmscli_at \'grants create\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'grants create\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'grants create\'' -l region -x -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'grants create\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'grants create\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'grants create\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'grants create\'' -s h -l help -d 'Show this message and exit.'
@@ -854,6 +905,7 @@ complete -c kmscli -n '__kmscli_at \'grants list\'' -l vault -r -F -d 'Vault fil
 complete -c kmscli -n '__kmscli_at \'grants list\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'grants list\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'grants list\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'grants list\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'grants list\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'grants list\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'grants list\'' -s h -l help -d 'Show this message and exit.'
@@ -865,6 +917,7 @@ complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -l vault -r -F -d 
 complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'grants list-retirable\'' -s h -l help -d 'Show this message and exit.'
 
@@ -876,6 +929,7 @@ complete -c kmscli -n '__kmscli_at \'grants retire\'' -l vault -r -F -d 'Vault f
 complete -c kmscli -n '__kmscli_at \'grants retire\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'grants retire\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'grants retire\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'grants retire\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'grants retire\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'grants retire\'' -s h -l help -d 'Show this message and exit.'
 
@@ -884,6 +938,7 @@ complete -c kmscli -n '__kmscli_at \'grants revoke\'' -l vault -r -F -d 'Vault f
 complete -c kmscli -n '__kmscli_at \'grants revoke\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'grants revoke\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'grants revoke\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'grants revoke\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'grants revoke\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'grants revoke\'' -l grant-token -x -d 'A grant token from \'kmscli grants create\' (repeatable); checked against the key.'
 complete -c kmscli -n '__kmscli_at \'grants revoke\'' -s h -l help -d 'Show this message and exit.'
@@ -905,6 +960,7 @@ complete -c kmscli -n '__kmscli_at \'audit show\'' -l vault -r -F -d 'Vault file
 complete -c kmscli -n '__kmscli_at \'audit show\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'audit show\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'audit show\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'audit show\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'audit show\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'audit show\'' -s h -l help -d 'Show this message and exit.'
 
@@ -915,6 +971,7 @@ complete -c kmscli -n '__kmscli_at \'audit verify\'' -l vault -r -F -d 'Vault fi
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'audit verify\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'audit verify\'' -s h -l help -d 'Show this message and exit.'
 
@@ -923,6 +980,7 @@ complete -c kmscli -n '__kmscli_at \'audit head\'' -l vault -r -F -d 'Vault file
 complete -c kmscli -n '__kmscli_at \'audit head\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'audit head\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'audit head\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'audit head\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'audit head\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'audit head\'' -s h -l help -d 'Show this message and exit.'
 
@@ -931,6 +989,7 @@ complete -c kmscli -n '__kmscli_at \'audit restart\'' -l vault -r -F -d 'Vault f
 complete -c kmscli -n '__kmscli_at \'audit restart\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'audit restart\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'audit restart\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'audit restart\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'audit restart\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'audit restart\'' -s h -l help -d 'Show this message and exit.'
 
@@ -946,6 +1005,7 @@ complete -c kmscli -n '__kmscli_at \'credentials create\'' -l vault -r -F -d 'Va
 complete -c kmscli -n '__kmscli_at \'credentials create\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'credentials create\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'credentials create\'' -l region -x -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'credentials create\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'credentials create\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'credentials create\'' -s h -l help -d 'Show this message and exit.'
 
@@ -955,6 +1015,7 @@ complete -c kmscli -n '__kmscli_at \'credentials list\'' -l vault -r -F -d 'Vaul
 complete -c kmscli -n '__kmscli_at \'credentials list\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'credentials list\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'credentials list\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'credentials list\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'credentials list\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'credentials list\'' -s h -l help -d 'Show this message and exit.'
 
@@ -963,5 +1024,6 @@ complete -c kmscli -n '__kmscli_at \'credentials delete\'' -l vault -r -F -d 'Va
 complete -c kmscli -n '__kmscli_at \'credentials delete\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'credentials delete\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
 complete -c kmscli -n '__kmscli_at \'credentials delete\'' -l region -x -a '(__kmscli_aliases)' -d 'Region the keys live in [env: KMSCLI_REGION; default: local].'
+complete -c kmscli -n '__kmscli_at \'credentials delete\'' -l endpoint -x -d 'Use the KMS at URL instead of the vault: another host\'s \'kmscli serve\', or \'aws\' for AWS KMS (credentials and region from the AWS chain) [env: KMSCLI_ENDPOINT].'
 complete -c kmscli -n '__kmscli_at \'credentials delete\'' -l debug -d 'Show a traceback for unexpected errors.'
 complete -c kmscli -n '__kmscli_at \'credentials delete\'' -s h -l help -d 'Show this message and exit.'

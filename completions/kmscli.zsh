@@ -39,6 +39,7 @@ _kmscli() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)--version[Print the version and exit.]' \
         '(- *)-V[Print the version and exit.]' \
@@ -54,7 +55,7 @@ _kmscli() {
         'unlock:Unlock the vault for a while: prints '\''export KMSCLI_SESSION=...'\'' for eval; later calls skip the passphrase and the KDF.'
         'lock:End the session in KMSCLI_SESSION, or without one every session of this vault; prints '\''unset KMSCLI_SESSION'\'' for eval.'
         'encrypt:Envelope-encrypt any amount of data under a master key.'
-        'decrypt:Decrypt a kmscli ciphertext (binary or armored).'
+        'decrypt:Decrypt a kmscli ciphertext (binary or armored) or an AWS Encryption SDK message.'
         'reencrypt:Move a ciphertext to another key or context without revealing the plaintext.'
         'datakey:Make a data key: plaintext and a copy encrypted under KEY.'
         'random:Print N random bytes (1..1024); needs no vault.'
@@ -121,6 +122,7 @@ _kmscli_init() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -136,6 +138,7 @@ _kmscli_passwd() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -150,6 +153,7 @@ _kmscli_unlock() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -162,6 +166,7 @@ _kmscli_lock() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -180,10 +185,14 @@ _kmscli_encrypt() {
         '(--armor -a)--armor[Write ASCII armor instead of binary.]' \
         '(--armor -a)-a[Write ASCII armor instead of binary.]' \
         '--algorithm=[SYMMETRIC_DEFAULT (default: envelope encryption of any size), or RSAES_OAEP_SHA_256 / RSAES_OAEP_SHA_1 with an RSA ENCRYPT_DECRYPT key: a small message (up to 470 bytes for RSA_4096 with SHA-1), no envelope, as AWS.]:ALG: ' \
+        '(--format -f)--format=[Ciphertext format: kmscli'\''s own (the vault'\''s default) or the AWS Encryption SDK'\''s message format, which aws-encryption-cli and the SDKs read (the default with --endpoint).]:kmscli|esdk:(kmscli esdk)' \
+        '(--format -f)-f+[Ciphertext format: kmscli'\''s own (the vault'\''s default) or the AWS Encryption SDK'\''s message format, which aws-encryption-cli and the SDKs read (the default with --endpoint).]:kmscli|esdk:(kmscli esdk)' \
+        '--unsigned[ESDK format: the committing suite without an ECDSA signature (smaller, faster; any holder of the key could have written it). Signed by default, as the SDK.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -205,6 +214,7 @@ _kmscli_decrypt() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -225,10 +235,15 @@ _kmscli_reencrypt() {
         '(--out -o)-o+[Write to OUT ('\''-'\'' = stdout, default); replaced only on success, mode 0600.]:OUT:_files' \
         '(--armor -a)--armor[Write ASCII armor instead of binary.]' \
         '(--armor -a)-a[Write ASCII armor instead of binary.]' \
+        '(--format -f)--format=[Ciphertext format: kmscli'\''s own (the vault'\''s default) or the AWS Encryption SDK'\''s message format, which aws-encryption-cli and the SDKs read (the default with --endpoint).]:kmscli|esdk:(kmscli esdk)' \
+        '(--format -f)-f+[Ciphertext format: kmscli'\''s own (the vault'\''s default) or the AWS Encryption SDK'\''s message format, which aws-encryption-cli and the SDKs read (the default with --endpoint).]:kmscli|esdk:(kmscli esdk)' \
+        '--unsigned[ESDK format: the committing suite without an ECDSA signature (smaller, faster; any holder of the key could have written it). Signed by default, as the SDK.]' \
+        '--to-vault[With --endpoint: --key names a key of the local vault, to bring a remote ciphertext back.]' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -247,6 +262,7 @@ _kmscli_datakey() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -263,6 +279,7 @@ _kmscli_random() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
@@ -276,6 +293,7 @@ _kmscli_inspect() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
@@ -300,6 +318,7 @@ _kmscli_sign() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -322,6 +341,7 @@ _kmscli_verify() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -339,6 +359,7 @@ _kmscli_pubkey() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -363,6 +384,7 @@ _kmscli_mac() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -384,6 +406,7 @@ _kmscli_verify_mac() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -401,6 +424,7 @@ _kmscli_datakey_pair() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -423,6 +447,7 @@ _kmscli_derive_secret() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -441,6 +466,7 @@ _kmscli_edit() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -462,6 +488,7 @@ _kmscli_serve() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -498,6 +525,7 @@ _kmscli_vault_backup() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
@@ -511,6 +539,7 @@ _kmscli_vault_restore() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
@@ -588,6 +617,7 @@ _kmscli_keys_create() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME: ' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -602,6 +632,7 @@ _kmscli_keys_list() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -614,6 +645,7 @@ _kmscli_keys_describe() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -628,6 +660,7 @@ _kmscli_keys_tags() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -641,6 +674,7 @@ _kmscli_keys_enable() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -654,6 +688,7 @@ _kmscli_keys_disable() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -669,6 +704,7 @@ _kmscli_keys_schedule_delete() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -683,6 +719,7 @@ _kmscli_keys_cancel_delete() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -696,6 +733,7 @@ _kmscli_keys_set_description() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -710,6 +748,7 @@ _kmscli_keys_tag() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -724,6 +763,7 @@ _kmscli_keys_untag() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -739,6 +779,7 @@ _kmscli_keys_rotate() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -757,6 +798,7 @@ _kmscli_keys_rotation() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -771,6 +813,7 @@ _kmscli_keys_rotations() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -788,6 +831,7 @@ _kmscli_keys_import_params() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
@@ -804,6 +848,7 @@ _kmscli_keys_import() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
@@ -816,6 +861,7 @@ _kmscli_keys_delete_material() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
@@ -857,6 +903,7 @@ _kmscli_alias_create() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME: ' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -871,6 +918,7 @@ _kmscli_alias_update() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -885,6 +933,7 @@ _kmscli_alias_delete() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
@@ -900,6 +949,7 @@ _kmscli_alias_list() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -937,6 +987,7 @@ _kmscli_policy_get() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -951,6 +1002,7 @@ _kmscli_policy_put() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -1004,6 +1056,7 @@ _kmscli_grants_create() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME: ' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -1018,6 +1071,7 @@ _kmscli_grants_list() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -1032,6 +1086,7 @@ _kmscli_grants_list_retirable() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
@@ -1048,6 +1103,7 @@ _kmscli_grants_retire() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -1059,6 +1115,7 @@ _kmscli_grants_revoke() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '*--grant-token=[A grant token from '\''kmscli grants create'\'' (repeatable); checked against the key.]:TOKEN: ' \
         '(- *)-h[Show this message and exit.]' \
@@ -1107,6 +1164,7 @@ _kmscli_audit_show() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -1120,6 +1178,7 @@ _kmscli_audit_verify() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -1131,6 +1190,7 @@ _kmscli_audit_head() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -1142,6 +1202,7 @@ _kmscli_audit_restart() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -1181,6 +1242,7 @@ _kmscli_credentials_create() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME: ' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \
@@ -1194,6 +1256,7 @@ _kmscli_credentials_list() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]'
@@ -1205,6 +1268,7 @@ _kmscli_credentials_delete() {
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
         '--region=[Region the keys live in \[env: KMSCLI_REGION; default: local\].]:NAME:_kmscli_aliases' \
+        '--endpoint=[Use the KMS at URL instead of the vault: another host'\''s '\''kmscli serve'\'', or '\''aws'\'' for AWS KMS (credentials and region from the AWS chain) \[env: KMSCLI_ENDPOINT\].]:URL: ' \
         '--debug[Show a traceback for unexpected errors.]' \
         '(- *)-h[Show this message and exit.]' \
         '(- *)--help[Show this message and exit.]' \

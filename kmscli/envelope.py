@@ -49,7 +49,9 @@ def sniff(reader: BinaryIO) -> tuple[str | None, BinaryIO]:
     head, reader = armor.peek(reader, _SNIFF_BYTES)
     if head.startswith(_KMSCLI_MAGIC):
         return FORMAT_KMSCLI, reader
-    if esdk.is_esdk(head):
+    # Any version-2 start counts, so that a message of a suite kmscli does not read is refused naming its
+    # suite (exit 6), not sent to a KMS as a blob. AWS KMS's own blobs start 0x01 0x02, kmscli's with its magic.
+    if esdk.is_esdk(head) or head[:1] == bytes([esdk.MESSAGE_VERSION]):
         return FORMAT_ESDK, reader
     return None, reader
 

@@ -110,26 +110,8 @@ def run(args: list[str]) -> int:
     return code
 
 
-#: Commands about the vault itself, which a remote KMS has no counterpart of here: refused with an endpoint
-#: rather than quietly answered from the local vault (docs/remote.md).
-VAULT_COMMANDS = {
-    "audit": "the audit log is the vault's; a remote KMS keeps its own (AWS: CloudTrail)",
-    "credentials": "access keys are for the vault's 'kmscli serve'; run them on the serving host",
-    "vault": "backups are of the vault",
-    "serve": "serve serves the vault",
-}
-
-
 def _run(args: list[str]) -> int:
     common.STATE = common.Globals()
-    from .main import command_name, remote
-
-    command = command_name(args)
-    if command in VAULT_COMMANDS and remote(args) and not {"-h", "--help"} & set(args):
-        sys.stderr.write(error_line("ValidationException", f"'kmscli {command}' works on the local vault only: "
-                                    f"{VAULT_COMMANDS[command]}; run it without --endpoint (unset "
-                                    "KMSCLI_ENDPOINT)") + "\n")
-        return errors.EXIT_USAGE
     try:
         rv = click_command().main(args=args, prog_name="kmscli", standalone_mode=False)
     except errors.KmsError as e:

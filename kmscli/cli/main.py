@@ -22,6 +22,14 @@ _VALUE_OPTIONS = frozenset(("--vault", "--audit-log", "--passphrase-file", "--re
 #: user's terminal, so it runs here and sends only its Decrypt and Encrypt to
 #: the agent (cli/edit_cmds.py).
 _LOCAL_COMMANDS = frozenset(("unlock", "init", "edit"))
+#: Commands about the vault itself, which a remote KMS has no counterpart of here: refused with an endpoint
+#: rather than quietly answered from the local vault (docs/remote.md).
+VAULT_COMMANDS = {
+    "audit": "the audit log is the vault's; a remote KMS keeps its own (AWS: CloudTrail)",
+    "credentials": "access keys are for the vault's 'kmscli serve'; run them on the serving host",
+    "vault": "backups are of the vault",
+    "serve": "serve serves the vault",
+}
 _RANDOM_FORMATS = ("base64", "hex", "raw")
 _RANDOM_MAX = 1024
 
@@ -35,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     not_dumpable()
     token = os.environ.get("KMSCLI_SESSION")
     command = command_name(args)
+    if command in VAULT_COMMANDS and remote(args) and not {"-h", "--help"} & set(args):
+        sys.stderr.write(f"kmscli: ValidationException: 'kmscli {command}' works on the local vault only: "
+                         f"{VAULT_COMMANDS[command]}; run it without --endpoint (unset KMSCLI_ENDPOINT)\n")
+        return 2
     if token and command not in _LOCAL_COMMANDS and not remote(args):
         from kmscli.agent import client
 

@@ -301,9 +301,15 @@ def _snake(operation: str) -> str:
 
 
 def _every(fetch: Any, member: str) -> list[Any]:
-    from ..cli.common import all_pages
-
-    return all_pages(fetch, member)
+    """Every item of a paged List* answer: ``fetch(marker)`` returns one page."""
+    items: list[Any] = []
+    marker = None
+    while True:
+        page = fetch(marker)
+        items += page.get(member, [])
+        marker = page.get("NextMarker") if page.get("Truncated") else None
+        if marker is None:
+            return items
 
 
 def _write_all(writer: BinaryIO, data: bytes) -> None:

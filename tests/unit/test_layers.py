@@ -13,8 +13,9 @@ from pathlib import Path
 import kmscli
 
 ROOT = Path(kmscli.__file__).parent
-#: What may use a terminal or network framework: the entry point, the adapters, the agent that runs the CLI.
-ADAPTERS = ("kmscli.__main__", "kmscli.cli", "kmscli.server", "kmscli.agent")
+#: What may use a terminal or network framework: the entry point, the adapters, the agent that runs the CLI,
+#: and the client of a remote KMS (botocore), which the CLI chooses instead of the service.
+ADAPTERS = ("kmscli.__main__", "kmscli.cli", "kmscli.server", "kmscli.agent", "kmscli.remote")
 FRAMEWORKS = ("typer", "click", "rich", "uvicorn", "starlette", "aiohttp", "hypercorn", "h11", "httptools", "botocore")
 
 
