@@ -119,6 +119,8 @@ def _format(value: str | None, unsigned: bool, armor: bool, vault_default: bool 
     Without ``--format`` a vault writes kmscli's format and a remote KMS the ESDK's (``vault_default``: whose
     default applies, when not the endpoint's).
     """
+    if value is None and not unsigned and not armor:
+        return {}  # each side's default, and the envelope module is not loaded for kmscli's own format
     from .. import envelope
 
     envelope.check_format(value)

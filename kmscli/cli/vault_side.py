@@ -11,18 +11,18 @@ the two through a pipe (kmscli/envelope.py), never through a file.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any, BinaryIO
 
 import typer
 
-from .. import envelope
 from . import common
 
 
 def reencrypt(remote: Any, *, to_vault: bool, reader: BinaryIO, writer: BinaryIO, DestinationKeyId: str,
               SourceEncryptionContext: dict[str, str], DestinationEncryptionContext: dict[str, str],
               SourceKeyId: str | None, Format: str | None = None, Signed: bool = True) -> dict[str, Any]:
+    from .. import envelope
+
     kind, reader = envelope.sniff(reader)
     if kind != envelope.FORMAT_KMSCLI and not to_vault:  # remote to remote: the remote KMS's own business
         return dict(remote.ReEncrypt(reader=reader, writer=writer, DestinationKeyId=DestinationKeyId,
@@ -111,7 +111,7 @@ class _Feed:
         r, self._w = os.pipe()
         self.fd = r
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._copy, daemon=True)
+        self._thread = _thread(self._copy)
 
     def _copy(self) -> None:
         try:
@@ -141,7 +141,7 @@ class _Drain:
         self._writer = writer
         self._r, self.fd = os.pipe()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._copy, daemon=True)
+        self._thread = _thread(self._copy)
 
     def _copy(self) -> None:
         try:
@@ -176,3 +176,8 @@ def global_options() -> list[str]:
            (("vault", state.vault), ("audit_log", state.audit_log), ("region", state.region)) if value is not None]
     return [*out, "--debug"] if state.debug else out
 
+
+def _thread(target: Any) -> Any:
+    import threading
+
+    return threading.Thread(target=target, daemon=True)
