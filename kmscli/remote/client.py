@@ -29,8 +29,9 @@ from .. import errors
 AWS = "aws"
 #: The region for a non-AWS endpoint when nothing configures one (a shared ``kmscli serve``).
 FALLBACK_REGION = "us-east-1"
-CONNECT_TIMEOUT_S = 5
-READ_TIMEOUT_S = 60
+CONNECT_TIMEOUT_S = 3
+#: A KMS answers in milliseconds; a server that accepted the connection and hung is given up on in seconds.
+READ_TIMEOUT_S = 10
 #: Attempts in all (botocore's "standard" retry mode backs off between them); AWS_MAX_ATTEMPTS overrides.
 MAX_ATTEMPTS = 3
 #: Error codes of a KMS that does not accept the caller's credentials or signature: exit 10.
