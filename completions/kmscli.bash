@@ -14,12 +14,12 @@ _kmscli_spec() {
             vals=' --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'init')
-            cmds='  ' opts='--kdf-memory --kdf-time --kdf-parallelism --account --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
-            vals=' --kdf-memory=none --kdf-time=none --kdf-parallelism=none --account=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
+            cmds='  ' opts='--kdf-memory --kdf-time --kdf-parallelism --account --root-key --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --kdf-memory=none --kdf-time=none --kdf-parallelism=none --account=none --root-key=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'passwd')
-            cmds='  ' opts='--new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
-            vals=' --new-passphrase-file=file --kdf-memory=none --kdf-time=none --kdf-parallelism=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
+            cmds='  ' opts='--new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --root-key --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'
+            vals=' --new-passphrase-file=file --kdf-memory=none --kdf-time=none --kdf-parallelism=none --root-key=none --vault=file --audit-log=file --passphrase-file=file --region=alias --endpoint=none '
             reps='  ' args='' ;;
         'unlock')
             cmds='  ' opts='--ttl --idle --shell --vault --audit-log --passphrase-file --region --endpoint --debug -h|--help'

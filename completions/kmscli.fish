@@ -30,9 +30,9 @@ function __kmscli_vopts --argument-names path
         case ''
             echo --vault --audit-log --passphrase-file --region --endpoint
         case 'init'
-            echo --kdf-memory --kdf-time --kdf-parallelism --account --vault --audit-log --passphrase-file --region --endpoint
+            echo --kdf-memory --kdf-time --kdf-parallelism --account --root-key --vault --audit-log --passphrase-file --region --endpoint
         case 'passwd'
-            echo --new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --vault --audit-log --passphrase-file --region --endpoint
+            echo --new-passphrase-file --kdf-memory --kdf-time --kdf-parallelism --root-key --vault --audit-log --passphrase-file --region --endpoint
         case 'unlock'
             echo --ttl --idle --shell --vault --audit-log --passphrase-file --region --endpoint
         case 'lock'
@@ -223,7 +223,7 @@ complete -c kmscli -f
 
 # kmscli
 complete -c kmscli -n '__kmscli_at \'\'' -a init -d 'Create a new vault (refuses to overwrite one).'
-complete -c kmscli -n '__kmscli_at \'\'' -a passwd -d 'Change the passphrase (and KDF settings) and rotate the vault key; needs the current passphrase, never a session.'
+complete -c kmscli -n '__kmscli_at \'\'' -a passwd -d 'Change the passphrase (and KDF settings), or the KMS root key, and rotate the vault key; needs the current passphrase (or root key), never a session.'
 complete -c kmscli -n '__kmscli_at \'\'' -a unlock -d 'Unlock the vault for a while: prints \'export KMSCLI_SESSION=...\' for eval; later calls skip the passphrase and the KDF.'
 complete -c kmscli -n '__kmscli_at \'\'' -a lock -d 'End the session in KMSCLI_SESSION, or without one every session of this vault; prints \'unset KMSCLI_SESSION\' for eval.'
 complete -c kmscli -n '__kmscli_at \'\'' -a encrypt -d 'Envelope-encrypt any amount of data under a master key.'
@@ -262,6 +262,7 @@ complete -c kmscli -n '__kmscli_at \'init\'' -l kdf-memory -x -d 'Argon2id memor
 complete -c kmscli -n '__kmscli_at \'init\'' -l kdf-time -x -d 'Argon2id passes (1..8; default 2; memory x passes <= 2048).'
 complete -c kmscli -n '__kmscli_at \'init\'' -l kdf-parallelism -x -d 'Argon2id lanes (1..8; default 4).'
 complete -c kmscli -n '__kmscli_at \'init\'' -l account -x -d 'The vault\'s AWS account id, in every ARN (default: random).'
+complete -c kmscli -n '__kmscli_at \'init\'' -l root-key -x -d 'The vault key is wrapped by a data key of this KMS key instead of a passphrase (a full key ARN or alias ARN; the KMS of its region, AWS_ENDPOINT_URL_KMS honoured, with the AWS credential chain): the vault unlocks unattended, and revoking access to the key locks it.'
 complete -c kmscli -n '__kmscli_at \'init\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'init\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'init\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'
@@ -275,6 +276,7 @@ complete -c kmscli -n '__kmscli_at \'passwd\'' -l new-passphrase-file -r -F -d '
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l kdf-memory -x -d 'Argon2id memory in MiB (8..1024; default 512).'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l kdf-time -x -d 'Argon2id passes (1..8; default 2; memory x passes <= 2048).'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l kdf-parallelism -x -d 'Argon2id lanes (1..8; default 4).'
+complete -c kmscli -n '__kmscli_at \'passwd\'' -l root-key -x -d 'From now on the vault key is wrapped by a data key of this KMS key instead of a passphrase (a full key ARN or alias ARN; the KMS of its region, AWS_ENDPOINT_URL_KMS honoured, with the AWS credential chain): the vault unlocks unattended, and revoking access to the key locks it; without it, a vault that has a KMS root key gets a passphrase again.'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l vault -r -F -d 'Vault file [env: KMSCLI_VAULT; default: the user data folder\'s kmscli/vault.kms].'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l audit-log -r -F -d 'Audit log: where init puts it, fixed for the vault\'s life after that [env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault].'
 complete -c kmscli -n '__kmscli_at \'passwd\'' -l passphrase-file -r -F -d 'Read the vault passphrase from the first line of PATH [env: KMSCLI_PASSPHRASE_FILE].'

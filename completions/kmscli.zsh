@@ -51,7 +51,7 @@ _kmscli() {
     (command)
         local -a commands=(
         'init:Create a new vault (refuses to overwrite one).'
-        'passwd:Change the passphrase (and KDF settings) and rotate the vault key; needs the current passphrase, never a session.'
+        'passwd:Change the passphrase (and KDF settings), or the KMS root key, and rotate the vault key; needs the current passphrase (or root key), never a session.'
         'unlock:Unlock the vault for a while: prints '\''export KMSCLI_SESSION=...'\'' for eval; later calls skip the passphrase and the KDF.'
         'lock:End the session in KMSCLI_SESSION, or without one every session of this vault; prints '\''unset KMSCLI_SESSION'\'' for eval.'
         'encrypt:Envelope-encrypt any amount of data under a master key.'
@@ -118,6 +118,7 @@ _kmscli_init() {
         '--kdf-time=[Argon2id passes (1..8; default 2; memory x passes <= 2048).]:N: ' \
         '--kdf-parallelism=[Argon2id lanes (1..8; default 4).]:N: ' \
         '--account=[The vault'\''s AWS account id, in every ARN (default: random).]:12-DIGITS: ' \
+        '--root-key=[The vault key is wrapped by a data key of this KMS key instead of a passphrase (a full key ARN or alias ARN; the KMS of its region, AWS_ENDPOINT_URL_KMS honoured, with the AWS credential chain): the vault unlocks unattended, and revoking access to the key locks it.]:KEY_ARN: ' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \
@@ -134,6 +135,7 @@ _kmscli_passwd() {
         '--kdf-memory=[Argon2id memory in MiB (8..1024; default 512).]:MIB: ' \
         '--kdf-time=[Argon2id passes (1..8; default 2; memory x passes <= 2048).]:N: ' \
         '--kdf-parallelism=[Argon2id lanes (1..8; default 4).]:N: ' \
+        '--root-key=[From now on the vault key is wrapped by a data key of this KMS key instead of a passphrase (a full key ARN or alias ARN; the KMS of its region, AWS_ENDPOINT_URL_KMS honoured, with the AWS credential chain): the vault unlocks unattended, and revoking access to the key locks it; without it, a vault that has a KMS root key gets a passphrase again.]:KEY_ARN: ' \
         '--vault=[Vault file \[env: KMSCLI_VAULT; default: the user data folder'\''s kmscli/vault.kms\].]:PATH:_files' \
         '--audit-log=[Audit log: where init puts it, fixed for the vault'\''s life after that \[env: KMSCLI_AUDIT_LOG; default: audit.jsonl beside the vault\].]:PATH:_files' \
         '--passphrase-file=[Read the vault passphrase from the first line of PATH \[env: KMSCLI_PASSPHRASE_FILE\].]:PATH:_files' \

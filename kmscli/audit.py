@@ -64,7 +64,7 @@ DIR_MODE = 0o700
 #: failed before the vault was unlocked. Anything else unkeyed is a forgery.
 UNKEYED_ERROR_CODES = frozenset({
     "IncorrectPassphraseException", "PassphraseRequiredException", "InvalidSessionException",
-    "SessionAgentException", "UnlockException",
+    "SessionAgentException", "UnlockException", "RootKeyUnavailableException",
 })
 #: Where a keyed record says which vault write generation it saw (service-set).
 GENERATION_FIELD = "vaultGeneration"

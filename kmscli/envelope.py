@@ -32,7 +32,7 @@ MAX_BLOB = 6144
 _TRY_NEXT = (errors.NotFoundException, errors.AccessDeniedException, errors.InvalidCiphertextException,
              errors.DisabledException, errors.KMSInvalidStateException, errors.InvalidKeyUsageException)
 _SNIFF_BYTES = 8
-_KMSCLI_MAGIC = b"\x89KMS\r\n\x1a\n"
+_OWN_FORMAT_MAGIC = b"\x89KMS\r\n\x1a\n"
 
 
 def check_format(value: str | None) -> str | None:
@@ -47,7 +47,7 @@ def sniff(reader: BinaryIO) -> tuple[str | None, BinaryIO]:
     from .crypto import armor, esdk
 
     head, reader = armor.peek(reader, _SNIFF_BYTES)
-    if head.startswith(_KMSCLI_MAGIC):
+    if head.startswith(_OWN_FORMAT_MAGIC):
         return FORMAT_KMSCLI, reader
     # Any version-2 start counts, so that a message of a suite kmscli does not read is refused naming its
     # suite (exit 6), not sent to a KMS as a blob. AWS KMS's own blobs start 0x01 0x02, kmscli's with its magic.

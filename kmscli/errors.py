@@ -190,6 +190,17 @@ class InvalidSessionException(UnlockError):
     name = "InvalidSessionException"
 
 
+class RootKeyUnavailableException(UnlockError):
+    """The remote KMS holding the vault's root key refused to unwrap it (access revoked, key disabled or
+    deleted, blob not its own): the vault stays locked. ``remote`` is the KMS's exception name."""
+
+    name = "RootKeyUnavailableException"
+
+    def __init__(self, message: str = "", *, hint: str | None = None, remote: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.remote = remote
+
+
 class SessionAgentException(UnlockError):
     """``unlock`` could not start (or reach) the agent that would hold the session."""
 

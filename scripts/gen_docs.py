@@ -44,6 +44,11 @@ ENVIRONMENT: dict[str, str] = {
         "The region keys are made in and looked up in, when --region is not given; default local. AWS_REGION "
         "is not read: it is the AWS tools' setting."
     ),
+    "KMSCLI_ENDPOINT": (
+        "A remote KMS to use instead of the vault, when --endpoint is not given: an http(s) URL (another "
+        "host's 'kmscli serve') or aws (AWS KMS), with the AWS credential and region chain. Such calls never "
+        "go to a session's agent."
+    ),
     "KMSCLI_AUDIT_MAX_SIZE": (
         "How large the live audit file grows before the log goes on in a new file: a byte count, or a number "
         "with K, M or G (binary units), at least 1K; default 64M."

@@ -112,6 +112,7 @@ def run(args: list[str]) -> int:
 
 def _run(args: list[str]) -> int:
     common.STATE = common.Globals()
+    common.plug_root_kms()
     try:
         rv = click_command().main(args=args, prog_name="kmscli", standalone_mode=False)
     except errors.KmsError as e:

@@ -184,6 +184,20 @@ def service(keys: Any = None) -> Any:
     return vault_service(keys)
 
 
+def plug_root_kms() -> None:
+    """Give the vault its way to a KMS, for a vault whose root key a KMS holds (docs/root-key.md)."""
+    from ..vault import rootkey
+
+    rootkey.connect = _root_kms
+
+
+def _root_kms(region: str) -> Any:
+    """AWS KMS of ``region`` as botocore finds it (``AWS_ENDPOINT_URL_KMS`` points it elsewhere)."""
+    from ..remote.client import AWS, RemoteKms
+
+    return RemoteKms(AWS, region=region)
+
+
 def vault_service(keys: Any = None) -> Any:
     """The vault's own service, whatever the endpoint: the vault side of a cross-KMS reencrypt."""
     from ..service import Kms

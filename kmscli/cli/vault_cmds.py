@@ -12,8 +12,8 @@ from . import common, output, passphrase
 
 def register(app: typer.Typer) -> None:
     common.command(app, "init", "Create a new vault (refuses to overwrite one).")(init)
-    common.command(app, "passwd", "Change the passphrase (and KDF settings) and rotate the vault key; "
-                   "needs the current passphrase, never a session.")(passwd)
+    common.command(app, "passwd", "Change the passphrase (and KDF settings), or the KMS root key, and rotate the "
+                   "vault key; needs the current passphrase (or root key), never a session.")(passwd)
     app.add_typer(vault_app, name="vault")
 
 
@@ -23,6 +23,9 @@ vault_app = common.new_app("Back up the vault and its audit log, and restore the
 _MEMORY = typer.Option("--kdf-memory", metavar="MIB", help="Argon2id memory in MiB (8..1024; default 512).")
 _TIME = typer.Option("--kdf-time", metavar="N", help="Argon2id passes (1..8; default 2; memory x passes <= 2048).")
 _LANES = typer.Option("--kdf-parallelism", metavar="N", help="Argon2id lanes (1..8; default 4).")
+_ROOT_KEY_HELP = ("wrapped by a data key of this KMS key instead of a passphrase (a full key ARN or alias ARN; "
+                  "the KMS of its region, AWS_ENDPOINT_URL_KMS honoured, with the AWS credential chain): the "
+                  "vault unlocks unattended, and revoking access to the key locks it")
 
 
 def _kdf(memory: int | None, time_cost: int | None, lanes: int | None, base: Any = None) -> Any:
@@ -55,16 +58,34 @@ def init(
     kdf_parallelism: Annotated[int | None, _LANES] = None,
     account: Annotated[str | None, typer.Option("--account", metavar="12-DIGITS",
                        help="The vault's AWS account id, in every ARN (default: random).")] = None,
+    root_key: Annotated[str | None, typer.Option("--root-key", metavar="KEY_ARN",
+                        help=f"The vault key is {_ROOT_KEY_HELP}.")] = None,
 ) -> None:
     from ..ids import validate_account
     from ..vault.store import PassphraseKeySource
 
-    kdf = _kdf(kdf_memory, kdf_time, kdf_parallelism)
+    given = (kdf_memory, kdf_time, kdf_parallelism)
+    if root_key is not None:
+        from ..vault import rootkey
+
+        rootkey.parse_arn(root_key)
+        if any(v is not None for v in given):
+            raise errors.ValidationException("--kdf-memory, --kdf-time and --kdf-parallelism set a passphrase's "
+                                             "KDF; a vault with --root-key has none")
+    kdf = _kdf(*given)
     if account is not None:
         validate_account(account)
     path = common.vault_path()
     if path.exists():
         raise errors.AlreadyExistsException(f"a vault already exists at {path}; kmscli never overwrites one")
+    if root_key is not None:
+        def no_passphrase() -> bytes:
+            raise errors.KMSInternalException("a vault with a KMS root key has no passphrase")
+
+        result = common.service(PassphraseKeySource(no_passphrase)).CreateVault(Account=account, RootKeyArn=root_key)
+        output.message(f"created vault {result['VaultPath']} (account {result['Account']}; audit log "
+                       f"{result['AuditLog']}); its key is wrapped by the KMS key {result['RootKeyArn']}")
+        return
     secret = passphrase.new(common.STATE.passphrase_file, file_env="KMSCLI_PASSPHRASE_FILE",
                             env="KMSCLI_PASSPHRASE", label="new vault passphrase")
     result = common.service(PassphraseKeySource(lambda: secret)).CreateVault(kdf, Account=account)
@@ -81,12 +102,31 @@ def passwd(
     kdf_memory: Annotated[int | None, _MEMORY] = None,
     kdf_time: Annotated[int | None, _TIME] = None,
     kdf_parallelism: Annotated[int | None, _LANES] = None,
+    root_key: Annotated[str | None, typer.Option("--root-key", metavar="KEY_ARN",
+                        help=f"From now on the vault key is {_ROOT_KEY_HELP}; without it, a vault that has a KMS "
+                             "root key gets a passphrase again.")] = None,
 ) -> None:
+    given = (kdf_memory, kdf_time, kdf_parallelism)
+    if root_key is not None:
+        from ..vault import rootkey
+
+        rootkey.parse_arn(root_key)
+        if any(v is not None for v in given) or new_passphrase_file is not None:
+            raise errors.ValidationException("--root-key replaces the passphrase: give no --new-passphrase-file "
+                                             "and no --kdf-* option with it")
     # The current passphrase first, then the new one twice, as passwd, ssh-keygen -p and gpg ask.
     svc = common.service(common.key_source(label="current vault passphrase"))
     header = svc.store.read_header()  # a missing vault fails before any prompt
-    given = (kdf_memory, kdf_time, kdf_parallelism)
-    kdf = _kdf(*given, base=header.kdf) if any(v is not None for v in given) else None
+    # A vault with a KMS root key has no KDF settings to start from: the defaults.
+    base = header.kdf if header.root_key is None else None
+    kdf = _kdf(*given, base=base) if any(v is not None for v in given) else None
+
+    if root_key is not None:
+        result = svc.ChangePassphrase(None, None, RootKeyArn=root_key)
+        output.message(f"the vault key is now wrapped by the KMS key {result['RootKeyArn']}, and was rotated: an "
+                       "old copy of the vault opens nothing written from now on; keys and ciphertexts are unchanged")
+        _end_sessions()
+        return
 
     def ask_new() -> bytes:
         return passphrase.new(new_passphrase_file, file_env="KMSCLI_NEW_PASSPHRASE_FILE",

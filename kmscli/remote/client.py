@@ -323,7 +323,8 @@ def _session() -> Any:
     try:
         import botocore.session
     except ImportError:
-        raise errors.UsageError("remote mode (--endpoint) needs botocore, which this installation lacks",
+        raise errors.UsageError("a remote KMS (--endpoint, a vault's KMS root key) needs botocore, which this "
+                                "installation lacks",
                                 hint="pip install 'kmscli[remote]'") from None
 
     return botocore.session.get_session()

@@ -20,8 +20,24 @@ from ._core import (
 
 
 class VaultOps(Core):
-    def CreateVault(self, kdf: F.KdfParams | None = None, Account: str | None = None) -> dict[str, Any]:
-        """Make a new vault with a random vault key and account (or ``Account``); never overwrite one."""
+    def CreateVault(self, kdf: F.KdfParams | None = None, Account: str | None = None,
+                    RootKeyArn: str | None = None) -> dict[str, Any]:
+        """Make a new vault with a random vault key and account (or ``Account``); never overwrite one.
+
+        With ``RootKeyArn`` the vault key is wrapped by a data key of that remote KMS key instead of a
+        passphrase (docs/root-key.md): no passphrase is read, and ``kdf`` must not be given.
+        """
+        if RootKeyArn is not None:
+            from ..vault import rootkey
+
+            rootkey.parse_arn(RootKeyArn)
+            if kdf is not None:
+                raise errors.ValidationException("--kdf-memory, --kdf-time and --kdf-parallelism set a passphrase's "
+                                                 "KDF; a vault with --root-key has none")
+            if self.store.create_format != F.RECORDS_FORMAT_VERSION:
+                raise errors.ValidationException(
+                    f"a KMS root key needs vault format {F.RECORDS_FORMAT_VERSION} (the record store); "
+                    f"format {self.store.create_format} keeps only a passphrase")
         kdf = kdf or F.KdfParams()
         if Account is not None:
             ids.validate_account(Account)
@@ -48,12 +64,22 @@ class VaultOps(Core):
         from ..crypto import primitives as P
 
         assert isinstance(self.keys, PassphraseKeySource)
-        passphrase = self.keys.passphrase()
-        salt, vault_key = P.random_bytes(F.SALT_SIZE), P.random_bytes(F.VAULT_KEY_SIZE)
-        header = F.build_header(
-            kdf, salt, P.argon2id(passphrase, salt, kdf.memory_kib, kdf.time_cost, kdf.parallelism),
-            vault_key, P.random_bytes(P.NONCE_SIZE), version=self.store.create_format,
-        )
+        vault_key = P.random_bytes(F.VAULT_KEY_SIZE)
+        request: dict[str, Any]
+        if RootKeyArn is not None:
+            from ..vault import rootkey
+
+            new_root = rootkey.generate(RootKeyArn)  # no vault yet, so no log: a refusal is only reported
+            header = F.build_kms_header(new_root.root, new_root.kek, vault_key, P.random_bytes(P.NONCE_SIZE))
+            request = {"rootKeyArn": new_root.root.arn}
+        else:
+            passphrase = self.keys.passphrase()
+            salt = P.random_bytes(F.SALT_SIZE)
+            header = F.build_header(
+                kdf, salt, P.argon2id(passphrase, salt, kdf.memory_kib, kdf.time_cost, kdf.parallelism),
+                vault_key, P.random_bytes(P.NONCE_SIZE), version=self.store.create_format,
+            )
+            request = {"kdfMemoryKiB": kdf.memory_kib, "kdfTime": kdf.time_cost, "kdfParallelism": kdf.parallelism}
         now = iso(self.clock())
         meta: dict[str, Any] = {
             "vault_id": P.random_bytes(16).hex(),
@@ -67,8 +93,7 @@ class VaultOps(Core):
         }
         ov = self.store.new_vault(header, vault_key, meta)
         ov.pending = []
-        call = Call("CreateVault", {"kdfMemoryKiB": kdf.memory_kib, "kdfTime": kdf.time_cost,
-                                     "kdfParallelism": kdf.parallelism, "auditLog": str(self.audit_path)})
+        call = Call("CreateVault", {**request, "auditLog": str(self.audit_path)})
         with self.store.locked():
             call.response = {"vaultId": ov.vault_id, "account": ov.account}
             self._record(ov, call)
@@ -76,8 +101,11 @@ class VaultOps(Core):
             # gets the record right after (or from the next command, after a crash).
             self._commit(ov, create=True)
         ov.close()
-        return {"VaultPath": str(self.store.path), "Account": ov.account, "VaultId": ov.vault_id,
-                "AuditLog": str(self.audit_path)}
+        result = {"VaultPath": str(self.store.path), "Account": ov.account, "VaultId": ov.vault_id,
+                  "AuditLog": str(self.audit_path)}
+        if header.root_key is not None:
+            result["RootKeyArn"] = header.root_key.arn
+        return result
 
     def Unlock(self, TtlSeconds: int, IdleSeconds: int | None,
                start_session: Callable[[bytes, bytes], str]) -> dict[str, Any]:
@@ -98,9 +126,9 @@ class VaultOps(Core):
 
         return self._read("Unlock", {"ttlSeconds": TtlSeconds, "idleSeconds": IdleSeconds}, unlock)
 
-    def ChangePassphrase(self, new_passphrase: bytes | Callable[[], bytes],
-                         kdf: F.KdfParams | None = None) -> dict[str, Any]:
-        """Rotate the vault key under a new passphrase (and KDF settings).
+    def ChangePassphrase(self, new_passphrase: bytes | Callable[[], bytes] | None = None,
+                         kdf: F.KdfParams | None = None, RootKeyArn: str | None = None) -> dict[str, Any]:
+        """Rotate the vault key under a new passphrase (and KDF settings), or under a KMS root key.
 
         The body is sealed under a new random vault key, so an old copy of the
         vault and the old passphrase open nothing written from now on; the audit
@@ -109,6 +137,11 @@ class VaultOps(Core):
         outlive its TTL by changing the passphrase under its owner. A callable
         ``new_passphrase`` is asked only once the current passphrase opened the
         vault, as passwd, ssh-keygen and gpg ask.
+
+        With ``RootKeyArn`` the new vault key is wrapped by a new data key of
+        that remote KMS key (docs/root-key.md): from a passphrase, or from
+        another (or the same) KMS key; without it a vault with a KMS root key
+        gets a passphrase again (default KDF settings unless ``kdf``).
         """
         from ..crypto import primitives as P
 
@@ -116,32 +149,58 @@ class VaultOps(Core):
         request: dict[str, Any] = {}
         if kdf is not None:
             request.update(kdfMemoryKiB=kdf.memory_kib, kdfTime=kdf.time_cost, kdfParallelism=kdf.parallelism)
+        if RootKeyArn is not None:
+            request.update(rootKeyArn=RootKeyArn)
         with self._refusing("ChangePassphrase", request):
+            if RootKeyArn is not None:
+                from ..vault import rootkey
+
+                rootkey.parse_arn(RootKeyArn)
+                if kdf is not None or new_passphrase is not None:
+                    raise errors.ValidationException("--root-key replaces the passphrase: give no new passphrase "
+                                                     "and no --kdf-* option with it")
             if kdf is not None:
                 why = kdf.bounds_error()
                 if why is not None:
                     raise errors.ValidationException(why)
-        if callable(new_passphrase):
-            self._open_recording(Call("ChangePassphrase", request)).close()  # the current passphrase, checked first
-            new_passphrase = new_passphrase()
-        with self._refusing("ChangePassphrase", request):
-            if not new_passphrase:
-                raise errors.ValidationException("the new passphrase must not be empty")
-        new_secret: bytes = new_passphrase
+        new_root: Any = None
+        new_secret = b""
+        if RootKeyArn is not None:
+            self._open_recording(Call("ChangePassphrase", request)).close()  # the current root, checked first
+            with self._refusing("ChangePassphrase", request):
+                new_root = rootkey.generate(RootKeyArn)  # the KMS call before the lock, never under it
+        else:
+            if callable(new_passphrase):
+                self._open_recording(Call("ChangePassphrase", request)).close()  # the current root, checked first
+                new_passphrase = new_passphrase()
+            with self._refusing("ChangePassphrase", request):
+                if not new_passphrase:
+                    raise errors.ValidationException("the new passphrase must not be empty")
+            assert isinstance(new_passphrase, bytes)
+            new_secret = new_passphrase
 
         def change(ov: OpenVault, call: Call) -> dict[str, Any]:
-            params = kdf or ov.header.kdf
             chain_keys = chain_keys_of(ov)  # before the key changes: a 0.1.0 vault derives its first from it
-            salt = P.random_bytes(F.SALT_SIZE)
-            kek = P.argon2id(new_secret, salt, params.memory_kib, params.time_cost, params.parallelism)
             new_key = P.random_bytes(F.VAULT_KEY_SIZE)
-            ov.header = F.build_header(params, salt, kek, new_key, P.random_bytes(P.NONCE_SIZE),
-                                       version=ov.format_version)
+            if new_root is not None:
+                if ov.format_version != F.RECORDS_FORMAT_VERSION:
+                    raise errors.ValidationException(
+                        f"a KMS root key needs vault format {F.RECORDS_FORMAT_VERSION}; open the vault with its "
+                        "passphrase once to upgrade it")
+                ov.header = F.build_kms_header(new_root.root, new_root.kek, new_key, P.random_bytes(P.NONCE_SIZE))
+                call.response.update(rootKeyArn=new_root.root.arn)
+            else:
+                # Back from a KMS root key, whose header has no KDF settings: the defaults, unless given.
+                params = kdf or (ov.header.kdf if ov.header.root_key is None else F.KdfParams())
+                salt = P.random_bytes(F.SALT_SIZE)
+                kek = P.argon2id(new_secret, salt, params.memory_kib, params.time_cost, params.parallelism)
+                ov.header = F.build_header(params, salt, kek, new_key, P.random_bytes(P.NONCE_SIZE),
+                                           version=ov.format_version)
+                call.response.update(kdfMemoryKiB=params.memory_kib, kdfTime=params.time_cost,
+                                     kdfParallelism=params.parallelism)
             ov.vault_key = new_key
             # from_seq is filled in by _commit with this call's record: the first under the new key.
             chain_keys.append({"from_seq": None, "key": chain_key_hex(new_key)})
-            call.response.update(kdfMemoryKiB=params.memory_kib, kdfTime=params.time_cost,
-                                 kdfParallelism=params.parallelism)
-            return {}
+            return {"RootKeyArn": new_root.root.arn} if new_root is not None else {}
 
         return self._mutate("ChangePassphrase", request, change)

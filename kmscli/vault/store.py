@@ -66,14 +66,17 @@ class KeySource:
 
 
 class PassphraseKeySource(KeySource):
-    """Derives the KEK from a passphrase, at most once per salt and parameters.
+    """The vault's own root (never a session): derives the KEK from a passphrase, at most once per salt
+    and parameters, or, for a vault whose root key is in a remote KMS, has the KMS unwrap it.
 
     The passphrase is asked for lazily, so commands that fail before unlocking
-    never prompt. Under the write lock the header is read again; when it is
-    unchanged the cached vault key is reused instead of a second Argon2 run.
-    ``may_retry``, when given, says whether a wrong passphrase may be asked
-    for again (a person at a terminal gets three tries; a file or a variable
-    gives the same answer every time, so it gets one).
+    never prompt, and a vault with a KMS root key never asks for one (its
+    sources are ignored: docs/root-key.md). Under the write lock the header is
+    read again; when it is unchanged the cached vault key is reused instead of
+    a second Argon2 run (or KMS call). ``may_retry``, when given, says whether
+    a wrong passphrase may be asked for again (a person at a terminal gets
+    three tries; a file or a variable gives the same answer every time, so it
+    gets one).
     """
 
     def __init__(self, get_passphrase: Callable[[], bytes], *, may_retry: Callable[[], bool] | None = None) -> None:
@@ -99,6 +102,8 @@ class PassphraseKeySource(KeySource):
 
     def kek(self, header: F.Header) -> bytes:
         """The key-encryption key of this passphrase under the header's salt and KDF (one Argon2 run)."""
+        if header.root_key is not None:
+            raise errors.KMSInternalException("this vault's key is wrapped by a KMS root key, not a passphrase")
         fixed = header.raw[len(F.MAGIC) + 2 : F.KDF_AAD_SIZE]  # KDF id, parameters and salt
         kek = self._keks.get(fixed)
         if kek is None:
@@ -108,7 +113,13 @@ class PassphraseKeySource(KeySource):
     def vault_key(self, header: F.Header) -> bytes:
         cached = self._keys.get(header.raw)
         if cached is None:
-            cached = F.unwrap_vault_key(header, self.kek(header))
+            if header.root_key is not None:
+                from . import rootkey
+
+                # One KMS Decrypt per process and header; the KEK is dropped once it opened the key.
+                cached = F.unwrap_vault_key(header, rootkey.unwrap(header.root_key))
+            else:
+                cached = F.unwrap_vault_key(header, self.kek(header))
             self._keys[header.raw] = cached
         return cached
 
