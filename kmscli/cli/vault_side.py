@@ -103,15 +103,42 @@ class AgentVault(VaultSide):
         return {}
 
 
-class _Feed:
-    """A pipe whose reading end (``fd``) yields everything ``reader`` does, copied by a thread."""
+class _Pump:
+    """A pipe: one end (``fd``) for the agent, the other copied by a thread until the agent is done."""
+
+    fd: int
+
+    def __init__(self) -> None:
+        self._error: BaseException | None = None
+        self._thread = _thread(self._run)
+
+    def _run(self) -> None:
+        try:
+            self._copy()
+        except BaseException as e:  # raised in the caller's thread, when the agent succeeded
+            self._error = e
+
+    def _copy(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> _Pump:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+
+class _Feed(_Pump):
+    """The agent's stdin: everything ``reader`` yields."""
 
     def __init__(self, reader: BinaryIO) -> None:
         self._reader = reader
-        r, self._w = os.pipe()
-        self.fd = r
-        self._error: BaseException | None = None
-        self._thread = _thread(self._copy)
+        self.fd, self._w = os.pipe()
+        super().__init__()
 
     def _copy(self) -> None:
         try:
@@ -120,49 +147,23 @@ class _Feed:
                     out.write(chunk)
         except BrokenPipeError:
             pass  # the agent stopped reading: it reports why
-        except BaseException as e:
-            self._error = e
-
-    def __enter__(self) -> _Feed:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        os.close(self.fd)
-        self._thread.join()
-        if self._error is not None and exc[0] is None:
-            raise self._error
 
 
-class _Drain:
-    """A pipe whose writing end (``fd``) lands in ``writer``, copied by a thread."""
+class _Drain(_Pump):
+    """The agent's stdout: what it writes lands in ``writer``."""
 
     def __init__(self, writer: BinaryIO) -> None:
         self._writer = writer
         self._r, self.fd = os.pipe()
-        self._error: BaseException | None = None
-        self._thread = _thread(self._copy)
+        super().__init__()
 
     def _copy(self) -> None:
-        try:
-            with open(self._r, "rb") as source:
-                while chunk := source.read(1 << 20):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[self._writer.write(view) or 0:]
-            self._writer.flush()
-        except BaseException as e:
-            self._error = e
-
-    def __enter__(self) -> _Drain:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        os.close(self.fd)
-        self._thread.join()
-        if self._error is not None and exc[0] is None:
-            raise self._error
+        with open(self._r, "rb") as source:
+            while chunk := source.read(1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[self._writer.write(view) or 0:]
+        self._writer.flush()
 
 
 def context_options(context: dict[str, str]) -> list[str]:
