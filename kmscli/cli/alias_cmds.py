@@ -41,5 +41,5 @@ def list_(
         output.emit_aws_pages("ListAliases", "Aliases", found)
         return
     output.table_pages("Aliases", ["AliasName", "TargetKeyId", "Created"],
-                       ([(a["AliasName"], a["TargetKeyId"], output.when(a["CreationDate"])) for a in page]
+                       ([(a["AliasName"], a.get("TargetKeyId", ""), output.when(a.get("CreationDate"))) for a in page]
                         for page in found))

@@ -24,7 +24,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -99,7 +99,7 @@ def edit(
             output.message(_unchanged(file, source is None, plan))
             return
         edited.seek(0)
-        vault.encrypt(edited, dest.stream, plan.key, plan.context, plan.armored)
+        vault.encrypt(edited, dest.stream, plan.key, plan.context, plan.armored, plan.written_as)
         dest.commit()
 
 
@@ -113,6 +113,9 @@ class Source:
     #: None when the header holds only the context's digest (version 2, over 1024 encoded bytes).
     context: dict[str, str] | None
     armored: bool
+    #: The service's ``Format``/``Signed`` that write FILE's kind again: {} for kmscli's own format, else the
+    #: AWS Encryption SDK's with the message's own suite.
+    written_as: dict[str, Any] = field(default_factory=dict)
 
 
 def read_source(file: str) -> Source | None:
@@ -144,6 +147,10 @@ def read_source(file: str) -> Source | None:
     f = open(fd, "rb")  # noqa: SIM115 - the caller closes it
     try:
         armored, reader = A.sniff(f)
+        if not armored:
+            esdk, reader = _esdk_source(f, reader)
+            if esdk is not None:
+                return esdk
         header = S.read_header(A.ArmorReader(reader) if armored else reader)
     except errors.InvalidCiphertextException as e:
         f.close()
@@ -158,6 +165,25 @@ def read_source(file: str) -> Source | None:
     return Source(stream=f, key_id=header.key_id, context=header.context, armored=armored)
 
 
+def _esdk_source(f: BinaryIO, reader: BinaryIO) -> tuple[Source | None, BinaryIO]:
+    """An AWS Encryption SDK message's key (its first aws-kms data key's ARN) and context, or None for another
+    kind of file, and ``reader`` with what was peeked at put back. An ESDK message is written back in the same
+    format and suite; its signing key's public half is not context."""
+    from .. import envelope
+    from ..crypto import esdk
+
+    kind, reader = envelope.sniff(reader)
+    if kind != envelope.FORMAT_ESDK:
+        return None, reader
+    header = esdk.read_header(reader)
+    keys = [k.provider_info for k in header.data_keys if k.provider_id == esdk.PROVIDER_AWS_KMS]
+    if not keys:
+        raise errors.InvalidCiphertextException(hint="its data keys are for other key providers than aws-kms")
+    context = {k: v for k, v in header.context.items() if k != esdk.PUBLIC_KEY_CONTEXT_KEY}
+    return Source(stream=f, key_id=keys[0], context=context, armored=False,
+                  written_as={"Format": envelope.FORMAT_ESDK, "Signed": header.signed}), reader
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to decrypt with and what to encrypt under."""
@@ -170,6 +196,8 @@ class Plan:
     #: The key or context to encrypt under is not the one the Decrypt proved
     #: (a new file, --key, --context): it is tried before the editor opens.
     check_target: bool
+    #: ``Format``/``Signed`` for the new text: FILE's own kind (Source.written_as).
+    written_as: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, file: str, source: Source | None, key: str | None, given: dict[str, str] | None,
@@ -187,8 +215,10 @@ class Plan:
         decrypt_context = source.context if source.context is not None else given
         assert decrypt_context is not None
         context = given if given is not None else decrypt_context
+        if armor and source.written_as:
+            raise errors.UsageError(f"{file} is an AWS Encryption SDK message, which has no armored form")
         return cls(decrypt_context, key or source.key_id, context, armor or source.armored,
-                   key is not None or context != decrypt_context)
+                   key is not None or context != decrypt_context, source.written_as)
 
 
 def plaintext_name(file: str) -> str:
@@ -222,7 +252,8 @@ class Vault:
     def decrypt(self, source: BinaryIO, plain: Any, context: dict[str, str]) -> None:
         raise NotImplementedError
 
-    def encrypt(self, plain: BinaryIO, dest: Any, key: str, context: dict[str, str], armor: bool) -> None:
+    def encrypt(self, plain: BinaryIO, dest: Any, key: str, context: dict[str, str], armor: bool,
+                written_as: dict[str, Any]) -> None:
         raise NotImplementedError
 
     def check_encrypt(self, key: str, context: dict[str, str]) -> None:
@@ -241,9 +272,10 @@ class LocalVault(Vault):
         source.seek(0)
         self._svc.Decrypt(reader=crypto_cmds.maybe_dearmor(source), writer=plain, EncryptionContext=context)
 
-    def encrypt(self, plain: BinaryIO, dest: Any, key: str, context: dict[str, str], armor: bool) -> None:
+    def encrypt(self, plain: BinaryIO, dest: Any, key: str, context: dict[str, str], armor: bool,
+                written_as: dict[str, Any]) -> None:
         writer, finish = crypto_cmds.maybe_armor(dest, armor)
-        self._svc.Encrypt(KeyId=key, reader=plain, writer=writer, EncryptionContext=context)
+        self._svc.Encrypt(KeyId=key, reader=plain, writer=writer, EncryptionContext=context, **written_as)
         finish()
 
     def check_encrypt(self, key: str, context: dict[str, str]) -> None:
@@ -268,8 +300,11 @@ class SessionVault(Vault):
         source.seek(0)
         self._run(["decrypt", *vault_side.context_options(context)], source.fileno(), plain.fileno())
 
-    def encrypt(self, plain: BinaryIO, dest: Any, key: str, context: dict[str, str], armor: bool) -> None:
-        self._run(["encrypt", f"--key={key}", *vault_side.context_options(context),
+    def encrypt(self, plain: BinaryIO, dest: Any, key: str, context: dict[str, str], armor: bool,
+                written_as: dict[str, Any]) -> None:
+        kind = [f"--format={written_as['Format']}", *([] if written_as["Signed"] else ["--unsigned"])] \
+            if written_as else []
+        self._run(["encrypt", f"--key={key}", *vault_side.context_options(context), *kind,
                    *(["--armor"] if armor else [])],
                   plain.fileno(), dest.fileno())
 

@@ -93,7 +93,7 @@ def _show(operation: str, grants: list[dict[str, Any]], json_: bool) -> None:
     output.table("Grants", ["GrantId", "Key", "Name", "Grantee", "Operations", "Retiring", "Constraints", "Created"],
                  [(g["GrantId"], g["KeyId"].rsplit("/", 1)[-1], g.get("Name", ""), who(g["GranteePrincipal"]),
                    ",".join(g["Operations"]), who(g.get("RetiringPrincipal")), constraint(g),
-                   output.when(g["CreationDate"])) for g in grants])
+                   output.when(g.get("CreationDate"))) for g in grants])
 
 
 @app.command("retire", cls=common.KmsCommand, help="Retire a grant (by its token, or by key and grant id).")

@@ -226,8 +226,10 @@ def rotation(
         if json_:
             output.emit_aws("GetKeyRotationStatus", status)
         elif status["KeyRotationEnabled"]:
-            output.fields([("KeyRotationEnabled", "true"), ("RotationPeriodInDays", status["RotationPeriodInDays"]),
-                           ("NextRotationDate", output.when(status["NextRotationDate"]))])
+            # Optional in AWS's model: another KMS (moto) may leave them out.
+            output.fields([("KeyRotationEnabled", "true"),
+                           ("RotationPeriodInDays", status.get("RotationPeriodInDays", "")),
+                           ("NextRotationDate", output.when(status.get("NextRotationDate")))])
         else:
             output.fields([("KeyRotationEnabled", "false")])
         return
@@ -250,10 +252,15 @@ def rotations(key: KeyArg, json_: JsonOpt = False) -> None:
         return
     # Shortened to fit a terminal only: a script reading the lines gets every id whole.
     short = output.is_tty(sys.stdout)
-    rows = [(r["Version"], r["KeyMaterialId"][:16] + "…" if short else r["KeyMaterialId"], r["KeyMaterialState"],
+    rows = [(r["Version"], _material_id(r, short), r.get("KeyMaterialState", ""),
              r.get("RotationType", "ORIGINAL"), output.when(r.get("RotationDate")),
              "yes" if r["Decrypts"] else "no (below --min-decrypt-version)") for r in found]
     output.table("Key material", ["Version", "KeyMaterialId", "State", "Type", "RotationDate", "Decrypts"], rows)
+
+
+def _material_id(rotation: dict[str, Any], short: bool) -> str:
+    found = str(rotation.get("KeyMaterialId", ""))  # optional in AWS's model
+    return found[:16] + "…" if short and len(found) > 16 else found
 
 
 def _read_policy(path: str) -> str:

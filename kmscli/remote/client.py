@@ -97,12 +97,11 @@ class RemoteKms:
         return "AWS KMS" if self.endpoint == AWS else self.endpoint
 
     def region(self) -> str:
-        """``--region``/``KMSCLI_REGION``, else botocore's chain (AWS_REGION, the profile), else us-east-1 for a
-        non-AWS endpoint; AWS itself needs one."""
+        """``--region``/``KMSCLI_REGION``, else ``AWS_REGION``, else botocore's chain (AWS_DEFAULT_REGION, the
+        profile), else us-east-1 for a non-AWS endpoint; AWS itself needs one."""
         if self._region:
             return self._region
-        session = _session()
-        found = session.get_config_variable("region")
+        found = os.environ.get("AWS_REGION") or _session().get_config_variable("region")
         if found:
             return str(found)
         if self.endpoint != AWS:
@@ -116,7 +115,7 @@ class RemoteKms:
         if client is None:
             from botocore.config import Config
 
-            attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or MAX_ATTEMPTS)
+            attempts = _max_attempts()
             from .. import __version__
 
             config = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
@@ -229,12 +228,35 @@ class RemoteKms:
     def ListKeyRotations(self, Detail: bool = False, **params: Any) -> dict[str, Any]:
         """AWS's ListKeyRotations; the table's extra columns (version, decrypts) as AWS knows them."""
         page = self._call("ListKeyRotations", **params)
-        if Detail:
-            for n, r in enumerate(page.get("Rotations", []), start=2):
+        if Detail:  # the whole list is one page (the CLI asks for 1000): versions count from the original
+            rotations = page.get("Rotations", [])
+            for n, r in enumerate(rotations, start=1):
                 r.setdefault("Version", n)
-                r.setdefault("KeyMaterialState", "CURRENT" if n == len(page["Rotations"]) + 1 else "NON_CURRENT")
+                r.setdefault("KeyMaterialState", "CURRENT" if n == len(rotations) else "NON_CURRENT")
                 r["Decrypts"] = True
         return page
+
+    # -- key policies: "default" is the only policy name AWS has; some KMSes (moto) need it said -----------
+    def GetKeyPolicy(self, **params: Any) -> dict[str, Any]:
+        answer = self._call("GetKeyPolicy", **{"PolicyName": "default", **params})
+        answer.setdefault("PolicyName", "default")  # AWS names it; the policy asked for is the only one there is
+        return answer
+
+    def PutKeyPolicy(self, **params: Any) -> dict[str, Any]:
+        return self._call("PutKeyPolicy", **{"PolicyName": "default", **params})
+
+    # -- verdicts: AWS raises on a bad signature or MAC; some KMSes (moto) answer False instead ------------
+    def Verify(self, **params: Any) -> dict[str, Any]:
+        answer = self._call("Verify", **params)
+        if answer.get("SignatureValid") is not True:
+            raise errors.KMSInvalidSignatureException()
+        return answer
+
+    def VerifyMac(self, **params: Any) -> dict[str, Any]:
+        answer = self._call("VerifyMac", **params)
+        if answer.get("MacValid") is not True:
+            raise errors.KMSInvalidMacException()
+        return answer
 
     # -- streaming operations ----------------------------------------------------------------
     def Encrypt(self, KeyId: str, reader: BinaryIO, writer: BinaryIO, EncryptionContext: dict[str, str] | None = None,
@@ -297,6 +319,16 @@ class RemoteKms:
         return Kms.GenerateRandom(NumberOfBytes=NumberOfBytes)
 
 
+def _max_attempts() -> int:
+    text = os.environ.get("AWS_MAX_ATTEMPTS") or ""
+    if not text:
+        return MAX_ATTEMPTS
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise errors.ValidationException(f"AWS_MAX_ATTEMPTS must be a whole number of attempts, 1 or more "
+                                         f"(got {text!r})")
+    return int(text)
+
+
 def _snake(operation: str) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", operation).lower()
 
@@ -319,15 +351,22 @@ def _write_all(writer: BinaryIO, data: bytes) -> None:
         view = view[writer.write(view) or 0:]
 
 
+_SESSION: Any = None
+
+
 def _session() -> Any:
+    """botocore's session, made once: it reads the environment and the AWS config files (tens of ms)."""
+    global _SESSION
+    if _SESSION is not None:
+        return _SESSION
     try:
         import botocore.session
     except ImportError:
         raise errors.UsageError("a remote KMS (--endpoint, a vault's KMS root key) needs botocore, which this "
                                 "installation lacks",
                                 hint="pip install 'kmscli[remote]'") from None
-
-    return botocore.session.get_session()
+    _SESSION = botocore.session.get_session()
+    return _SESSION
 
 
 _CLASSES: dict[str, type[errors.KmsError]] = {}

@@ -328,3 +328,23 @@ def test_format_options_that_cannot_be_are_usage_errors(served: Served, home: Pa
         one_error_line(kmscli(env, *args, input=b"x"), 2, "ValidationException")
     local = aws_free_env(KMSCLI_VAULT=str(home / "none" / "vault.kms"))
     one_error_line(kmscli(local, "encrypt", "-k", "alias/x", "--unsigned", input=b"x"), 2, "ValidationException")
+
+
+def test_edit_keeps_an_esdk_message_its_key_context_and_suite(served: Served, home: Path, key_arn: str,
+                                                               tmp_path: Path) -> None:
+    """kmscli edit in remote mode: the message is written again under its own key, context and suite."""
+    env = remote_env(served, home)
+    path = tmp_path / "app.env.esdk"
+    for unsigned in ([], ["--unsigned"]):
+        ok(kmscli(env, "encrypt", "-k", "alias/team", "-c", "app=web", *unsigned, "-o", str(path),
+                  input=b"TOKEN=old\n"))
+        before = json.loads(ok(kmscli(clean_env(), "inspect", str(path), "--json")).stdout)
+        ok(kmscli({**env, "EDITOR": "sed -i s/old/new/"}, "edit", str(path)))
+        after = json.loads(ok(kmscli(clean_env(), "inspect", str(path), "--json")).stdout)
+        assert ok(kmscli(env, "decrypt", "-i", str(path), "-c", "app=web")).stdout == b"TOKEN=new\n"
+        assert after["AlgorithmSuiteId"] == before["AlgorithmSuiteId"]
+        assert after["MessageId"] != before["MessageId"]
+        assert after["EncryptedDataKeys"][0]["ProviderInfo"] == key_arn
+        assert {k: v for k, v in after["EncryptionContext"].items() if k != "aws-crypto-public-key"} == \
+            {"app": "web"}
+    one_error_line(kmscli({**env, "EDITOR": "true"}, "edit", "--armor", str(path)), 2, "ValidationException")
