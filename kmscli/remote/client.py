@@ -364,7 +364,8 @@ def _session() -> Any:
     except ImportError:
         raise errors.UsageError("a remote KMS (--endpoint, a vault's KMS root key) needs botocore, which this "
                                 "installation lacks",
-                                hint="pip install 'kmscli[remote]'") from None
+                                hint="install the remote extra: pip install 'kmscli[remote]' (from a checkout: "
+                                     "pip install '.[remote]')") from None
     _SESSION = botocore.session.get_session()
     return _SESSION
 
