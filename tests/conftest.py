@@ -61,6 +61,25 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
+#: The ``user_properties`` name under which a test keeps a line for the "kmscli fault figures"
+#: summary (tests/faults/conftest.py). The lines travel on the test reports, so the summary
+#: is complete under pytest-xdist too, where the tests run in workers and the controller
+#: writes the summary; this file is the conftest the controller loads.
+FIGURE = "kmscli fault figure"
+_FIGURES: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":  # the last report of a test: it carries every line the test kept
+        _FIGURES.extend(value for name, value in report.user_properties if name == FIGURE)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("kmscli fault figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)
+
 
 @pytest.fixture
 def vault_dir(tmp_path: Path) -> Path:
