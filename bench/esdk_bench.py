@@ -613,17 +613,11 @@ def codec_child(size: int, runs: int) -> None:
     import hashlib
 
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-    from esdk_codec import KID, MK, MemReader, Sink
-
-    from kmscli.crypto import esdk, stream
+    from esdk_codec import codec_rows
 
     data = os.urandom(size)
     data_key = os.urandom(32)
-    edk = [esdk.EncryptedDataKey(esdk.PROVIDER_AWS_KMS, "arn:aws:kms:us-east-1:111122223333:key/bench", b"x" * 184)]
     view = memoryview(data)
-
-    def get_key(_ctx: dict[str, str]) -> tuple[bytes, list[Any]]:
-        return data_key, edk
 
     def sha384() -> None:
         h = hashlib.sha384()
@@ -638,45 +632,11 @@ def codec_child(size: int, runs: int) -> None:
             chunk = view[i: i + MIB]
             a.encrypt_into(n.to_bytes(12, "big"), chunk, b"", memoryview(out)[: len(chunk) + 16])
 
-    def k_enc(keep: bool = False) -> Sink:
-        out = Sink(keep)
-        stream.encrypt_stream(MemReader(data), out, master_key=MK, key_id=KID, material_version=1, context={})
-        return out
-
-    kct = k_enc(True).data()
-
-    def k_dec() -> None:
-        src = MemReader(kct)
-        h = stream.read_header(src)
-        out = Sink()
-        stream.decrypt_stream(h, src, out, master_key=MK, context={})
-        assert out.n == size
-
     rows: dict[str, dict[str, Any]] = {
         "hashlib SHA-384 alone (1 MiB updates)": {"encrypt": sha384},
         "AES-256-GCM alone (cryptography `encrypt_into`, 1 MiB)": {"encrypt": aesgcm},
-        "kmscli own format (`stream`, 1 MiB chunks)": {"encrypt": k_enc, "decrypt": k_dec},
     }
-    for label, suite, threaded in (("ESDK 0x0478 unsigned", esdk.SUITE_COMMIT, False),
-                                   ("ESDK 0x0578 signed, `threaded_hash=False` (the default)",
-                                    esdk.SUITE_COMMIT_SIGNED, False),
-                                   ("ESDK 0x0578 signed, `threaded_hash=True`", esdk.SUITE_COMMIT_SIGNED, True)):
-        def e_enc(keep: bool = False, suite: int = suite, threaded: bool = threaded) -> Sink:
-            out = Sink(keep)
-            esdk.encrypt(MemReader(data), out, context={"purpose": "bench"}, get_data_key=get_key, suite=suite,
-                         threaded_hash=threaded)
-            return out
-
-        ct = e_enc(True).data()
-
-        def e_dec(ct: bytes = ct, threaded: bool = threaded) -> None:
-            src = MemReader(ct)
-            h = esdk.read_header(src)
-            out = Sink()
-            esdk.decrypt(h, src, out, data_key=data_key, threaded_hash=threaded)
-            assert out.n == size
-
-        rows[label] = {"encrypt": e_enc, "decrypt": e_dec}
+    rows.update(codec_rows(data, data_key))
     result: dict[str, dict[str, list[list[float]]]] = {k: {op: [] for op in ops} for k, ops in rows.items()}
     order = list(rows)
     for rep in range(runs):
