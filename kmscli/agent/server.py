@@ -68,6 +68,9 @@ PRELOAD = (
     "kmscli.crypto.asymmetric", "kmscli.service.asymmetric_ops", "kmscli.service.grants", "kmscli.service.grant_rules",
     "kmscli.aws_model",
     "kmscli.cli.sign_cmds", "kmscli.cli.grants_cmds",
+    # Every decrypt sniffs its input for an AWS Encryption SDK message (kmscli.envelope); the codec itself is
+    # loaded for such messages only, or with --format esdk.
+    "kmscli.envelope", "kmscli.crypto.esdk",
     "cryptography.hazmat.primitives.serialization", "cryptography.hazmat.primitives.hashes",
     "cryptography.hazmat.primitives.hmac", "cryptography.hazmat.primitives.asymmetric.ec",
     "cryptography.hazmat.primitives.asymmetric.rsa", "cryptography.hazmat.primitives.asymmetric.padding",

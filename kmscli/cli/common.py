@@ -186,9 +186,9 @@ def service(keys: Any = None) -> Any:
 
 def plug_root_kms() -> None:
     """Give the vault its way to a KMS, for a vault whose root key a KMS holds (docs/root-key.md)."""
-    from ..vault import rootkey
+    from .. import vault
 
-    rootkey.connect = _root_kms
+    vault.kms_connect = _root_kms
 
 
 def _root_kms(region: str) -> Any:

@@ -270,7 +270,9 @@ class RemoteKms:
             plaintext = envelope.read_small(reader, "plaintext")
             answer = self._call("Encrypt", KeyId=KeyId, Plaintext=plaintext, EncryptionAlgorithm=EncryptionAlgorithm,
                                 EncryptionContext=EncryptionContext or None)
-            _write_all(writer, answer.pop("CiphertextBlob"))
+            from ..crypto.stream import write_all
+
+            write_all(writer, answer.pop("CiphertextBlob"))
             return answer
         if Format not in (None, envelope.FORMAT_ESDK):
             raise errors.ValidationException(
@@ -298,16 +300,30 @@ class RemoteKms:
         answer = self._call("Decrypt", CiphertextBlob=blob, EncryptionContext=EncryptionContext or None,
                             KeyId=KeyId, EncryptionAlgorithm=EncryptionAlgorithm,
                             region=envelope.arn_region(KeyId))
-        _write_all(writer, answer.pop("Plaintext"))
+        from ..crypto.stream import write_all
+
+        write_all(writer, answer.pop("Plaintext"))
         return answer
 
     def ReEncrypt(self, reader: BinaryIO, writer: BinaryIO, DestinationKeyId: str,
                   SourceEncryptionContext: dict[str, str] | None = None,
                   DestinationEncryptionContext: dict[str, str] | None = None,
                   SourceKeyId: str | None = None, **params: Any) -> dict[str, Any]:
-        """Between remote keys: decrypt and encrypt again here, streaming, the plaintext held a chunk at a time."""
+        """Between remote keys. An ESDK message is decrypted and encrypted again here, streaming, the plaintext
+        held a chunk at a time; a KMS ciphertext blob goes to the KMS's own ReEncrypt, as AWS's API takes it."""
         from .. import envelope
 
+        kind, reader = envelope.sniff(reader)
+        if kind is None:
+            from ..crypto.stream import write_all
+
+            algorithms = {k: v for k, v in params.items() if k.endswith("EncryptionAlgorithm")}
+            answer = self._call("ReEncrypt", CiphertextBlob=envelope.read_small(reader, "ciphertextBlob"),
+                                DestinationKeyId=DestinationKeyId, SourceKeyId=SourceKeyId,
+                                SourceEncryptionContext=SourceEncryptionContext or None,
+                                DestinationEncryptionContext=DestinationEncryptionContext or None, **algorithms)
+            write_all(writer, answer.pop("CiphertextBlob"))
+            return answer
         return envelope.reencrypt(self, self, reader, writer, DestinationKeyId, SourceEncryptionContext or {},
                                   DestinationEncryptionContext or {}, SourceKeyId, **params)
 
@@ -343,12 +359,6 @@ def _every(fetch: Any, member: str) -> list[Any]:
         marker = page.get("NextMarker") if page.get("Truncated") else None
         if marker is None:
             return items
-
-
-def _write_all(writer: BinaryIO, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[writer.write(view) or 0:]
 
 
 _SESSION: Any = None

@@ -8,8 +8,9 @@ header beside the key's ARN. Every unlock asks the KMS to Decrypt the blob
 again (one call per process and header): a server unlocks with its machine
 credentials, and revoking its access to the KMS key locks it out.
 
-The KMS is reached through :data:`connect` (the CLI plugs in :class:`kmscli.remote.client.RemoteKms`) with the
-endpoint ``aws``: botocore resolves it for the ARN's region (honouring
+The KMS is reached through ``kmscli.vault.kms_connect`` (the CLI plugs in
+:class:`kmscli.remote.client.RemoteKms`) with the endpoint ``aws``: botocore
+resolves it for the ARN's region (honouring
 ``AWS_ENDPOINT_URL_KMS``, which points it at another KMS such as a
 ``kmscli serve``) and finds the credentials by its usual chain. Nothing here
 imports botocore until a vault with a root key is created or opened.
@@ -19,11 +20,11 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .. import errors
+from .. import vault as package
 from . import format as F
 
 _PARTITION = r"aws(?:-cn|-us-gov|-iso|-iso-[a-z])?"
@@ -62,17 +63,11 @@ def parse_arn(text: str) -> tuple[str, str]:
     return text, match.group("region")
 
 
-#: How the vault reaches a KMS: ``connect(region)`` returns an object with the KMS interface (GenerateDataKey,
-#: Decrypt). The vault talks to no network itself: the adapter that runs (cli.app, for every command, the agent's
-#: and serve's included) plugs in the botocore client (kmscli.remote), which is imported only when called.
-connect: Callable[[str], Any] | None = None
-
-
 def _kms(region: str) -> Any:
-    if connect is None:
+    if package.kms_connect is None:
         raise errors.KMSInternalException("this vault's root key is held by a KMS, and this program has no KMS "
                                           "client; use the kmscli command")
-    return connect(region)
+    return package.kms_connect(region)
 
 
 def generate(arn: str) -> NewRootKey:
